@@ -1,0 +1,30 @@
+"""spacy-earlyexit: transformer sequence labelling for spaCy where each token
+leaves the network as soon as its label is certain."""
+from .encoder import EncoderBatch, ExitOutput, MultiExitEncoder
+from .extensions import register_extensions
+from .layer import MultiExitTransformer
+from .ner import EarlyExitNER, make_earlyexit_ner
+from .policies import ExitPolicy, FixedDepth, FullDepth, SentenceExit, TokenWindowExit
+from .registrations import make_policy
+from .tagger import EarlyExitTagger, make_earlyexit_tagger
+
+__version__ = "0.1.0"
+
+register_extensions()
+
+__all__ = [
+    "EarlyExitNER",
+    "EarlyExitTagger",
+    "EncoderBatch",
+    "ExitOutput",
+    "ExitPolicy",
+    "FixedDepth",
+    "FullDepth",
+    "MultiExitEncoder",
+    "MultiExitTransformer",
+    "SentenceExit",
+    "TokenWindowExit",
+    "make_earlyexit_ner",
+    "make_earlyexit_tagger",
+    "make_policy",
+]

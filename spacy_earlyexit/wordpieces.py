@@ -1,0 +1,187 @@
+"""From spaCy docs to encoder sequences and back.
+
+Each doc is cut into spans by a span getter (spacy-transformers' getters work),
+each span's tokens are tokenized as pre-split words by the fast tokenizer (its
+`word_ids` give an exact token-to-wordpiece alignment), and spans longer than
+the encoder allows are cut at token boundaries into balanced pieces. Every
+token gets at least one wordpiece: one the tokenizer maps to nothing
+(whitespace, some control characters) is given the unknown-token piece, so no
+token is ever without a label or an exit layer.
+"""
+from dataclasses import dataclass, field
+from typing import Callable, List, Optional, Sequence
+
+import numpy
+import torch
+from spacy.tokens import Doc, Span
+
+from .encoder import EncoderBatch
+
+SpanGetter = Callable[[List[Doc]], List[List[Span]]]
+
+
+@dataclass
+class EncoderSequence:
+    """One wordpiece sequence: a window of one doc's tokens."""
+
+    doc_index: int
+    tokens: numpy.ndarray  # doc token index of each word
+    input_ids: List[int]  # with special pieces
+    piece_words: List[int]  # word index of each piece, -1 for specials
+    word_starts: List[int]  # position of each word's first piece
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+@dataclass
+class SequencePlan:
+    """All sequences of a batch of docs, and which one labels each token."""
+
+    sequences: List[EncoderSequence]
+    n_tokens: List[int]
+    # per doc: for each token, (sequence index, word index) of its labelling copy
+    owner_sequence: List[numpy.ndarray] = field(default_factory=list)
+    owner_word: List[numpy.ndarray] = field(default_factory=list)
+
+    def token_rows(self, order: Sequence[int]) -> List[numpy.ndarray]:
+        """Row of each token among the flattened words of `order`'s sequences."""
+        offsets = numpy.zeros(len(self.sequences), dtype="int64")
+        position = 0
+        for seq_index in order:
+            offsets[seq_index] = position
+            position += len(self.sequences[seq_index].word_starts)
+        return [offsets[s] + w for s, w in zip(self.owner_sequence, self.owner_word)]
+
+
+def whole_doc_spans(docs: List[Doc]) -> List[List[Span]]:
+    return [[doc[:]] for doc in docs]
+
+
+def _special_layout(tokenizer) -> tuple:
+    """How many special pieces the tokenizer puts before and after a sequence."""
+    sentinel = -12345
+    built = list(tokenizer.build_inputs_with_special_tokens([sentinel]))
+    inner = built.index(sentinel)
+    return inner, len(built) - inner - 1
+
+
+def _cut_points(sizes: List[int], budget: int) -> List[int]:
+    """Balanced cuts of consecutive words so that no part exceeds `budget` pieces."""
+    total = sum(sizes)
+    if total <= budget:
+        return [0, len(sizes)]
+    n_parts = -(-total // budget)
+    target = -(-total // n_parts)
+    cuts, used = [0], 0
+    for i, size in enumerate(sizes):
+        if used and (used + size > budget or used + size > target):
+            cuts.append(i)
+            used = 0
+        used += size
+    cuts.append(len(sizes))
+    return cuts
+
+
+def plan_sequences(
+    docs: List[Doc],
+    tokenizer,
+    max_pieces: int,
+    span_getter: Optional[SpanGetter] = None,
+) -> SequencePlan:
+    """Cut `docs` into wordpiece sequences of at most `max_pieces` pieces."""
+    n_before, n_after = _special_layout(tokenizer)
+    budget = max(1, max_pieces - n_before - n_after)
+    unk = tokenizer.unk_token_id
+    spans_per_doc = (span_getter or whole_doc_spans)(docs)
+    if len(spans_per_doc) != len(docs):
+        raise ValueError("The span getter returned spans for a different number of docs.")
+    flat_spans = [(d, span) for d, spans in enumerate(spans_per_doc) for span in spans if len(span)]
+    words = [[token.text for token in span] for _, span in flat_spans]
+    encoded = (
+        tokenizer(words, is_split_into_words=True, add_special_tokens=False, verbose=False)
+        if words
+        else None
+    )
+    plan = SequencePlan(sequences=[], n_tokens=[len(doc) for doc in docs])
+    best_centrality = [numpy.full(len(doc), -1, dtype="int64") for doc in docs]
+    plan.owner_sequence = [numpy.zeros(len(doc), dtype="int64") for doc in docs]
+    plan.owner_word = [numpy.zeros(len(doc), dtype="int64") for doc in docs]
+    for span_index, (doc_index, span) in enumerate(flat_spans):
+        pieces: List[List[int]] = [[] for _ in range(len(span))]
+        for piece, word in zip(encoded["input_ids"][span_index], encoded.word_ids(span_index)):
+            if word is not None:
+                pieces[word].append(piece)
+        pieces = [(p or [unk])[:budget] for p in pieces]
+        cuts = _cut_points([len(p) for p in pieces], budget)
+        for start, end in zip(cuts[:-1], cuts[1:]):
+            seq_index = len(plan.sequences)
+            ids: List[int] = []
+            starts: List[int] = []
+            piece_words: List[int] = [-1] * n_before
+            for w, word_pieces in enumerate(pieces[start:end]):
+                starts.append(n_before + len(ids))
+                ids.extend(word_pieces)
+                piece_words.extend([w] * len(word_pieces))
+            piece_words.extend([-1] * n_after)
+            tokens = numpy.arange(span.start + start, span.start + end)
+            plan.sequences.append(
+                EncoderSequence(doc_index, tokens, tokenizer.build_inputs_with_special_tokens(ids), piece_words, starts)
+            )
+            # the copy of a token with the most context in its span labels it
+            centrality = numpy.minimum(tokens - span.start, span.end - 1 - tokens)
+            better = centrality > best_centrality[doc_index][tokens]
+            chosen = tokens[better]
+            best_centrality[doc_index][chosen] = centrality[better]
+            plan.owner_sequence[doc_index][chosen] = seq_index
+            plan.owner_word[doc_index][chosen] = numpy.nonzero(better)[0]
+    for doc_index, seen in enumerate(best_centrality):
+        if (seen < 0).any():
+            missing = int(numpy.argmax(seen < 0))
+            raise ValueError(
+                f"The span getter left token {missing} of doc {doc_index} outside every "
+                "span: spans must cover every token."
+            )
+    return plan
+
+
+def collate(sequences: Sequence[EncoderSequence], pad_id: int) -> EncoderBatch:
+    """Pad sequences into one EncoderBatch."""
+    B = len(sequences)
+    T = max(len(s) for s in sequences)
+    W = max(len(s.word_starts) for s in sequences)
+    input_ids = numpy.full((B, T), pad_id, dtype="int64")
+    piece_words = numpy.full((B, T), -1, dtype="int64")
+    piece_mask = numpy.zeros((B, T), dtype=bool)
+    word_starts = numpy.zeros((B, W), dtype="int64")
+    word_mask = numpy.zeros((B, W), dtype=bool)
+    for i, seq in enumerate(sequences):
+        n, w = len(seq), len(seq.word_starts)
+        input_ids[i, :n] = seq.input_ids
+        piece_words[i, :n] = seq.piece_words
+        piece_mask[i, :n] = True
+        word_starts[i, :w] = seq.word_starts
+        word_mask[i, :w] = True
+    return EncoderBatch(
+        input_ids=torch.from_numpy(input_ids),
+        piece_mask=torch.from_numpy(piece_mask),
+        piece_words=torch.from_numpy(piece_words),
+        word_starts=torch.from_numpy(word_starts),
+        word_mask=torch.from_numpy(word_mask),
+    )
+
+
+def length_batches(plan: SequencePlan, max_sequences: int, max_padded_pieces: int) -> List[List[int]]:
+    """Group sequence indices by length into batches (shortest first)."""
+    order = sorted(range(len(plan.sequences)), key=lambda i: len(plan.sequences[i]))
+    batches: List[List[int]] = []
+    current: List[int] = []
+    for index in order:
+        longest = len(plan.sequences[index])  # ascending, so the newest is the longest
+        if current and (len(current) >= max_sequences or longest * (len(current) + 1) > max_padded_pieces):
+            batches.append(current)
+            current = []
+        current.append(index)
+    if current:
+        batches.append(current)
+    return batches

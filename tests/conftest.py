@@ -1,0 +1,83 @@
+"""Fixtures: tiny randomly initialized encoders saved as local model directories."""
+import string
+from pathlib import Path
+
+import pytest
+import spacy
+from spacy.training import Example
+
+import spacy_earlyexit  # noqa: F401  registers factories and extensions
+
+WORDS = ["angela", "merkel", "visited", "paris", "on", "tuesday", "the", "cat", "sat", "mat", "berlin", "john"]
+
+
+def make_tiny_bert_dir(path: Path, hidden: int = 32, layers: int = 3, heads: int = 2, seed: int = 0) -> Path:
+    """A 3-layer BERT with random weights and a character-level wordpiece vocab."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    path.mkdir(parents=True, exist_ok=True)
+    chars = list(string.ascii_lowercase + string.digits + string.punctuation)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS + chars + ["##" + c for c in chars]
+    (path / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf8")
+    tokenizer = BertTokenizerFast(vocab_file=str(path / "vocab.txt"), do_lower_case=True, model_max_length=64)
+    tokenizer.save_pretrained(str(path))
+    config = BertConfig(
+        vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+        intermediate_size=hidden * 2, max_position_embeddings=64, hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    torch.manual_seed(seed)
+    BertModel(config).save_pretrained(str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return make_tiny_bert_dir(tmp_path_factory.mktemp("tiny_bert"))
+
+
+NER_DATA = [
+    ("Angela Merkel visited Paris on Tuesday .", [(0, 13, "PER"), (22, 27, "LOC")]),
+    ("John sat on the mat in Berlin .", [(0, 4, "PER"), (23, 29, "LOC")]),
+    ("The cat visited Berlin .", [(16, 22, "LOC")]),
+]
+TAG_DATA = [
+    ("Angela Merkel visited Paris on Tuesday .", ["NNP", "NNP", "VBD", "NNP", "IN", "NNP", "."]),
+    ("The cat sat on the mat .", ["DT", "NN", "VBD", "IN", "DT", "NN", "."]),
+]
+
+
+def ner_examples(nlp):
+    return [Example.from_dict(nlp.make_doc(text), {"entities": ents}) for text, ents in NER_DATA]
+
+
+def tag_examples(nlp):
+    return [Example.from_dict(nlp.make_doc(text), {"tags": tags}) for text, tags in TAG_DATA]
+
+
+def model_config(model_dir: Path, **extra) -> dict:
+    return {"model": {"@architectures": "spacy-earlyexit.MultiExitTransformer.v1", "name": str(model_dir),
+                      "max_wordpieces": 64, **extra}}
+
+
+def train(nlp, examples, steps: int = 60):
+    optimizer = nlp.initialize(lambda: examples)
+    optimizer.learn_rate = 0.005
+    for _ in range(steps):
+        nlp.update(examples, sgd=optimizer)
+    return nlp
+
+
+@pytest.fixture(scope="session")
+def trained_ner(tiny_model_dir):
+    nlp = spacy.blank("en")
+    nlp.add_pipe("earlyexit_ner", config=model_config(tiny_model_dir))
+    return train(nlp, ner_examples(nlp))
+
+
+@pytest.fixture(scope="session")
+def trained_tagger(tiny_model_dir):
+    nlp = spacy.blank("en")
+    nlp.add_pipe("earlyexit_tagger", config=model_config(tiny_model_dir))
+    return train(nlp, tag_examples(nlp))

@@ -1,0 +1,120 @@
+"""The PyTorch layer: own layer loop, exits, loss weights."""
+import pytest
+import torch
+from transformers import BertConfig, BertModel, DistilBertConfig, DistilBertModel, RobertaConfig, RobertaModel
+
+from spacy_earlyexit.encoder import EncoderBatch, MultiExitEncoder, layer_loss_weights
+from spacy_earlyexit.policies import FixedDepth, FullDepth, TokenWindowExit
+
+
+def tiny_backbone(kind: str):
+    common = dict(vocab_size=50, max_position_embeddings=40)
+    if kind == "bert":
+        return BertModel(BertConfig(hidden_size=24, num_hidden_layers=3, num_attention_heads=2, intermediate_size=48, **common))
+    if kind == "roberta":
+        return RobertaModel(RobertaConfig(hidden_size=24, num_hidden_layers=3, num_attention_heads=2, intermediate_size=48, pad_token_id=1, **common))
+    return DistilBertModel(DistilBertConfig(dim=24, n_layers=3, n_heads=2, hidden_dim=48, **common))
+
+
+def random_batch(lengths, seed=0, vocab=50, start=5):
+    """Sequences of the given numbers of words, one piece per word plus [CLS]/[SEP]."""
+    gen = torch.Generator().manual_seed(seed)
+    B, T, W = len(lengths), max(lengths) + 2, max(lengths)
+    ids = torch.zeros(B, T, dtype=torch.long)
+    piece_mask = torch.zeros(B, T, dtype=torch.bool)
+    piece_words = torch.full((B, T), -1, dtype=torch.long)
+    word_starts = torch.zeros(B, W, dtype=torch.long)
+    word_mask = torch.zeros(B, W, dtype=torch.bool)
+    for b, n in enumerate(lengths):
+        ids[b, : n + 2] = torch.randint(start, vocab, (n + 2,), generator=gen)
+        piece_mask[b, : n + 2] = True
+        piece_words[b, 1 : n + 1] = torch.arange(n)
+        word_starts[b, :n] = torch.arange(1, n + 1)
+        word_mask[b, :n] = True
+    return EncoderBatch(ids, piece_mask, piece_words, word_starts, word_mask)
+
+
+@pytest.mark.parametrize("kind", ["bert", "roberta", "distilbert"])
+def test_own_layer_loop_matches_hugging_face(kind):
+    torch.manual_seed(0)
+    backbone = tiny_backbone(kind).eval()
+    batch = random_batch([7, 3, 5])
+    expected = backbone(input_ids=batch.input_ids, attention_mask=batch.piece_mask.long()).last_hidden_state
+    encoder = MultiExitEncoder(backbone, n_labels=4).eval()
+    hidden = encoder.embed(batch.input_ids)
+    with torch.no_grad():
+        for index in range(encoder.n_layers):
+            hidden = encoder._run_layer(index, hidden, batch.piece_mask, batch.piece_mask)
+    real = batch.piece_mask
+    assert torch.allclose(hidden[real], expected[real], atol=1e-5)
+
+
+def test_forward_returns_every_exit_and_trains():
+    torch.manual_seed(0)
+    encoder = MultiExitEncoder(tiny_backbone("bert"), n_labels=5)
+    batch = random_batch([4, 2])
+    logits = encoder(batch)
+    assert logits.shape == (3, 6, 5)
+    logits.sum().backward()
+    assert encoder.heads[0].weight.grad is not None
+    assert encoder.backbone.encoder.layer[0].attention.self.query.weight.grad is not None
+
+
+def test_frozen_words_keep_their_state_in_training_forward():
+    torch.manual_seed(0)
+    encoder = MultiExitEncoder(tiny_backbone("bert"), n_labels=3).eval()
+    batch = random_batch([5])
+    exits = torch.tensor([[1, 3, 3, 3, 3]])
+    with torch.no_grad():
+        logits = encoder(batch, word_exit_layers=exits)
+        hidden = encoder._run_layer(0, encoder.embed(batch.input_ids), batch.piece_mask, batch.piece_mask)
+        frozen = hidden[0, batch.word_starts[0, 0]]
+        # word 0 left after layer 1: every later exit reads that same state
+        assert torch.allclose(logits[1, 0], encoder.heads[1](frozen), atol=1e-6)
+        assert torch.allclose(logits[2, 0], encoder.heads[2](frozen), atol=1e-6)
+        # while the other words kept running
+        assert not torch.allclose(logits[2, 1], encoder.heads[2](hidden[0, batch.word_starts[0, 1]]))
+
+
+def test_predict_full_depth_matches_last_exit_of_forward():
+    torch.manual_seed(0)
+    encoder = MultiExitEncoder(tiny_backbone("bert"), n_labels=5).eval()
+    batch = random_batch([6, 2, 4])
+    with torch.no_grad():
+        expected = encoder(batch)[-1].argmax(-1)
+    out = encoder.predict(batch, FullDepth())
+    assert torch.equal(out.labels[batch.word_mask], expected)
+    assert bool((out.exit_layers[batch.word_mask] == 3).all())
+    assert torch.allclose(out.cost, out.full_cost)
+
+
+def test_fixed_depth_reads_that_layer():
+    torch.manual_seed(0)
+    encoder = MultiExitEncoder(tiny_backbone("bert"), n_labels=5).eval()
+    batch = random_batch([6, 3])
+    with torch.no_grad():
+        expected = encoder(batch)[1].argmax(-1)
+    out = encoder.predict(batch, FixedDepth(2))
+    assert torch.equal(out.labels[batch.word_mask], expected)
+    assert bool((out.exit_layers[batch.word_mask] == 2).all())
+    assert bool((out.cost < out.full_cost).all())
+
+
+def test_layer_loss_weights():
+    assert layer_loss_weights(3) == pytest.approx([1 / 6, 2 / 6, 3 / 6])
+    assert layer_loss_weights(2, "uniform") == [0.5, 0.5]
+    assert layer_loss_weights(3, "last") == [0.0, 0.0, 1.0]
+    with pytest.raises(ValueError, match="layer weighting"):
+        layer_loss_weights(3, "quadratic")
+
+
+class _NotBert(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.config = BertConfig(hidden_size=8, num_attention_heads=2, intermediate_size=8)
+        self.encoder = torch.nn.Module()
+
+
+def test_unsupported_backbone_is_a_clear_error():
+    with pytest.raises(ValueError, match="Unsupported encoder type"):
+        MultiExitEncoder(_NotBert(), 3)
