@@ -1,0 +1,59 @@
+"""Command line: `python -m spacy_earlyexit benchmark ...`, also available as
+`python -m spacy benchmark earlyexit ...`."""
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from spacy.cli._util import benchmark_cli
+
+from .benchmark import (
+    DEFAULT_SENTENCE_THRESHOLDS, DEFAULT_TOKEN_THRESHOLDS, default_sweep, format_table, run_benchmark, write_result,
+)
+
+app = typer.Typer(name="spacy_earlyexit", help="spacy-earlyexit commands", no_args_is_help=True)
+
+
+@app.callback()
+def main() -> None:
+    """spacy-earlyexit: early-exit transformer sequence labelling for spaCy."""
+
+
+def _floats(text: str) -> List[float]:
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
+def benchmark(
+    pipeline: Path = typer.Argument(..., help="Trained pipeline directory or package name", exists=False),
+    corpus: Path = typer.Argument(..., help="Evaluation corpus (.spacy DocBin)", exists=True, dir_okay=False),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the results as JSON"),
+    component: Optional[str] = typer.Option(None, "--component", "-c", help="Early-exit component to sweep (default: first)"),
+    thresholds: str = typer.Option(",".join(map(str, DEFAULT_TOKEN_THRESHOLDS)), "--thresholds", help="TOKEE thresholds"),
+    windows: str = typer.Option("2", "--windows", help="TOKEE window half-widths, comma-separated"),
+    sentence_thresholds: str = typer.Option(",".join(map(str, DEFAULT_SENTENCE_THRESHOLDS)), "--sentence-thresholds", help="SENTEE thresholds ('' for none)"),
+    fixed_depths: bool = typer.Option(True, "--fixed-depths/--no-fixed-depths", help="Include every truncated depth"),
+    batch_size: int = typer.Option(64, "--batch-size", "-b", help="nlp.pipe batch size (docs)"),
+    limit: int = typer.Option(0, "--limit", help="Use only the first N docs (0: all)"),
+    compare_hf: bool = typer.Option(True, "--hf/--no-hf", help="Also time Hugging Face's forward with the same weights"),
+) -> None:
+    """Score, analytic speed-up and words per second for each exit policy."""
+    def points(n_layers: int):
+        return default_sweep(
+            n_layers,
+            windows=[int(w) for w in windows.split(",") if w.strip()],
+            token_thresholds=_floats(thresholds),
+            sentence_thresholds=_floats(sentence_thresholds),
+            fixed_depths=fixed_depths,
+        )
+
+    result = run_benchmark(str(pipeline), str(corpus), component, points, batch_size, limit, compare_hf,
+                           progress=lambda line: typer.echo(line, err=True))
+    typer.echo(f"\n{result['component']} on {result['corpus']}: {result['n_docs']} docs, {result['n_words']} words, "
+               f"batch size {batch_size}, {result['torch_threads']} torch threads")
+    typer.echo(format_table(result))
+    if output:
+        write_result(result, output)
+        typer.echo(f"\nSaved to {output}")
+
+
+app.command("benchmark")(benchmark)
+benchmark_cli.command("earlyexit")(benchmark)
