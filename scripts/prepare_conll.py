@@ -6,7 +6,11 @@ Reuses spaCy's own `conll_ner_to_docs` converter after rewriting the marker
 into the delimiter that converter expects.
 
     python scripts/prepare_conll.py CONLL_DIR OUTPUT_DIR
+
+The environment variable CONLL_DIR, when set, takes precedence over the
+CONLL_DIR argument (so a project run can point at a local copy).
 """
+import os
 import sys
 from pathlib import Path
 
@@ -23,7 +27,7 @@ def convert(text: str):
 
 
 def main(conll_dir: str, output_dir: str) -> None:
-    source, target = Path(conll_dir), Path(output_dir)
+    source, target = Path(os.environ.get("CONLL_DIR") or conll_dir), Path(output_dir)
     target.mkdir(parents=True, exist_ok=True)
     for split, filename in SPLITS.items():
         path = source / filename

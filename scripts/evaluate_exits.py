@@ -1,0 +1,48 @@
+"""Score of every exit of an early-exit pipeline on one or more corpora.
+
+Exit l is evaluated by stopping every token after layer l (the
+`spacy-earlyexit.fixed_depth.v1` policy), so exit L is the full-depth model.
+
+    python scripts/evaluate_exits.py PIPELINE CORPUS.spacy [CORPUS.spacy ...] [--output FILE.json]
+"""
+import argparse
+import json
+from pathlib import Path
+
+import spacy
+from spacy.tokens import DocBin
+from spacy.training import Example
+
+from spacy_earlyexit.benchmark import OperatingPoint, measure
+from spacy_earlyexit.pipe import EarlyExitLabeler
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("pipeline")
+    parser.add_argument("corpora", nargs="+")
+    parser.add_argument("--output", type=Path)
+    args = parser.parse_args()
+    nlp = spacy.load(args.pipeline)
+    result = {}
+    for name, component in nlp.pipeline:
+        if not isinstance(component, EarlyExitLabeler):
+            continue
+        n_layers = component.model.shims[0].encoder.n_layers
+        for corpus in args.corpora:
+            docs = list(DocBin().from_disk(corpus).get_docs(nlp.vocab))
+            examples = [Example(nlp.make_doc(doc.text), doc) for doc in docs]
+            scores = {}
+            for layer in range(1, n_layers + 1):
+                point = measure(nlp, name, examples, OperatingPoint("fixed_depth", {"layer": layer}), batch_size=64)
+                scores[layer] = point.score
+            result.setdefault(name, {})[Path(corpus).stem] = scores
+            row = "  ".join(f"{100 * s:.2f}" for s in scores.values())
+            print(f"{name} {Path(corpus).stem:>6} exits 1..{n_layers}: {row}")
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(result, indent=2), encoding="utf8")
+
+
+if __name__ == "__main__":
+    main()
