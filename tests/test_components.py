@@ -199,3 +199,27 @@ def test_initialize_with_given_labels(tiny_model_dir):
     ner = nlp.add_pipe("earlyexit_ner", config=model_config(tiny_model_dir))
     ner.initialize(lambda: ner_examples(nlp), nlp=nlp, labels=["ORG", "PER"])
     assert ner.labels == ("ORG", "PER")
+
+
+def test_batch_invariance_over_hundreds_of_sentences(trained_ner):
+    import random
+
+    rng = random.Random(0)
+    words = "Angela Merkel visited Paris on Tuesday John sat the mat in Berlin cat . , and".split()
+    texts = [" ".join(rng.choice(words) for _ in range(rng.randint(1, 45))) for _ in range(300)]
+    ner = trained_ner.get_pipe("earlyexit_ner")
+    ner.exit_policy = TokenWindowExit(0.3, window=2)
+    try:
+        alone = [trained_ner(text) for text in texts]
+        batched = list(trained_ner.pipe(texts, batch_size=64))
+    finally:
+        ner.exit_policy = FullDepth()
+    n_tokens = sum(len(doc) for doc in alone)
+    differing = sum(
+        (a.ent_iob_ != b.ent_iob_) or (a.ent_type_ != b.ent_type_) or (a._.exit_layer != b._.exit_layer)
+        for da, db in zip(alone, batched) for a, b in zip(da, db)
+    )
+    print(f"batch invariance: {differing} of {n_tokens} tokens differ")
+    assert len({len(doc) for doc in alone}) > 30  # really mixed lengths
+    assert len({t._.exit_layer for doc in alone for t in doc}) > 1  # really exiting early
+    assert differing <= n_tokens // 1000
