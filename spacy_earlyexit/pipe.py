@@ -26,6 +26,7 @@ head_dropout = 0.1
 attention_dropout = 0.0
 layer_weighting = "linear"
 max_wordpieces = 256
+case_features = true
 """
 
 

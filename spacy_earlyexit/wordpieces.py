@@ -19,6 +19,23 @@ from .encoder import EncoderBatch
 
 SpanGetter = Callable[[List[Doc]], List[List[Span]]]
 
+#: casing classes: 0 special/padding, 1 no letters, 2 lower, 3 Title, 4 UPPER, 5 mixed
+N_CASE_CLASSES = 6
+
+
+def case_class(text: str) -> int:
+    """The casing class of a token's text (what an uncased tokenizer loses)."""
+    letters = [c for c in text if c.isalpha()]
+    if not letters:
+        return 1
+    if all(c.islower() for c in letters):
+        return 2
+    if letters[0].isupper() and all(c.islower() for c in letters[1:]):
+        return 3
+    if all(c.isupper() for c in letters):
+        return 4
+    return 5
+
 
 @dataclass
 class EncoderSequence:
@@ -29,6 +46,7 @@ class EncoderSequence:
     input_ids: List[int]  # with special pieces
     piece_words: List[int]  # word index of each piece, -1 for specials
     word_starts: List[int]  # position of each word's first piece
+    case_ids: List[int]  # casing class of each piece's word, 0 for specials
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -98,6 +116,7 @@ def plan_sequences(
         raise ValueError("The span getter returned spans for a different number of docs.")
     flat_spans = [(d, span) for d, spans in enumerate(spans_per_doc) for span in spans if len(span)]
     words = [[token.text for token in span] for _, span in flat_spans]
+    cases = [[case_class(text) for text in span_words] for span_words in words]
     encoded = (
         tokenizer(words, is_split_into_words=True, add_special_tokens=False, verbose=False)
         if words
@@ -119,14 +138,19 @@ def plan_sequences(
             ids: List[int] = []
             starts: List[int] = []
             piece_words: List[int] = [-1] * n_before
+            piece_cases: List[int] = [0] * n_before
             for w, word_pieces in enumerate(pieces[start:end]):
                 starts.append(n_before + len(ids))
                 ids.extend(word_pieces)
                 piece_words.extend([w] * len(word_pieces))
+                piece_cases.extend([cases[span_index][start + w]] * len(word_pieces))
             piece_words.extend([-1] * n_after)
+            piece_cases.extend([0] * n_after)
             tokens = numpy.arange(span.start + start, span.start + end)
             plan.sequences.append(
-                EncoderSequence(doc_index, tokens, tokenizer.build_inputs_with_special_tokens(ids), piece_words, starts)
+                EncoderSequence(
+                    doc_index, tokens, tokenizer.build_inputs_with_special_tokens(ids), piece_words, starts, piece_cases
+                )
             )
             # the copy of a token with the most context in its span labels it
             centrality = numpy.minimum(tokens - span.start, span.end - 1 - tokens)
@@ -153,6 +177,7 @@ def collate(sequences: Sequence[EncoderSequence], pad_id: int) -> EncoderBatch:
     input_ids = numpy.full((B, T), pad_id, dtype="int64")
     piece_words = numpy.full((B, T), -1, dtype="int64")
     piece_mask = numpy.zeros((B, T), dtype=bool)
+    case_ids = numpy.zeros((B, T), dtype="int64")
     word_starts = numpy.zeros((B, W), dtype="int64")
     word_mask = numpy.zeros((B, W), dtype=bool)
     for i, seq in enumerate(sequences):
@@ -160,6 +185,7 @@ def collate(sequences: Sequence[EncoderSequence], pad_id: int) -> EncoderBatch:
         input_ids[i, :n] = seq.input_ids
         piece_words[i, :n] = seq.piece_words
         piece_mask[i, :n] = True
+        case_ids[i, :n] = seq.case_ids
         word_starts[i, :w] = seq.word_starts
         word_mask[i, :w] = True
     return EncoderBatch(
@@ -168,6 +194,7 @@ def collate(sequences: Sequence[EncoderSequence], pad_id: int) -> EncoderBatch:
         piece_words=torch.from_numpy(piece_words),
         word_starts=torch.from_numpy(word_starts),
         word_mask=torch.from_numpy(word_mask),
+        case_ids=torch.from_numpy(case_ids),
     )
 
 

@@ -41,7 +41,7 @@ def test_own_layer_loop_matches_hugging_face(kind):
     batch = random_batch([7, 3, 5])
     expected = backbone(input_ids=batch.input_ids, attention_mask=batch.piece_mask.long()).last_hidden_state
     encoder = MultiExitEncoder(backbone, n_labels=4).eval()
-    hidden = encoder.embed(batch.input_ids)
+    hidden = encoder.embed(batch)
     with torch.no_grad():
         for index in range(encoder.n_layers):
             hidden = encoder._run_layer(index, hidden, batch.piece_mask, batch.piece_mask)
@@ -67,7 +67,7 @@ def test_frozen_words_keep_their_state_in_training_forward():
     exits = torch.tensor([[1, 3, 3, 3, 3]])
     with torch.no_grad():
         logits = encoder(batch, word_exit_layers=exits)
-        hidden = encoder._run_layer(0, encoder.embed(batch.input_ids), batch.piece_mask, batch.piece_mask)
+        hidden = encoder._run_layer(0, encoder.embed(batch), batch.piece_mask, batch.piece_mask)
         frozen = hidden[0, batch.word_starts[0, 0]]
         # word 0 left after layer 1: every later exit reads that same state
         assert torch.allclose(logits[1, 0], encoder.heads[1](frozen), atol=1e-6)
@@ -118,3 +118,21 @@ class _NotBert(torch.nn.Module):
 def test_unsupported_backbone_is_a_clear_error():
     with pytest.raises(ValueError, match="Unsupported encoder type"):
         MultiExitEncoder(_NotBert(), 3)
+
+
+def test_case_embedding_starts_neutral_and_changes_states_once_trained():
+    torch.manual_seed(0)
+    encoder = MultiExitEncoder(tiny_backbone("bert"), n_labels=3, case_classes=6).eval()
+    batch = random_batch([4, 2])
+    plain = encoder(batch)
+    batch.case_ids = torch.randint(0, 6, batch.input_ids.shape)
+    assert torch.allclose(encoder(batch), plain)  # zero-initialized: the pretrained model unchanged
+    with torch.no_grad():
+        encoder.case_embedding.weight.normal_()
+    assert not torch.allclose(encoder(batch), plain)
+
+
+def test_case_classes():
+    from spacy_earlyexit.wordpieces import case_class
+
+    assert [case_class(t) for t in ["1996", "paris", "Paris", "EU", "McDonald", "I", "."]] == [1, 2, 3, 4, 5, 3, 1]
