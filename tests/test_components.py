@@ -223,3 +223,20 @@ def test_batch_invariance_over_hundreds_of_sentences(trained_ner):
     assert len({len(doc) for doc in alone}) > 30  # really mixed lengths
     assert len({t._.exit_layer for doc in alone for t in doc}) > 1  # really exiting early
     assert differing <= n_tokens // 1000
+
+
+def test_entry_points_make_everything_available_without_import():
+    import subprocess
+    import sys
+
+    script = (
+        "import spacy\n"
+        "nlp = spacy.blank('en'); nlp.add_pipe('earlyexit_ner'); nlp.add_pipe('earlyexit_tagger')\n"
+        "for name in ('full_depth', 'fixed_depth', 'sentence_exit', 'token_window_exit'):\n"
+        "    spacy.registry.misc.get(f'spacy-earlyexit.{name}.v1')\n"
+        "spacy.registry.architectures.get('spacy-earlyexit.MultiExitTransformer.v1')\n"
+        "print(nlp.pipe_names)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "earlyexit_tagger" in proc.stdout
