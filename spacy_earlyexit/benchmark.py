@@ -150,17 +150,18 @@ def run_benchmark(
     for index, point in enumerate(points, 1):
         measure(nlp, component_name, examples, point, batch_size)
         results.append(point)
-        progress(f"[{index}/{len(points)}] {point.label}: score {point.score:.4f}, "
-                 f"FLOPs speed-up {point.flops_speedup:.2f}x, {point.words_per_second:,.0f} words/s")
+        progress(f"[{index}/{len(points)}] {point.label}: score {_fmt(point.score, '.4f')}, "
+                 f"FLOPs speed-up {_fmt(point.flops_speedup, '.2f')}x, {_fmt(point.words_per_second, ',.0f')} words/s")
     if compare_huggingface:
         reference = OperatingPoint("hf_forward", {"note": "same weights through Hugging Face forward, full depth"})
         with huggingface_forward(encoder):
             measure(nlp, component_name, examples, reference, batch_size, policy=make_policy("full"))
         results.append(reference)
-        progress(f"[ref] {reference.label}: {reference.words_per_second:,.0f} words/s")
+        progress(f"[ref] {reference.label}: {_fmt(reference.words_per_second, ',.0f')} words/s")
     full = next(p for p in results if p.policy == "full")
     for point in results:
-        point.wps_ratio_vs_full = point.words_per_second / full.words_per_second
+        if point.words_per_second and full.words_per_second:
+            point.wps_ratio_vs_full = point.words_per_second / full.words_per_second
     return {
         "pipeline": str(pipeline),
         "corpus": str(corpus),
@@ -176,15 +177,18 @@ def run_benchmark(
     }
 
 
+def _fmt(value: Optional[float], spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
 def format_table(result: Dict) -> str:
     header = ("policy", "params", result["metric"], "FLOPs x", "words/s", "wall x", "mean layer")
     rows = []
     for p in result["points"]:
         params = ", ".join(f"{k}={v}" for k, v in p["params"].items() if k not in ("uncertainty", "note"))
-        rows.append((p["policy"], params, f"{p['score']:.4f}" if p["score"] is not None else "-",
-                     f"{p['flops_speedup']:.2f}" if p["flops_speedup"] else "-",
-                     f"{p['words_per_second']:,.0f}", f"{p['wps_ratio_vs_full']:.2f}",
-                     f"{p['mean_exit_layer']:.2f}" if p["mean_exit_layer"] else "-"))
+        rows.append((p["policy"], params, _fmt(p["score"], ".4f"), _fmt(p["flops_speedup"], ".2f"),
+                     _fmt(p["words_per_second"], ",.0f"), _fmt(p["wps_ratio_vs_full"], ".2f"),
+                     _fmt(p["mean_exit_layer"], ".2f")))
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(header, widths))]
     lines.append("  ".join("-" * w for w in widths))

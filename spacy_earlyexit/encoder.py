@@ -32,6 +32,11 @@ class EncoderBatch:
     def n_words(self) -> int:
         return int(self.word_mask.sum())
 
+    def to(self, device) -> "EncoderBatch":
+        fields = ("input_ids", "piece_mask", "piece_words", "word_starts", "word_mask", "case_ids")
+        moved = {name: getattr(self, name) for name in fields}
+        return EncoderBatch(**{k: (v.to(device) if v is not None else None) for k, v in moved.items()})
+
 
 @dataclass
 class ExitOutput:
@@ -47,10 +52,11 @@ class ExitOutput:
 class LayerView:
     """Uniform access to the sub-modules of one post-LayerNorm transformer layer."""
 
-    def __init__(self, q, k, v, o, attn_norm, ff_in, act, ff_out, ff_norm) -> None:
+    def __init__(self, q, k, v, o, attn_norm, ff_in, act, ff_out, ff_norm, attn_output_dropout=True) -> None:
         self.q, self.k, self.v, self.o = q, k, v, o
         self.attn_norm, self.ff_in, self.act = attn_norm, ff_in, act
         self.ff_out, self.ff_norm = ff_out, ff_norm
+        self.attn_output_dropout = attn_output_dropout
 
 
 DISTILBERT_LIKE = ("distilbert",)
@@ -65,7 +71,7 @@ def _layer_views(backbone: nn.Module) -> List[LayerView]:
             LayerView(
                 l.attention.q_lin, l.attention.k_lin, l.attention.v_lin,
                 l.attention.out_lin, l.sa_layer_norm, l.ffn.lin1, l.ffn.activation,
-                l.ffn.lin2, l.output_layer_norm,
+                l.ffn.lin2, l.output_layer_norm, attn_output_dropout=False,
             )
             for l in layers
         ]
@@ -187,7 +193,9 @@ class MultiExitEncoder(nn.Module):
         dropout = self.attention_dropout if self.training else 0.0
         context = F.scaled_dot_product_attention(padded_q, keys, values, attn_mask=mask, dropout_p=dropout)
         context = context.transpose(1, 2).reshape(B, q_len, d)[rows, ranks]
-        attn = F.dropout(view.o(context), self.hidden_dropout, self.training)
+        attn = view.o(context)
+        if view.attn_output_dropout:
+            attn = F.dropout(attn, self.hidden_dropout, self.training)
         attn = view.attn_norm(packed + attn)
         ff = view.ff_out(view.act(view.ff_in(attn)))
         ff = F.dropout(ff, self.hidden_dropout, self.training)
@@ -204,6 +212,9 @@ class MultiExitEncoder(nn.Module):
 
     def embed(self, batch: EncoderBatch) -> Tensor:
         hidden = self.backbone.embeddings(input_ids=batch.input_ids)
+        project = getattr(self.backbone, "embeddings_project", None)  # ELECTRA-small style
+        if project is not None:
+            hidden = project(hidden)
         return self.add_case(hidden, batch)
 
     def add_case(self, hidden: Tensor, batch: EncoderBatch) -> Tensor:
@@ -235,6 +246,10 @@ class MultiExitEncoder(nn.Module):
         return torch.stack(outputs)
 
     # -- inference: early exit --------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
     @torch.inference_mode()
     def predict(self, batch: EncoderBatch, policy: Optional[ExitPolicy] = None) -> ExitOutput:
         """Label every word, letting it leave as soon as `policy` allows.

@@ -45,19 +45,26 @@ class EarlyExitShim(PyTorchShim):
         self.head_dropout = head_dropout
         self.span_getter: Optional[SpanGetter] = None
         self._torch_optimizer: Optional[torch.optim.Optimizer] = None
-        self._optimizer_owner: Optional[int] = None
+        self._optimizer_owner: Optional[tuple] = None
 
     def finish_update(self, optimizer) -> None:
         """Apply the gradients with PyTorch's fused AdamW, following the Thinc
         optimizer's current settings (learning-rate schedule, betas, eps, weight
         decay, gradient clipping as a global norm). Non-Adam optimizers fall
         back to Thinc's own per-parameter update."""
-        if not (getattr(optimizer, "b1", 0) > 0 and getattr(optimizer, "b2", 0) > 0):
+        plain_adam = (
+            getattr(optimizer, "b1", 0) > 0 and getattr(optimizer, "b2", 0) > 0
+            and not getattr(optimizer, "use_radam", False)
+            and getattr(optimizer, "averages", None) is None
+            and not self._mixed_precision
+        )
+        if not plain_adam:
             return super().finish_update(optimizer)
         params = [p for p in self._model.parameters() if p.requires_grad]
-        if self._torch_optimizer is None or self._optimizer_owner != id(optimizer):
+        owner = (id(optimizer), id(self._model))
+        if self._torch_optimizer is None or self._optimizer_owner != owner:
             self._torch_optimizer = torch.optim.AdamW(params, lr=float(optimizer.learn_rate), fused=True)
-            self._optimizer_owner = id(optimizer)
+            self._optimizer_owner = owner
         decay = float(optimizer.L2) if optimizer.L2_is_weight_decay else 0.0
         for group in self._torch_optimizer.param_groups:
             group.update(lr=float(optimizer.learn_rate), betas=(float(optimizer.b1), float(optimizer.b2)),
@@ -125,7 +132,10 @@ class EarlyExitShim(PyTorchShim):
         with tempfile.TemporaryDirectory() as tmp:
             for name, data in msg["files"].items():
                 (Path(tmp) / name).write_bytes(data)
-            self._rebuild(Path(tmp), load_safetensors(msg["weights"]))
+            try:
+                self._rebuild(Path(tmp), load_safetensors(msg["weights"]))
+            except Exception as err:  # safetensors, transformers and torch raise their own types
+                raise EncoderLoadError(f"Could not rebuild the early-exit encoder from bytes: {err}") from err
         return self
 
     def to_disk(self, path: Path) -> None:
@@ -219,7 +229,11 @@ def init(model: Model, X: Optional[List[Doc]] = None, Y=None) -> Model:
 def _plan(model: Model, docs: List[Doc]):
     shim: EarlyExitShim = model.shims[0]
     encoder = shim.encoder
-    max_pieces = min(int(model.attrs["max_wordpieces"]), encoder.max_length)
+    limits = [int(model.attrs["max_wordpieces"]), encoder.max_length]
+    tokenizer_limit = getattr(shim.tokenizer, "model_max_length", None)
+    if isinstance(tokenizer_limit, int) and tokenizer_limit < 100_000:  # RoBERTa: 512 of 514 positions
+        limits.append(tokenizer_limit)
+    max_pieces = min(limits)
     return shim, encoder, plan_sequences(docs, shim.tokenizer, max_pieces, shim.span_getter)
 
 
@@ -231,17 +245,18 @@ def forward(model: Model, docs: List[Doc], is_train: bool) -> Tuple[List[Floats3
         empty = [model.ops.alloc3f(n_layers, n, n_labels) for n in plan.n_tokens]
         return empty, lambda d_scores: []
     order = sorted(range(len(plan.sequences)), key=lambda i: len(plan.sequences[i]))
-    batch = collate([plan.sequences[i] for i in order], shim.tokenizer.pad_token_id or 0)
+    batch = collate([plan.sequences[i] for i in order], shim.tokenizer.pad_token_id or 0).to(encoder.device)
     rows = plan.token_rows(order)
     logits, torch_backprop = shim(ArgsKwargs(args=(batch,), kwargs={}), is_train)
-    all_scores = torch2xp(logits.detach())
+    all_scores = model.ops.asarray3f(torch2xp(logits.detach()))
     scores = [all_scores[:, doc_rows] for doc_rows in rows]
 
     def backprop(d_scores: List[Floats3d]) -> List:
         d_all = model.ops.alloc3f(*all_scores.shape)
         for doc_rows, d_doc in zip(rows, d_scores):
             d_all[:, doc_rows] = d_doc
-        torch_backprop(ArgsKwargs(args=(logits,), kwargs={"grad_tensors": (xp2torch(d_all),)}))
+        grads = xp2torch(d_all, device=logits.device)
+        torch_backprop(ArgsKwargs(args=(logits,), kwargs={"grad_tensors": (grads,)}))
         return []
 
     return scores, backprop
@@ -278,15 +293,16 @@ def predict_exits(
     seq_full = numpy.zeros(n_seq)
     pad_id = shim.tokenizer.pad_token_id or 0
     for indices in length_batches(plan, max_sequences, max_padded_pieces):
-        out = encoder.predict(collate([plan.sequences[i] for i in indices], pad_id), policy)
-        labels, layers, unc = out.labels.numpy(), out.exit_layers.numpy(), out.uncertainty.numpy()
+        batch = collate([plan.sequences[i] for i in indices], pad_id).to(encoder.device)
+        out = encoder.predict(batch, policy)
+        labels, layers, unc = (t.cpu().numpy() for t in (out.labels, out.exit_layers, out.uncertainty))
         for row, index in enumerate(indices):
             n_words = len(plan.sequences[index].word_starts)
             seq_labels[index] = labels[row, :n_words]
             seq_layers[index] = layers[row, :n_words]
             seq_unc[index] = unc[row, :n_words]
-        seq_cost[indices] = out.cost.numpy()
-        seq_full[indices] = out.full_cost.numpy()
+        seq_cost[indices] = out.cost.cpu().numpy()
+        seq_full[indices] = out.full_cost.cpu().numpy()
     doc_of_seq = numpy.array([s.doc_index for s in plan.sequences], dtype="int64")
     offsets = numpy.cumsum([0] + [len(s.word_starts) for s in plan.sequences])[:-1]
     flat = [numpy.concatenate(x) if n_seq else numpy.zeros(0) for x in (seq_labels, seq_layers, seq_unc)]

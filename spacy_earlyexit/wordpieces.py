@@ -81,6 +81,11 @@ def _special_layout(tokenizer) -> tuple:
     sentinel = -12345
     built = list(tokenizer.build_inputs_with_special_tokens([sentinel]))
     inner = built.index(sentinel)
+    if len(built) == 1:
+        raise ValueError(
+            f"Tokenizer {type(tokenizer).__name__} adds no special tokens ([CLS]/[SEP]); "
+            "spacy-earlyexit needs a model-specific fast tokenizer (e.g. BertTokenizerFast)."
+        )
     return inner, len(built) - inner - 1
 
 
@@ -152,8 +157,8 @@ def plan_sequences(
                     doc_index, tokens, tokenizer.build_inputs_with_special_tokens(ids), piece_words, starts, piece_cases
                 )
             )
-            # the copy of a token with the most context in its span labels it
-            centrality = numpy.minimum(tokens - span.start, span.end - 1 - tokens)
+            # the copy of a token with the most context in its sequence labels it
+            centrality = numpy.minimum(tokens - tokens[0], tokens[-1] - tokens)
             better = centrality > best_centrality[doc_index][tokens]
             chosen = tokens[better]
             best_centrality[doc_index][chosen] = centrality[better]

@@ -136,3 +136,20 @@ def test_case_classes():
     from spacy_earlyexit.wordpieces import case_class
 
     assert [case_class(t) for t in ["1996", "paris", "Paris", "EU", "McDonald", "I", "."]] == [1, 2, 3, 4, 5, 3, 1]
+
+
+def test_electra_with_a_projected_embedding_runs():
+    from transformers import ElectraConfig, ElectraModel
+
+    torch.manual_seed(0)
+    config = ElectraConfig(vocab_size=50, embedding_size=8, hidden_size=16, num_hidden_layers=2,
+                           num_attention_heads=2, intermediate_size=32, max_position_embeddings=40)
+    backbone = ElectraModel(config).eval()
+    batch = random_batch([5, 3])
+    expected = backbone(input_ids=batch.input_ids, attention_mask=batch.piece_mask.long()).last_hidden_state
+    encoder = MultiExitEncoder(backbone, n_labels=3).eval()
+    hidden = encoder.embed(batch)
+    with torch.no_grad():
+        for index in range(encoder.n_layers):
+            hidden = encoder._run_layer(index, hidden, batch.piece_mask, batch.piece_mask)
+    assert torch.allclose(hidden[batch.piece_mask], expected[batch.piece_mask], atol=1e-5)
