@@ -10,10 +10,8 @@ import json
 from pathlib import Path
 
 import spacy
-from spacy.tokens import DocBin
-from spacy.training import Example
 
-from spacy_earlyexit.benchmark import OperatingPoint, measure
+from spacy_earlyexit.benchmark import OperatingPoint, corpus_examples, measure
 from spacy_earlyexit.pipe import EarlyExitLabeler
 
 
@@ -30,8 +28,7 @@ def main() -> None:
             continue
         n_layers = component.model.shims[0].encoder.n_layers
         for corpus in args.corpora:
-            docs = list(DocBin().from_disk(corpus).get_docs(nlp.vocab))
-            examples = [Example(nlp.make_doc(doc.text), doc) for doc in docs]
+            examples = corpus_examples(nlp, corpus)
             scores = {}
             for layer in range(1, n_layers + 1):
                 point = measure(nlp, name, examples, OperatingPoint("fixed_depth", {"layer": layer}), batch_size=64)

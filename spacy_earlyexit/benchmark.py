@@ -11,7 +11,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence
 import spacy
 import torch
 from spacy.language import Language
-from spacy.tokens import DocBin
+from spacy.tokens import Doc, DocBin
 from spacy.training import Example
 
 from .encoder import EncoderBatch, ExitOutput, MultiExitEncoder
@@ -83,6 +83,23 @@ def _score_key(component: EarlyExitLabeler) -> str:
     return "ents_f" if isinstance(component, EarlyExitNER) else "tag_acc"
 
 
+def _fresh_copy(doc: Doc) -> Doc:
+    return Doc(doc.vocab, words=[t.text for t in doc], spaces=[bool(t.whitespace_) for t in doc])
+
+
+def corpus_examples(nlp: Language, path: str, limit: int = 0) -> List[Example]:
+    """Examples as `spacy evaluate` builds them (spacy.Corpus.v1): the gold
+    tokens where the corpus has no whitespace information, else the text
+    tokenized by `nlp`; empty docs are skipped."""
+    references = [doc for doc in DocBin().from_disk(path).get_docs(nlp.vocab) if len(doc)]
+    if limit:
+        references = references[:limit]
+    return [
+        Example(_fresh_copy(ref) if ref.has_unknown_spaces else nlp.make_doc(ref.text), ref)
+        for ref in references
+    ]
+
+
 def measure(
     nlp: Language,
     component_name: str,
@@ -96,10 +113,10 @@ def measure(
     previous = component.exit_policy
     policy = policy or make_policy(point.policy, **point.params)
     component.exit_policy = policy
-    texts = [eg.reference.text for eg in examples]
+    inputs = [_fresh_copy(eg.predicted) for eg in examples]  # tokenized, unannotated
     try:
         start = time.perf_counter()
-        docs = list(nlp.pipe(texts, batch_size=batch_size))
+        docs = list(nlp.pipe(inputs, batch_size=batch_size))
         point.seconds = time.perf_counter() - start
     finally:
         component.exit_policy = previous
@@ -137,15 +154,12 @@ def run_benchmark(
     other = [name for name in nlp.pipe_names if name != component_name]
     nlp.select_pipes(disable=other)
     encoder: MultiExitEncoder = nlp.get_pipe(component_name).model.shims[0].encoder
-    docs = list(DocBin().from_disk(corpus).get_docs(nlp.vocab))
-    if limit:
-        docs = docs[:limit]
-    examples = [Example(nlp.make_doc(doc.text), doc) for doc in docs]
+    examples = corpus_examples(nlp, corpus, limit)
     points = (points or default_sweep)(encoder.n_layers)
     if not any(p.policy == "full" for p in points):
         points = [OperatingPoint("full")] + points
     # warm-up: allocator, thread pools, tokenizer caches
-    list(nlp.pipe([eg.reference.text for eg in examples[:16]], batch_size=batch_size))
+    list(nlp.pipe([_fresh_copy(eg.predicted) for eg in examples[:16]], batch_size=batch_size))
     results = []
     for index, point in enumerate(points, 1):
         measure(nlp, component_name, examples, point, batch_size)
@@ -168,7 +182,7 @@ def run_benchmark(
         "component": component_name,
         "metric": _score_key(nlp.get_pipe(component_name)),
         "n_docs": len(examples),
-        "n_words": sum(len(eg.reference) for eg in examples),
+        "n_words": sum(len(eg.predicted) for eg in examples),
         "batch_size": batch_size,
         "torch_threads": torch.get_num_threads(),
         "machine": platform.processor() or platform.machine(),

@@ -124,6 +124,9 @@ def layer_loss_weights(n_layers: int, scheme: str = "linear") -> List[float]:
 class MultiExitEncoder(nn.Module):
     """A Hugging Face BERT-family encoder with a classifier after every layer."""
 
+    #: share of active pieces in a padded batch above which a layer runs densely
+    DENSE_FRACTION = 0.9
+
     def __init__(
         self,
         backbone: nn.Module,
@@ -173,14 +176,28 @@ class MultiExitEncoder(nn.Module):
 
         Keys and values come from every real piece; queries, the output
         projection, residuals, LayerNorms and the feed-forward network run only
-        on the active pieces, packed into one [q, d] tensor. Returns a new
-        hidden tensor (out of place, so autograd works in training)."""
+        on the active pieces, packed into one [q, d] tensor. When at least
+        DENSE_FRACTION of the [B, T] grid is active, packing costs more than it
+        saves and the layer runs densely, keeping inactive pieces unchanged.
+        Returns a new hidden tensor in training (autograd), else updates in place."""
         view = self._views[index]
         B, T, d = hidden.shape
         H = self.n_heads
         dh = d // H
         keys = view.k(hidden).view(B, T, H, dh).transpose(1, 2)
         values = view.v(hidden).view(B, T, H, dh).transpose(1, 2)
+        n_real = int(piece_mask.sum())
+        # without padding, no mask: SDPA can take its fastest kernel
+        mask = None if n_real == B * T else piece_mask[:, None, None, :]
+        dropout = self.attention_dropout if self.training else 0.0
+        n_active = int(active.sum())
+        if n_active >= self.DENSE_FRACTION * B * T:
+            # (nearly) everything active: one dense pass, as Hugging Face does
+            queries = view.q(hidden).view(B, T, H, dh).transpose(1, 2)
+            context = F.scaled_dot_product_attention(queries, keys, values, attn_mask=mask, dropout_p=dropout)
+            out = self._attention_output_and_ffn(view, hidden, context.transpose(1, 2).reshape(B, T, d))
+            # padding states are never read (masked as keys, never a word's state)
+            return out if n_active == n_real else torch.where(active[..., None], out, hidden)
         rows, cols = active.nonzero(as_tuple=True)
         packed = hidden[rows, cols]  # [q, d]
         queries = view.q(packed)
@@ -189,21 +206,23 @@ class MultiExitEncoder(nn.Module):
         padded_q = queries.new_zeros(B, q_len, d)
         padded_q[rows, ranks] = queries
         padded_q = padded_q.view(B, q_len, H, dh).transpose(1, 2)
-        mask = piece_mask[:, None, None, :]
-        dropout = self.attention_dropout if self.training else 0.0
         context = F.scaled_dot_product_attention(padded_q, keys, values, attn_mask=mask, dropout_p=dropout)
         context = context.transpose(1, 2).reshape(B, q_len, d)[rows, ranks]
-        attn = view.o(context)
-        if view.attn_output_dropout:
-            attn = F.dropout(attn, self.hidden_dropout, self.training)
-        attn = view.attn_norm(packed + attn)
-        ff = view.ff_out(view.act(view.ff_in(attn)))
-        ff = F.dropout(ff, self.hidden_dropout, self.training)
-        out = view.ff_norm(attn + ff)
+        out = self._attention_output_and_ffn(view, packed, context)
         if torch.is_grad_enabled():
             return hidden.index_put((rows, cols), out)
         hidden[rows, cols] = out  # inference: update in place
         return hidden
+
+    def _attention_output_and_ffn(self, view: LayerView, states: Tensor, context: Tensor) -> Tensor:
+        """Output projection, residual + LayerNorm, feed-forward, residual + LayerNorm."""
+        attn = view.o(context)
+        if view.attn_output_dropout:
+            attn = F.dropout(attn, self.hidden_dropout, self.training)
+        attn = view.attn_norm(states + attn)
+        ff = view.ff_out(view.act(view.ff_in(attn)))
+        ff = F.dropout(ff, self.hidden_dropout, self.training)
+        return view.ff_norm(attn + ff)
 
     def _word_states(self, hidden: Tensor, batch: EncoderBatch) -> Tensor:
         """States of every word's first piece: [B, W, d]."""
