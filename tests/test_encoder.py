@@ -39,11 +39,14 @@ def random_batch(lengths, seed=0, vocab=50, start=5):
 def test_own_layer_loop_matches_hugging_face(kind, lengths):
     torch.manual_seed(0)
     backbone = tiny_backbone(kind).eval()
-    batch = random_batch(lengths)
+    assert_own_loop_matches_hugging_face(backbone, random_batch(lengths))
+
+
+def assert_own_loop_matches_hugging_face(backbone, batch):
     expected = backbone(input_ids=batch.input_ids, attention_mask=batch.piece_mask.long()).last_hidden_state
     encoder = MultiExitEncoder(backbone, n_labels=4).eval()
-    hidden = encoder.embed(batch)
     with torch.no_grad():
+        hidden = encoder.embed(batch)
         for index in range(encoder.n_layers):
             hidden = encoder._run_layer(index, hidden, batch.piece_mask, batch.piece_mask)
     real = batch.piece_mask
@@ -146,26 +149,4 @@ def test_electra_with_a_projected_embedding_runs():
     config = ElectraConfig(vocab_size=50, embedding_size=8, hidden_size=16, num_hidden_layers=2,
                            num_attention_heads=2, intermediate_size=32, max_position_embeddings=40)
     backbone = ElectraModel(config).eval()
-    batch = random_batch([5, 3])
-    expected = backbone(input_ids=batch.input_ids, attention_mask=batch.piece_mask.long()).last_hidden_state
-    encoder = MultiExitEncoder(backbone, n_labels=3).eval()
-    hidden = encoder.embed(batch)
-    with torch.no_grad():
-        for index in range(encoder.n_layers):
-            hidden = encoder._run_layer(index, hidden, batch.piece_mask, batch.piece_mask)
-    assert torch.allclose(hidden[batch.piece_mask], expected[batch.piece_mask], atol=1e-5)
-
-
-def test_dense_and_packed_paths_agree_and_keep_inactive_pieces():
-    torch.manual_seed(0)
-    encoder = MultiExitEncoder(tiny_backbone("bert"), n_labels=3).eval()
-    batch = random_batch([8, 8])
-    active = batch.piece_mask.clone()
-    active[0, 3] = False  # 15 of 16 active: dense
-    with torch.no_grad():
-        hidden = encoder.embed(batch)
-        dense = encoder._run_layer(0, hidden.clone(), batch.piece_mask, active)
-        encoder.DENSE_FRACTION = 1.01  # force packing
-        packed = encoder._run_layer(0, hidden.clone(), batch.piece_mask, active)
-    assert torch.equal(dense[0, 3], hidden[0, 3])
-    assert torch.allclose(dense, packed, atol=1e-5)
+    assert_own_loop_matches_hugging_face(backbone, random_batch([5, 3]))
