@@ -150,3 +150,18 @@ def test_electra_with_a_projected_embedding_runs():
                            num_attention_heads=2, intermediate_size=32, max_position_embeddings=40)
     backbone = ElectraModel(config).eval()
     assert_own_loop_matches_hugging_face(backbone, random_batch([5, 3]))
+
+
+def test_dense_and_packed_paths_agree_and_keep_inactive_pieces():
+    torch.manual_seed(0)
+    encoder = MultiExitEncoder(tiny_backbone("bert"), n_labels=3).eval()
+    batch = random_batch([8, 8])
+    active = batch.piece_mask.clone()
+    active[0, 3] = False  # 19 of 20 active: dense
+    with torch.no_grad():
+        hidden = encoder.embed(batch)
+        dense = encoder._run_layer(0, hidden.clone(), batch.piece_mask, active)
+        encoder.DENSE_FRACTION = 1.01  # force packing
+        packed = encoder._run_layer(0, hidden.clone(), batch.piece_mask, active)
+    assert torch.equal(dense[0, 3], hidden[0, 3])
+    assert torch.allclose(dense, packed, atol=1e-5)
