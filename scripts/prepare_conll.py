@@ -1,20 +1,22 @@
-"""Convert CoNLL-2003 files (word, POS, chunk, NER) into spaCy DocBin corpora.
+"""Convert CoNLL-2003-format files (word, POS, chunk, NER) into spaCy DocBin corpora.
 
 Each `-DOCSTART-` document becomes one Doc (sentence starts set, POS in
 `token.tag_`, entities in `doc.ents`); the marker lines never become tokens.
 Reuses spaCy's own `conll_ner_to_docs` converter after rewriting the marker
-into the delimiter that converter expects.
+into the delimiter that converter expects. A corpus without `-DOCSTART-`
+markers becomes one Doc per sentence.
 
-    python scripts/prepare_conll.py CONLL_DIR OUTPUT_DIR
+    python scripts/prepare_conll.py CONLL_DIR OUTPUT_DIR [--max-sentences N]
 
-The environment variable CONLL_DIR, when set, takes precedence over the
-CONLL_DIR argument (so a project run can point at a local copy).
+CONLL_DIR holds train.txt, dev.txt and test.txt (the project passes
+`vars.conll_dir`). `--max-sentences N` keeps the first N sentences of each
+split (whole documents, cut at N), for a quick run.
 """
-import os
+import argparse
 import sys
 from pathlib import Path
 
-from spacy.tokens import DocBin
+from spacy.tokens import Doc, DocBin
 from spacy.training.converters import conll_ner_to_docs
 
 SPACY_DELIMITER = "-DOCSTART- -X- O O"
@@ -26,22 +28,44 @@ def convert(text: str):
     return list(conll_ner_to_docs("\n".join(lines), n_sents=0, no_print=True))
 
 
-def main(conll_dir: str, output_dir: str) -> None:
-    source, target = Path(os.environ.get("CONLL_DIR") or conll_dir), Path(output_dir)
+def first_sentences(docs, limit: int):
+    """The first `limit` sentences, keeping document boundaries."""
+    kept, left = [], limit
+    for doc in docs:
+        if left <= 0:
+            break
+        sents = list(doc.sents)
+        if len(sents) > left:
+            doc = doc[: sents[left - 1].end].as_doc()
+            sents = sents[:left]
+        kept.append(doc)
+        left -= len(sents)
+    return kept
+
+
+def main(conll_dir: str, output_dir: str, max_sentences: int = 0) -> None:
+    source, target = Path(conll_dir), Path(output_dir)
     target.mkdir(parents=True, exist_ok=True)
     for split, filename in SPLITS.items():
         path = source / filename
         if not path.exists():
-            sys.exit(f"CoNLL-2003 file not found: {path} (set CONLL_DIR / vars.conll_dir)")
+            sys.exit(f"CoNLL-2003 file not found: {path} (set the project variable conll_dir, "
+                     "e.g. `spacy project run all . --vars.conll_dir PATH`)")
         docs = convert(path.read_text(encoding="utf8"))
+        if max_sentences:
+            docs = first_sentences(docs, max_sentences)
         n_tokens = sum(len(doc) for doc in docs)
         n_sents = sum(1 for doc in docs for _ in doc.sents)
-        assert not any(t.text == "-DOCSTART-" for doc in docs for t in doc)
+        if any(t.text == "-DOCSTART-" for doc in docs for t in doc):
+            sys.exit(f"{path}: -DOCSTART- markers survived the conversion")
         DocBin(docs=docs, store_user_data=False).to_disk(target / f"{split}.spacy")
         print(f"{split}: {len(docs)} docs, {n_sents} sentences, {n_tokens} tokens -> {target / f'{split}.spacy'}")
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
-        sys.exit(__doc__)
-    main(sys.argv[1], sys.argv[2])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("conll_dir")
+    parser.add_argument("output_dir")
+    parser.add_argument("--max-sentences", type=int, default=0)
+    args = parser.parse_args()
+    main(args.conll_dir, args.output_dir, args.max_sentences)

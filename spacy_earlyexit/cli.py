@@ -1,10 +1,12 @@
-"""Command line: `python -m spacy_earlyexit benchmark ...`, also available as
-`python -m spacy benchmark earlyexit ...`."""
+"""Command line: `python -m spacy_earlyexit train|benchmark ...`; the benchmark
+is also available as `python -m spacy benchmark earlyexit ...`."""
 from pathlib import Path
 from typing import List, Optional
 
 import typer
-from spacy.cli._util import benchmark_cli
+from spacy import util
+from spacy.cli._util import benchmark_cli, parse_config_overrides
+from wasabi import msg
 
 from .benchmark import (
     DEFAULT_SENTENCE_THRESHOLDS, DEFAULT_TOKEN_THRESHOLDS, default_sweep, format_table, run_benchmark, write_result,
@@ -56,4 +58,36 @@ def benchmark(
 
 
 app.command("benchmark")(benchmark)
+
+
+@app.command("train", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def train(
+    ctx: typer.Context,
+    config_path: Path = typer.Argument(..., help="Training config", exists=True, dir_okay=False),
+    output_path: Optional[Path] = typer.Option(None, "--output", "-o", help="Output directory"),
+    code_path: Optional[Path] = typer.Option(None, "--code", "-c", help="Python file with registered functions"),
+    use_gpu: int = typer.Option(-1, "--gpu-id", "-g", help="GPU ID or -1 for CPU"),
+    evals_per_epoch: int = typer.Option(1, "--evals-per-epoch", help="Dev evaluations per epoch (and one at the end)"),
+) -> None:
+    """`spacy train` with a run length that follows the corpus: `max_epochs`
+    becomes a step count measured on the training corpus, with the dev set
+    evaluated at least once per epoch and at the last step. Other options and
+    `--section.key value` overrides are those of `spacy train`."""
+    from spacy.cli.train import train as spacy_train
+
+    from .training_plan import plan_training
+
+    if code_path:
+        util.import_file("functions", code_path)
+    overrides = parse_config_overrides(ctx.args)
+    config = util.load_config(config_path, overrides=overrides, interpolate=True)
+    plan = plan_training(config, evals_per_epoch, overrides)
+    if plan:
+        per_epoch = plan.pop("__steps_per_epoch")
+        msg.info(
+            f"Corpus: {per_epoch} steps per epoch; {config['training']['max_epochs']} epochs -> "
+            f"max_steps {plan['training.max_steps']}, evaluating every {plan['training.eval_frequency']} "
+            "steps and at the last one"
+        )
+    spacy_train(config_path, output_path, use_gpu=use_gpu, overrides={**overrides, **plan})
 benchmark_cli.command("earlyexit")(benchmark)

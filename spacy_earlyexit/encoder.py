@@ -158,6 +158,7 @@ class MultiExitEncoder(nn.Module):
         self.n_layers = len(self._views)
         self.n_labels = n_labels
         self.head_dropout = nn.Dropout(head_dropout)
+        self._configured_dropout = (self.hidden_dropout, float(head_dropout))
         self.heads = nn.ModuleList(
             nn.Linear(self.hidden_size, n_labels) for _ in range(self.n_layers)
         )
@@ -169,6 +170,13 @@ class MultiExitEncoder(nn.Module):
         if case_classes:
             self.case_embedding = nn.Embedding(case_classes, self.hidden_size)
             nn.init.zeros_(self.case_embedding.weight)
+
+    def set_dropout(self, rate: Optional[float]) -> None:
+        """Use `rate` for hidden-state and classifier dropout while training
+        (spaCy's `drop`); None restores the configured rates."""
+        hidden, head = self._configured_dropout if rate is None else (float(rate), float(rate))
+        self.hidden_dropout = hidden
+        self.head_dropout.p = head
 
     # -- one layer over the active pieces -------------------------------------
     def _run_layer(self, index: int, hidden: Tensor, piece_mask: Tensor, active: Tensor) -> Tensor:

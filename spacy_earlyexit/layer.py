@@ -203,6 +203,9 @@ def MultiExitTransformer(
             "layer_weighting": layer_weighting,
             "max_wordpieces": max_wordpieces,
             "case_features": case_features,
+            # set by spaCy's `update(drop=...)` (thinc's set_dropout_rate);
+            # None: the configured head dropout and the backbone's own
+            "dropout_rate": None,
         },
         shims=[shim],
     )
@@ -240,6 +243,7 @@ def _plan(model: Model, docs: List[Doc]):
 def forward(model: Model, docs: List[Doc], is_train: bool) -> Tuple[List[Floats3d], Callable]:
     """Logits of every exit for every token of every doc."""
     shim, encoder, plan = _plan(model, docs)
+    encoder.set_dropout(model.attrs.get("dropout_rate") if is_train else None)
     n_layers, n_labels = encoder.n_layers, encoder.n_labels
     if not plan.sequences:
         empty = [model.ops.alloc3f(n_layers, n, n_labels) for n in plan.n_tokens]
