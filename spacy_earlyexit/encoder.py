@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .cost import LayerCost
+from .objective import SampledExits, layer_loss_weights  # noqa: F401  (layer_loss_weights: import path kept)
 from .policies import ExitPolicy, FullDepth
 
 
@@ -104,21 +105,6 @@ def _config_value(config, *names, default=None):
         if value is not None:
             return value
     return default
-
-
-def layer_loss_weights(n_layers: int, scheme: str = "linear") -> List[float]:
-    """Weights of the per-exit losses: `linear` (l / sum l, Li et al. 2021),
-    `uniform`, or `last` (a standard single-exit model)."""
-    if scheme == "linear":
-        raw = [float(l) for l in range(1, n_layers + 1)]
-    elif scheme == "uniform":
-        raw = [1.0] * n_layers
-    elif scheme == "last":
-        raw = [0.0] * (n_layers - 1) + [1.0]
-    else:
-        raise ValueError(f"Unknown layer weighting '{scheme}': use linear, uniform or last.")
-    total = sum(raw)
-    return [w / total for w in raw]
 
 
 class MultiExitEncoder(nn.Module):
@@ -250,26 +236,47 @@ class MultiExitEncoder(nn.Module):
         return hidden + self.case_embedding(batch.case_ids)
 
     # -- training: every exit's logits ----------------------------------------
-    def forward(self, batch: EncoderBatch, word_exit_layers: Optional[Tensor] = None) -> Tensor:
+    def forward(
+        self,
+        batch: EncoderBatch,
+        word_exit_layers: Optional[Tensor] = None,
+        sampled_exits: Optional[SampledExits] = None,
+    ) -> Tensor:
         """Logits of every exit for every real word: [L, n_words, C].
 
         `word_exit_layers` ([B, W], 1-based) freezes each word's pieces after
-        its exit layer, as at inference (self-sampling fine-tuning); frozen
-        pieces keep serving as keys and values."""
+        its exit layer, as at inference; frozen pieces keep serving as keys
+        and values. `sampled_exits` (self-sampling) instead decides exits
+        layer by layer from the model's own dropout-free predictions, as
+        inference does, and records them in `sampled_exits.exit_layers`."""
         hidden = self.embed(batch)
-        piece_exit = None
+        B, W = batch.word_mask.shape
+        word_active = batch.word_mask.clone()
         if word_exit_layers is not None:
-            piece_exit = word_exit_layers.gather(1, batch.piece_words.clamp(min=0))
-            piece_exit = torch.where(batch.piece_words >= 0, piece_exit, self.n_layers)
+            exits = word_exit_layers.clamp(1, self.n_layers)
+        else:
+            exits = torch.full((B, W), self.n_layers, dtype=torch.long, device=hidden.device)
         outputs = []
         for index in range(self.n_layers):
-            active = batch.piece_mask
-            if piece_exit is not None:
-                active = active & (piece_exit > index)
+            if word_exit_layers is not None:
+                word_active = batch.word_mask & (exits > index)
+            if word_exit_layers is None and sampled_exits is None:
+                active = batch.piece_mask
+            else:
+                piece_word_active = word_active.gather(1, batch.piece_words.clamp(min=0))
+                active = batch.piece_mask & ((batch.piece_words < 0) | piece_word_active)
             if bool(active.any()):
                 hidden = self._run_layer(index, hidden, batch.piece_mask, active)
-            states = self._word_states(hidden, batch)[batch.word_mask]
-            outputs.append(self.heads[index](self.head_dropout(states)))
+            word_states = self._word_states(hidden, batch)
+            outputs.append(self.heads[index](self.head_dropout(word_states[batch.word_mask])))
+            if sampled_exits is not None and index < self.n_layers - 1:
+                with torch.no_grad():
+                    probs = self.heads[index](word_states.detach()).softmax(-1)
+                    leaving = sampled_exits.exits(index, self.n_layers, probs, word_active, batch.word_mask)
+                exits = torch.where(leaving, index + 1, exits)
+                word_active = word_active & ~leaving
+        if sampled_exits is not None:
+            sampled_exits.exit_layers = exits
         return torch.stack(outputs)
 
     # -- inference: early exit --------------------------------------------------

@@ -1,8 +1,8 @@
 """Thinc wrapper around the multi-exit encoder.
 
 `spacy-earlyexit.MultiExitTransformer.v1` maps a batch of docs to the logits of
-every exit for every token (`[n_layers, n_tokens, n_labels]` per doc), with a
-backprop callback for training. Early-exit inference goes through
+every exit for every token (`[n_layers, n_tokens, n_labels]` per doc) and the
+layer each token ran to, with a backprop callback for training. Early-exit inference goes through
 `predict_exits`, which takes an exit policy. The pretrained weights load at
 `initialize`; a saved model rebuilds from its own config, tokenizer files and
 safetensors weights, without pickle and without the original model source.
@@ -21,11 +21,12 @@ from safetensors.torch import load_file, save, save_file
 from spacy.tokens import Doc
 from spacy.util import registry
 from thinc.api import ArgsKwargs, Model, PyTorchShim, get_torch_default_device, torch2xp, xp2torch
-from thinc.types import Floats3d
+from thinc.types import Floats3d, Ints1d
 
 import spacy_transformers.span_getters  # noqa: F401  registers the span getters
 
 from .encoder import MultiExitEncoder
+from .objective import SelfSampling
 from .hf_loading import EncoderLoadError, backbone_from_config, load_pretrained, load_tokenizer
 from .policies import ExitPolicy
 from .wordpieces import N_CASE_CLASSES, SpanGetter, collate, length_batches, plan_sequences
@@ -175,7 +176,7 @@ def MultiExitTransformer(
     case_features: bool = True,
     span_getter: Optional[SpanGetter] = None,
     nO: Optional[int] = None,
-) -> Model[List[Doc], List[Floats3d]]:
+) -> Model[List[Doc], Tuple[List[Floats3d], List[Ints1d]]]:
     """A Hugging Face encoder (`name`: directory, embedded package or model id)
     with a classifier after every layer.
 
@@ -206,6 +207,8 @@ def MultiExitTransformer(
             # set by spaCy's `update(drop=...)` (thinc's set_dropout_rate);
             # None: the configured head dropout and the backbone's own
             "dropout_rate": None,
+            # stage-2 training: SelfSampling settings (a dict), set by the component
+            "self_sampling": None,
         },
         shims=[shim],
     )
@@ -240,20 +243,46 @@ def _plan(model: Model, docs: List[Doc]):
     return shim, encoder, plan_sequences(docs, shim.tokenizer, max_pieces, shim.span_getter)
 
 
-def forward(model: Model, docs: List[Doc], is_train: bool) -> Tuple[List[Floats3d], Callable]:
-    """Logits of every exit for every token of every doc."""
+def _sentence_groups(docs: List[Doc], plan, order: List[int]):
+    """Sentence number of every word of the collated batch [B, W] (0 when a
+    doc has no sentence boundaries)."""
+    starts = [numpy.cumsum(doc.to_array("SENT_START") == 1) if len(doc) else None for doc in docs]
+    width = max(len(plan.sequences[i].word_starts) for i in order)
+    groups = numpy.zeros((len(order), width), dtype="int64")
+    for row, index in enumerate(order):
+        sequence = plan.sequences[index]
+        groups[row, : len(sequence.tokens)] = starts[sequence.doc_index][sequence.tokens]
+    return torch.from_numpy(groups)
+
+
+def forward(model: Model, docs: List[Doc], is_train: bool) -> Tuple[Tuple[List[Floats3d], List[Ints1d]], Callable]:
+    """Logits of every exit for every token of every doc, and the layer each
+    token ran to (the last layer, or its sampled exit in self-sampling
+    training): `([n_layers, n_tokens, n_labels] per doc, [n_tokens] per doc)`."""
     shim, encoder, plan = _plan(model, docs)
     encoder.set_dropout(model.attrs.get("dropout_rate") if is_train else None)
     n_layers, n_labels = encoder.n_layers, encoder.n_labels
     if not plan.sequences:
         empty = [model.ops.alloc3f(n_layers, n, n_labels) for n in plan.n_tokens]
-        return empty, lambda d_scores: []
+        layers = [numpy.full(n, n_layers, dtype="int64") for n in plan.n_tokens]
+        return (empty, layers), lambda d_scores: []
     order = sorted(range(len(plan.sequences)), key=lambda i: len(plan.sequences[i]))
     batch = collate([plan.sequences[i] for i in order], shim.tokenizer.pad_token_id or 0).to(encoder.device)
     rows = plan.token_rows(order)
-    logits, torch_backprop = shim(ArgsKwargs(args=(batch,), kwargs={}), is_train)
+    sampling = model.attrs.get("self_sampling") if is_train else None
+    sampled = None
+    if sampling:
+        sampled = SelfSampling(**sampling).sample(_sentence_groups(docs, plan, order), batch.word_mask.cpu())
+        sampled.thresholds = sampled.thresholds.to(encoder.device)
+        sampled.half_windows = sampled.half_windows.to(encoder.device)
+    logits, torch_backprop = shim(ArgsKwargs(args=(batch,), kwargs={"sampled_exits": sampled}), is_train)
     all_scores = model.ops.asarray3f(torch2xp(logits.detach()))
     scores = [all_scores[:, doc_rows] for doc_rows in rows]
+    if sampled is not None:
+        all_layers = sampled.exit_layers[batch.word_mask].cpu().numpy()
+    else:
+        all_layers = numpy.full(all_scores.shape[1], n_layers, dtype="int64")
+    layers = [all_layers[doc_rows] for doc_rows in rows]
 
     def backprop(d_scores: List[Floats3d]) -> List:
         d_all = model.ops.alloc3f(*all_scores.shape)
@@ -263,7 +292,7 @@ def forward(model: Model, docs: List[Doc], is_train: bool) -> Tuple[List[Floats3
         torch_backprop(ArgsKwargs(args=(logits,), kwargs={"grad_tensors": (grads,)}))
         return []
 
-    return scores, backprop
+    return (scores, layers), backprop
 
 
 @dataclass

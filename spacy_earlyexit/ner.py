@@ -1,5 +1,5 @@
 """`earlyexit_ner`: named entities from a multi-exit encoder (BIO tags per token)."""
-from typing import Callable, Iterable, List, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional
 
 from spacy.language import Language
 from spacy.tokens import Doc, Span
@@ -7,6 +7,7 @@ from spacy.training import Example
 from thinc.api import Config, Model
 
 from .pipe import DEFAULT_MODEL_CONFIG, EarlyExitLabeler
+from .objective import SelfSampling
 from .policies import ExitPolicy
 
 BILUO_TO_BIO = {"B": "B", "I": "I", "L": "I", "U": "B", "O": "O"}
@@ -50,6 +51,9 @@ def bio_tags_to_spans(doc: Doc, tags: List[str]) -> List[Span]:
         "exit_policy": {"@misc": "spacy-earlyexit.full_depth.v1"},
         "scorer": {"@scorers": "spacy.ner_scorer.v1"},
         "batch_sequences": 64,
+        "operating_points": {},
+        "operating_point": None,
+        "self_sampling": None,
     },
     default_score_weights={"ents_f": 1.0, "ents_p": 0.0, "ents_r": 0.0, "ents_per_type": None},
 )
@@ -60,9 +64,14 @@ def make_earlyexit_ner(
     exit_policy: ExitPolicy,
     scorer: Optional[Callable],
     batch_sequences: int,
+    operating_points: Dict[str, Dict[str, Any]],
+    operating_point: Optional[str],
+    self_sampling: Optional[SelfSampling],
 ) -> "EarlyExitNER":
     """Named entity recognizer whose tokens leave the encoder early."""
-    return EarlyExitNER(nlp.vocab, model, name, exit_policy=exit_policy, scorer=scorer, batch_sequences=batch_sequences)
+    return EarlyExitNER(nlp.vocab, model, name, exit_policy=exit_policy, scorer=scorer, batch_sequences=batch_sequences,
+        operating_points=operating_points, operating_point=operating_point, self_sampling=self_sampling,
+    )
 
 
 class EarlyExitNER(EarlyExitLabeler):

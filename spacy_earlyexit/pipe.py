@@ -1,9 +1,11 @@
 """Shared base of the early-exit pipeline components (spaCy's TrainablePipe contract)."""
+from contextlib import contextmanager
 from itertools import islice
-from typing import Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Union
 
 import numpy
 import srsly
+import torch
 from spacy import util
 from spacy.errors import Errors
 from spacy.language import Language
@@ -13,10 +15,11 @@ from spacy.training import Example, validate_examples, validate_get_examples
 from spacy.vocab import Vocab
 from thinc.api import Model, set_dropout_rate
 
-from .encoder import layer_loss_weights
 from .extensions import record_exits, register_extensions
 from .layer import DocExits, predict_exits
+from .objective import SelfSampling, exit_loss, layer_loss_weights
 from .policies import ExitPolicy, FullDepth
+from .registrations import policy_from_spec
 
 DEFAULT_MODEL_CONFIG = """
 [model]
@@ -46,6 +49,9 @@ class EarlyExitLabeler(TrainablePipe):
         exit_policy: Optional[ExitPolicy] = None,
         scorer: Optional[Callable] = None,
         batch_sequences: int = 64,
+        operating_points: Optional[Dict[str, Dict]] = None,
+        operating_point: Optional[str] = None,
+        self_sampling: Optional[SelfSampling] = None,
     ) -> None:
         register_extensions()
         self.vocab = vocab
@@ -55,6 +61,32 @@ class EarlyExitLabeler(TrainablePipe):
         self.scorer = scorer
         self.batch_sequences = batch_sequences
         self.cfg: Dict = {"labels": []}
+        self.operating_points: Dict[str, Dict] = {}
+        for point, spec in (operating_points or {}).items():
+            policy_from_spec(spec, f"operating point '{point}' of '{name}'")  # fail early on a bad spec
+            self.operating_points[str(point)] = dict(spec)
+        self.operating_point: Optional[str] = None
+        if operating_point:
+            self.use(operating_point)
+        self.model.attrs["self_sampling"] = self_sampling.to_dict() if self_sampling else None
+
+    # -- operating points ---------------------------------------------------------
+    def use(self, operating_point: str) -> ExitPolicy:
+        """Switch to a named operating point (calibrated, or "full"); returns
+        its exit policy. Nothing is retrained or reloaded."""
+        if operating_point == "full":
+            policy: ExitPolicy = FullDepth()
+        elif operating_point in self.operating_points:
+            policy = policy_from_spec(self.operating_points[operating_point])
+        else:
+            known = ", ".join(["full", *self.operating_points]) or "full"
+            raise ValueError(
+                f"'{self.name}' has no operating point '{operating_point}': use one of {known} "
+                "(calibrate with `python -m spacy_earlyexit calibrate`)."
+            )
+        self.exit_policy = policy
+        self.operating_point = operating_point
+        return policy
 
     # -- labels -----------------------------------------------------------------
     @property
@@ -102,8 +134,16 @@ class EarlyExitLabeler(TrainablePipe):
         *,
         nlp: Optional[Language] = None,
         labels: Optional[Sequence[str]] = None,
+        init_from: Optional[str] = None,
     ) -> None:
+        """Collect labels and load the pretrained encoder, or, with `init_from`
+        (a trained pipeline's path or package name), start from that
+        pipeline's component of the same type: its labels and all its weights
+        (self-sampling fine-tuning starts from the stage-1 pipeline this way)."""
         validate_get_examples(get_examples, f"{type(self).__name__}.initialize")
+        if init_from:
+            self._initialize_from(str(init_from))
+            return
         if labels is not None:
             for label in labels:
                 self.add_label(label)
@@ -119,6 +159,40 @@ class EarlyExitLabeler(TrainablePipe):
         self.model.set_dim("nO", len(self.output_labels), force=True)
         sample = [eg.predicted for eg in islice(get_examples(), 10)]
         self.model.initialize(X=sample)
+
+    @contextmanager
+    def using(self, policy: Union[str, ExitPolicy]) -> Iterator[ExitPolicy]:
+        """Run with another exit policy (or named operating point) for the
+        duration of a `with` block; the previous one comes back after it."""
+        previous, previous_point = self.exit_policy, self.operating_point
+        try:
+            yield self.use(policy) if isinstance(policy, str) else self._set_policy(policy)
+        finally:
+            self.exit_policy, self.operating_point = previous, previous_point
+
+    def _set_policy(self, policy: ExitPolicy) -> ExitPolicy:
+        self.exit_policy = policy
+        self.operating_point = None
+        return policy
+
+    def _initialize_from(self, source: str) -> None:
+        import spacy
+
+        source_nlp = spacy.load(source)
+        matches = [proc for _, proc in source_nlp.pipeline if type(proc) is type(self)]
+        named = [proc for name, proc in source_nlp.pipeline if name == self.name and type(proc) is type(self)]
+        if not matches:
+            raise ValueError(f"'{source}' has no {type(self).__name__} component to initialize '{self.name}' from.")
+        other = (named or matches)[0]
+        for attr in ("max_wordpieces", "case_features"):
+            if attr == "case_features" and other.model.attrs[attr] != self.model.attrs[attr]:
+                raise ValueError(
+                    f"'{self.name}' sets case_features={self.model.attrs[attr]} but '{source}' was trained "
+                    f"with case_features={other.model.attrs[attr]}: use the same model settings."
+                )
+        self.cfg["labels"] = list(other.labels)
+        self.model.set_dim("nO", len(self.output_labels), force=True)
+        self.model.shims[0].from_bytes(other.model.shims[0].to_bytes())
 
     def predict(self, docs: Iterable[Doc]) -> List[DocExits]:
         docs = list(docs)
@@ -155,36 +229,34 @@ class EarlyExitLabeler(TrainablePipe):
         losses[self.name] += loss
         return losses
 
-    def get_loss(self, examples: Iterable[Example], scores: List) -> tuple:
-        """Layer-weighted cross-entropy over every exit; unknown gold is skipped."""
+    def get_loss(self, examples: Iterable[Example], scores) -> tuple:
+        """Layer-weighted cross-entropy over every exit (`objective.exit_loss`);
+        with self-sampling, an exit counts only the words still running there.
+        `scores` is the model's output: (logits per doc, run-to layer per doc).
+        Unknown gold is skipped."""
         examples = list(examples)
         validate_examples(examples, f"{type(self).__name__}.get_loss")
+        logits, run_layers = scores
         index = {label: i for i, label in enumerate(self.output_labels)}
         truths = [
             numpy.array([index.get(label, -1) if label else -1 for label in self._gold_labels(eg)], dtype="int64")
             for eg in examples
         ]
-        n_known = max(1, sum(int((t >= 0).sum()) for t in truths))
-        n_layers = scores[0].shape[0] if scores else 0
-        weights = numpy.array(
-            layer_loss_weights(n_layers, self.model.attrs["layer_weighting"]), dtype="float32"
-        )[:, None, None]
-        loss = 0.0
-        d_scores = []
-        for doc_scores, truth in zip(scores, truths):
-            doc_scores = self.model.ops.to_numpy(doc_scores)
-            shifted = doc_scores - doc_scores.max(-1, keepdims=True)
-            probs = numpy.exp(shifted)
-            probs /= probs.sum(-1, keepdims=True)
-            known = numpy.nonzero(truth >= 0)[0]
-            gradient = probs.copy()
-            gradient[:, truth < 0] = 0.0
-            gradient[:, known, truth[known]] -= 1.0
-            gradient *= weights / n_known
-            picked = probs[:, known, truth[known]]
-            loss += float(-(weights[:, :, 0] * numpy.log(numpy.maximum(picked, 1e-12))).sum() / n_known)
-            d_scores.append(self.model.ops.asarray3f(gradient))
-        return loss, d_scores
+        if not logits or not sum(t.size for t in truths):
+            return 0.0, [self.model.ops.asarray3f(numpy.zeros_like(self.model.ops.to_numpy(x))) for x in logits]
+        sizes = [len(t) for t in truths]
+        all_logits = torch.from_numpy(numpy.concatenate([self.model.ops.to_numpy(x) for x in logits], axis=1))
+        weights = torch.tensor(layer_loss_weights(all_logits.shape[0], self.model.attrs["layer_weighting"]))
+        loss, grad = exit_loss(
+            all_logits,
+            torch.from_numpy(numpy.concatenate(truths)),
+            weights,
+            torch.from_numpy(numpy.concatenate(run_layers).astype("int64")),
+        )
+        bounds = numpy.cumsum([0] + sizes)
+        grad = grad.numpy()
+        d_scores = [self.model.ops.asarray3f(grad[:, a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+        return float(loss), d_scores
 
     # -- scoring -----------------------------------------------------------------
     def score(self, examples: Iterable[Example], **kwargs) -> Dict[str, object]:

@@ -29,6 +29,15 @@ def max_prob_uncertainty(probs: Tensor) -> Tensor:
 UNCERTAINTY_MEASURES = {"entropy": normalized_entropy, "max_prob": max_prob_uncertainty}
 
 
+def window_max(values: Tensor, half_width: int) -> Tensor:
+    """Maximum of `values` [B, W] over `half_width` words on each side (clipped
+    at the edges): TOKEE's window, as a 1-D max-pool with stride 1."""
+    if half_width <= 0:
+        return values
+    k = min(half_width, values.shape[1])
+    return F.max_pool1d(values[:, None, :], 2 * k + 1, stride=1, padding=k)[:, 0]
+
+
 class ExitPolicy:
     """Full-depth behaviour; subclasses decide earlier exits."""
 
@@ -156,10 +165,7 @@ class TokenWindowExit(ThresholdPolicy):
         self.window = int(window)
 
     def exits(self, index, n_layers, uncertainty, active, words):
-        values = torch.where(words, uncertainty, torch.zeros_like(uncertainty))
-        if self.window > 0:
-            k = min(self.window, values.shape[1])
-            values = F.max_pool1d(values[:, None, :], 2 * k + 1, stride=1, padding=k)[:, 0]
+        values = window_max(torch.where(words, uncertainty, torch.zeros_like(uncertainty)), self.window)
         return active & (values < self.threshold_at(index, n_layers))
 
     def params(self) -> dict:

@@ -1,8 +1,9 @@
 """Exit policies as registered functions (`@misc`), so configs can pick them."""
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 from spacy.util import registry
 
+from .objective import SelfSampling
 from .policies import ExitPolicy, FixedDepth, FullDepth, SentenceExit, TokenWindowExit
 
 
@@ -50,3 +51,31 @@ def make_policy(name: str, **params) -> ExitPolicy:
     if name not in POLICY_MAKERS:
         raise ValueError(f"Unknown exit policy '{name}': use one of {sorted(POLICY_MAKERS)}.")
     return POLICY_MAKERS[name](**params)
+
+
+def policy_from_spec(spec: Dict[str, Any], what: str = "operating point") -> ExitPolicy:
+    """An exit policy from an operating point's spec: `{"policy": short name,
+    **its parameters}`, as operating points are stored in configs."""
+    spec = dict(spec)
+    name = spec.pop("policy", None)
+    if not name:
+        raise ValueError(f"The {what} has no 'policy' (one of {sorted(POLICY_MAKERS)}): {spec}")
+    try:
+        return make_policy(name, **spec)
+    except TypeError as err:
+        raise ValueError(f"The {what} has parameters its policy '{name}' does not take: {err}") from err
+
+
+@registry.misc("spacy-earlyexit.self_sampling.v1")
+def make_self_sampling(
+    min_window: int = 5,
+    max_window: int = 15,
+    min_threshold: float = 0.01,
+    max_threshold: float = 0.25,
+    upper_factor: float = 2.0,
+    aggressive_share: float = 0.2,
+    full_depth_share: float = 0.4,
+) -> SelfSampling:
+    """Self-sampling fine-tuning (stage 2): exits sampled per sentence in training."""
+    return SelfSampling(min_window, max_window, min_threshold, max_threshold, upper_factor,
+                        aggressive_share, full_depth_share)

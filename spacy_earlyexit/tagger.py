@@ -1,6 +1,6 @@
 """`earlyexit_tagger`: fine-grained part-of-speech tags (`token.tag_`) from a
 multi-exit encoder."""
-from typing import Callable, Iterable, List, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional
 
 from spacy.language import Language
 from spacy.tokens import Doc
@@ -8,6 +8,7 @@ from spacy.training import Example
 from thinc.api import Config, Model
 
 from .pipe import DEFAULT_MODEL_CONFIG, EarlyExitLabeler
+from .objective import SelfSampling
 from .policies import ExitPolicy
 
 
@@ -19,6 +20,9 @@ from .policies import ExitPolicy
         "exit_policy": {"@misc": "spacy-earlyexit.full_depth.v1"},
         "scorer": {"@scorers": "spacy.tagger_scorer.v1"},
         "batch_sequences": 64,
+        "operating_points": {},
+        "operating_point": None,
+        "self_sampling": None,
     },
     default_score_weights={"tag_acc": 1.0},
 )
@@ -29,9 +33,14 @@ def make_earlyexit_tagger(
     exit_policy: ExitPolicy,
     scorer: Optional[Callable],
     batch_sequences: int,
+    operating_points: Dict[str, Dict[str, Any]],
+    operating_point: Optional[str],
+    self_sampling: Optional[SelfSampling],
 ) -> "EarlyExitTagger":
     """Part-of-speech tagger whose tokens leave the encoder early."""
-    return EarlyExitTagger(nlp.vocab, model, name, exit_policy=exit_policy, scorer=scorer, batch_sequences=batch_sequences)
+    return EarlyExitTagger(nlp.vocab, model, name, exit_policy=exit_policy, scorer=scorer, batch_sequences=batch_sequences,
+        operating_points=operating_points, operating_point=operating_point, self_sampling=self_sampling,
+    )
 
 
 class EarlyExitTagger(EarlyExitLabeler):

@@ -1,0 +1,287 @@
+"""Operating points calibrated on dev data.
+
+For each target analytic speed-up (default 2x, 3x, 4x) and for a maximum
+score drop (default 0.5 points), choose TOKEE parameters (window, threshold,
+threshold multiplier for the upper half of the layers) on a dev corpus:
+
+1. one full-depth pass records every exit's prediction and uncertainty for
+   every word (`trace`);
+2. every candidate of a grid is simulated from that trace in a fraction of a
+   second (its exits, labels, score and analytic cost; exited neighbours are
+   not frozen in the simulation, which is why step 3 exists);
+3. the best simulated candidates are run for real on dev, and the best one
+   that really reaches the target is kept; a target no candidate reaches is
+   reported as not reached, with the best that was found.
+
+The chosen points are written into the pipeline's config (the component's
+`operating_points` and its default `operating_point`) and into its meta, so a
+saved or packaged pipeline loads with them and switches by name.
+"""
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy
+import spacy
+import torch
+from spacy import util
+from spacy.language import Language
+from spacy.training import Example
+
+from .benchmark import OperatingPoint, corpus_examples, early_exit_component, fresh_copy, measure
+from .layer import _plan
+from .pipe import EarlyExitLabeler
+from .policies import normalized_entropy, window_max
+from .wordpieces import collate, length_batches
+
+DEFAULT_TARGETS = (2.0, 3.0, 4.0)
+DEFAULT_MAX_DROP = 0.5
+THRESHOLDS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.07, 0.1, 0.13, 0.16, 0.2, 0.25, 0.3, 0.35,
+              0.4, 0.45, 0.5, 0.55, 0.6, 0.7, 0.8, 0.9, 1.01)
+WINDOWS = (1, 2, 3)
+UPPER_FACTORS = (1.0, 2.0)
+#: real dev runs per target, at most
+MAX_REAL_RUNS = 4
+
+
+@dataclass
+class Trace:
+    """Every exit's prediction for every word of a corpus, per encoder sequence (padded)."""
+
+    uncertainty: torch.Tensor  # [S, L, W]
+    labels: torch.Tensor  # [S, L, W]
+    word_mask: torch.Tensor  # [S, W]
+    pieces: torch.Tensor  # [S, W] wordpieces of each word
+    n_pieces: torch.Tensor  # [S] real pieces, specials included
+    n_special: torch.Tensor  # [S]
+    owner_sequence: List[numpy.ndarray]  # per doc: sequence of each token's labelling copy
+    owner_word: List[numpy.ndarray]
+
+
+@dataclass
+class Candidate:
+    window: int
+    threshold: float
+    upper_factor: float
+    score: float = 0.0
+    speedup: float = 1.0
+
+    def spec(self, n_layers: int) -> Dict:
+        lower = n_layers // 2
+        layers = [self.threshold] * lower + [self.threshold * self.upper_factor] * (n_layers - lower)
+        return {"policy": "token_window", "threshold": self.threshold, "window": self.window,
+                "layer_thresholds": [round(t, 6) for t in layers]}
+
+
+@dataclass
+class CalibratedPoint:
+    name: str
+    target: float  # speed-up, or the allowed score drop (kind "max_drop")
+    kind: str  # "speedup" or "max_drop"
+    spec: Optional[Dict] = None
+    reached: bool = False
+    dev_score: Optional[float] = None
+    flops_speedup: Optional[float] = None
+    note: str = ""
+    tried: List[Dict] = field(default_factory=list)
+
+    def to_dict(self) -> Dict:
+        spec = dict(self.spec or {})
+        return {"name": self.name, "target": self.target, "kind": self.kind, "policy": spec.pop("policy", None),
+                "params": spec, "reached": self.reached, "dev_score": self.dev_score,
+                "dev_flops_speedup": self.flops_speedup, "note": self.note}
+
+
+def trace(nlp: Language, component: EarlyExitLabeler, examples: List[Example]) -> Trace:
+    """One full-depth pass that keeps every exit's labels and uncertainties."""
+    docs = [fresh_copy(eg.predicted) for eg in examples]
+    shim, encoder, plan = _plan(component.model, docs)
+    encoder.eval()
+    S = len(plan.sequences)
+    L = encoder.n_layers
+    W = max((len(s.word_starts) for s in plan.sequences), default=1)
+    unc = torch.zeros(S, L, W)
+    labels = torch.zeros(S, L, W, dtype=torch.long)
+    word_mask = torch.zeros(S, W, dtype=torch.bool)
+    pieces = torch.zeros(S, W)
+    n_pieces = torch.zeros(S)
+    n_special = torch.zeros(S)
+    pad_id = shim.tokenizer.pad_token_id or 0
+    for indices in length_batches(plan, component.batch_sequences, 8192):
+        batch = collate([plan.sequences[i] for i in indices], pad_id).to(encoder.device)
+        with torch.inference_mode():
+            probs = encoder(batch).softmax(-1).cpu()  # [L, n_words, C]
+        offset = 0
+        for index in indices:
+            sequence = plan.sequences[index]
+            n = len(sequence.word_starts)
+            unc[index, :, :n] = normalized_entropy(probs[:, offset : offset + n])
+            labels[index, :, :n] = probs[:, offset : offset + n].argmax(-1)
+            offset += n
+            word_mask[index, :n] = True
+            piece_words = numpy.asarray(sequence.piece_words)
+            pieces[index, :n] = torch.from_numpy(numpy.bincount(piece_words[piece_words >= 0], minlength=n)[:n]).float()
+            n_pieces[index] = len(sequence)
+            n_special[index] = int((piece_words < 0).sum())
+    return Trace(unc, labels, word_mask, pieces, n_pieces, n_special, plan.owner_sequence, plan.owner_word)
+
+
+def simulate(tr: Trace, component: EarlyExitLabeler, candidate: Candidate) -> Tuple[torch.Tensor, float]:
+    """Exit layers [S, W] of a candidate and its analytic speed-up, from the trace."""
+    S, L, W = tr.uncertainty.shape
+    lower = L // 2
+    values = torch.where(tr.word_mask[:, None, :], tr.uncertainty, torch.zeros(()))
+    pooled = window_max(values.reshape(S * L, W), candidate.window).reshape(S, L, W)
+    thresholds = torch.tensor([candidate.threshold] * lower + [candidate.threshold * candidate.upper_factor] * (L - lower))
+    below = pooled < thresholds[None, :, None]
+    below[:, -1, :] = True  # the last layer labels every word still running
+    exits = below.float().argmax(1) + 1  # first layer where the word may leave, 1-based
+    cost_model = component.model.shims[0].encoder.layer_cost
+    n = tr.n_pieces.double()
+    n_words = tr.word_mask.sum(1).double()
+    cost = torch.zeros(S, dtype=torch.float64)
+    for index in range(L):
+        active = tr.word_mask & (exits > index)
+        running = active.any(1)
+        q = tr.n_special.double() + (tr.pieces * active).sum(1).double()
+        layer = cost_model.layer(n, q) + cost_model.classifier(active.sum(1).double())
+        cost += torch.where(running, layer, torch.zeros_like(layer))
+    full = cost_model.full(n, n_words, L)
+    return exits, float(full.sum() / cost.sum())
+
+
+def simulated_score(tr: Trace, component: EarlyExitLabeler, examples: List[Example], exits: torch.Tensor) -> float:
+    """The component's score when every word takes the label of its exit."""
+    label_ids = tr.labels.gather(1, (exits - 1)[:, None, :])[:, 0, :].numpy()
+    classes = component.output_labels
+    predicted = []
+    for d, eg in enumerate(examples):
+        doc = fresh_copy(eg.predicted)
+        ids = label_ids[tr.owner_sequence[d], tr.owner_word[d]] if len(doc) else []
+        component._annotate(doc, [classes[i] for i in ids])
+        predicted.append(Example(doc, eg.reference))
+    return float(component.scorer(predicted)[score_key(component)] or 0.0)
+
+
+def score_key(component: EarlyExitLabeler) -> str:
+    from .ner import EarlyExitNER
+
+    return "ents_f" if isinstance(component, EarlyExitNER) else "tag_acc"
+
+
+def candidates(windows: Sequence[int] = WINDOWS, thresholds: Sequence[float] = THRESHOLDS,
+               upper_factors: Sequence[float] = UPPER_FACTORS) -> List[Candidate]:
+    return [Candidate(w, t, f) for w in windows for f in upper_factors for t in thresholds]
+
+
+def _real(nlp: Language, name: str, examples: List[Example], spec: Dict) -> Tuple[float, float]:
+    point = OperatingPoint(spec["policy"], {k: v for k, v in spec.items() if k != "policy"})
+    measure(nlp, name, examples, point, batch_size=64)
+    return float(point.score or 0.0), float(point.flops_speedup or 1.0)
+
+
+def _choose(nlp, name, examples, component, simulated: List[Candidate], point: CalibratedPoint,
+            full_score: float, progress) -> None:
+    """Run the best simulated candidates for real; keep the best that reaches the target."""
+    L = component.model.shims[0].encoder.n_layers
+    if point.kind == "speedup":
+        pool = sorted((c for c in simulated if c.speedup >= point.target), key=lambda c: (-c.score, -c.speedup))
+    else:
+        floor = full_score - point.target / 100.0
+        pool = sorted((c for c in simulated if c.score >= floor), key=lambda c: (-c.speedup, -c.score))
+    if not pool:
+        best = max(simulated, key=lambda c: c.speedup) if point.kind == "speedup" else None
+        point.note = (f"not reached: the fastest candidate reaches {best.speedup:.2f}x (simulated)" if best
+                      else "not reached: no candidate stays within the allowed drop")
+        return
+    best_real: Optional[Tuple[float, float, Dict]] = None
+    for candidate in pool[:MAX_REAL_RUNS]:
+        spec = candidate.spec(L)
+        score, speedup = _real(nlp, name, examples, spec)
+        point.tried.append({"spec": spec, "simulated": [candidate.score, candidate.speedup], "real": [score, speedup]})
+        progress(f"  {point.name}: window={candidate.window} threshold={candidate.threshold} "
+                 f"upper x{candidate.upper_factor}: simulated {100 * candidate.score:.2f} / {candidate.speedup:.2f}x, "
+                 f"real {100 * score:.2f} / {speedup:.2f}x")
+        ok = speedup >= point.target * 0.995 if point.kind == "speedup" else score >= full_score - point.target / 100.0
+        if ok and (best_real is None or (score, speedup) > best_real[:2]):
+            best_real = (score, speedup, spec)
+            if point.kind == "speedup":
+                break  # candidates come best score first: the first real success is the pick
+    if best_real is None:
+        last = point.tried[-1]["real"]
+        point.note = (f"not reached on dev after {len(point.tried)} real runs "
+                      f"(last: {100 * last[0]:.2f} at {last[1]:.2f}x)")
+        return
+    point.dev_score, point.flops_speedup, point.spec = best_real
+    point.reached = True
+
+
+def calibrate(
+    nlp: Language,
+    component_name: str,
+    examples: List[Example],
+    targets: Sequence[float] = DEFAULT_TARGETS,
+    max_drop: Optional[float] = DEFAULT_MAX_DROP,
+    progress=print,
+) -> Dict:
+    """Operating points for `component_name`, chosen on `examples` (dev)."""
+    component: EarlyExitLabeler = nlp.get_pipe(component_name)
+    with component.using("full"):
+        full_score, _ = _real(nlp, component_name, examples, {"policy": "full"})
+        progress(f"full depth on dev: {100 * full_score:.2f}")
+        tr = trace(nlp, component, examples)
+    simulated = []
+    for candidate in candidates():
+        exits, candidate.speedup = simulate(tr, component, candidate)
+        candidate.score = simulated_score(tr, component, examples, exits)
+        simulated.append(candidate)
+    progress(f"simulated {len(simulated)} candidates; fastest {max(c.speedup for c in simulated):.2f}x")
+    points = [CalibratedPoint(f"{t:g}x", float(t), "speedup") for t in targets]
+    if max_drop is not None:
+        points.append(CalibratedPoint(f"within-{max_drop:g}", float(max_drop), "max_drop"))
+    with component.using("full"):
+        for point in points:
+            _choose(nlp, component_name, examples, component, simulated, point, full_score, progress)
+            status = (f"{100 * point.dev_score:.2f} at {point.flops_speedup:.2f}x" if point.reached else point.note)
+            progress(f"{point.name}: {status}")
+    reached = [p for p in points if p.reached]
+    default = next((p.name for p in reversed(reached) if p.kind == "max_drop"), "full")
+    return {"component": component_name, "metric": score_key(component), "full": {"dev_score": full_score},
+            "default": default, "points": [p.to_dict() for p in points]}
+
+
+def write_calibrated(source: str, output: Path, result: Dict, dev_path: str) -> None:
+    """Copy the pipeline to `output` with the points in its config and meta."""
+    output = Path(output)
+    if output.exists():
+        shutil.rmtree(output)
+    shutil.copytree(source, output)
+    name = result["component"]
+    config = util.load_config(output / "config.cfg", interpolate=False)
+    specs = {p["name"]: {"policy": p["policy"], **p["params"]} for p in result["points"] if p["reached"]}
+    config["components"][name]["operating_points"] = specs
+    config["components"][name]["operating_point"] = result["default"] if result["default"] in specs else None
+    config.to_disk(output / "config.cfg")
+    meta = json.loads((output / "meta.json").read_text(encoding="utf8"))
+    meta.setdefault("requirements", [])
+    from . import __version__
+
+    requirement = f"spacy-earlyexit>={__version__}"
+    if not any(r.startswith("spacy-earlyexit") for r in meta["requirements"]):
+        meta["requirements"].append(requirement)
+    meta["earlyexit"] = {**result, "calibrated_on": str(dev_path)}
+    (output / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf8")
+
+
+def run_calibration(pipeline: str, dev_path: str, output: Path, component_name: Optional[str] = None,
+                    targets: Sequence[float] = DEFAULT_TARGETS, max_drop: Optional[float] = DEFAULT_MAX_DROP,
+                    progress=print) -> Dict:
+    nlp = spacy.load(pipeline)
+    component_name = early_exit_component(nlp, component_name)
+    nlp.select_pipes(disable=[n for n in nlp.pipe_names if n != component_name])
+    examples = corpus_examples(nlp, dev_path)
+    result = calibrate(nlp, component_name, examples, targets, max_drop, progress)
+    write_calibrated(pipeline, output, result, dev_path)
+    return result
