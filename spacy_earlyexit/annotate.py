@@ -403,7 +403,7 @@ def _run_settings(pipeline: str, input_path: Path, output_path: Path, text_field
     files = [[name, path.stat().st_size] for path, name in input_files(input_path)]
     return {
         "version": STATE_VERSION,
-        "pipeline": str(pipeline),
+        "pipeline": str(Path(pipeline).resolve()) if Path(pipeline).exists() else str(pipeline),
         "input": str(Path(input_path).resolve()),
         "files": files,
         "field": text_field,

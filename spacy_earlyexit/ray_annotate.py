@@ -109,7 +109,9 @@ def annotate_with_ray(
               **(annotator_kwargs or {})}
     dataset = (
         ray.data.from_items(files)
-        .flat_map(read_file_rows, fn_kwargs={"text_field": text_field})
+        # reading lines takes no CPU worth reserving: with num_cpus > 0 it could wait
+        # forever for actors that hold every CPU of the cluster
+        .flat_map(read_file_rows, fn_kwargs={"text_field": text_field}, num_cpus=0)
         .map_batches(
             annotator,
             fn_constructor_args=(str(pipeline),),

@@ -61,8 +61,9 @@ def test_ray_output_is_the_single_process_output(local_ray, saved_pipeline, corp
     corpus, reference = corpus_and_reference
     output = tmp_path / "ray.jsonl"
     lines = []
+    # two one-CPU actors fill the two-CPU cluster: reading must not wait for a CPU (it once hung)
     summary = annotate_with_ray(str(saved_pipeline), corpus, output, num_actors=2, batch_size=2,
-                                num_cpus_per_actor=0.5, progress=lines.append)
+                                num_cpus_per_actor=1, progress=lines.append)
     assert summary.docs_total == 10 and summary.words_this_run > 0
     assert output.read_bytes() == reference.read_bytes()
     assert lines and "words/s" in lines[-1]
