@@ -6,6 +6,7 @@ from .layer import MultiExitTransformer
 from .ner import EarlyExitNER, make_earlyexit_ner
 from .policies import ExitPolicy, FixedDepth, FullDepth, SentenceExit, TokenWindowExit
 from .registrations import make_policy
+from .render import render, serve
 from . import training_plan  # noqa: F401  registers the schedule
 from .tagger import EarlyExitTagger, make_earlyexit_tagger
 
@@ -28,4 +29,6 @@ __all__ = [
     "make_earlyexit_ner",
     "make_earlyexit_tagger",
     "make_policy",
+    "render",
+    "serve",
 ]

@@ -81,3 +81,31 @@ def trained_tagger(tiny_model_dir):
     nlp = spacy.blank("en")
     nlp.add_pipe("earlyexit_tagger", config=model_config(tiny_model_dir))
     return train(nlp, tag_examples(nlp))
+
+
+def ner_tagger_examples(nlp):
+    """NER_DATA and TAG_DATA as one set of examples (tags where a text has them)."""
+    tags = dict(TAG_DATA)
+    examples = []
+    for text, ents in NER_DATA:
+        annotation = {"entities": ents, **({"tags": tags[text]} if text in tags else {})}
+        examples.append(Example.from_dict(nlp.make_doc(text), annotation))
+    for text, text_tags in TAG_DATA:
+        if text not in dict(NER_DATA):
+            examples.append(Example.from_dict(nlp.make_doc(text), {"tags": text_tags}))
+    return examples
+
+
+@pytest.fixture(scope="session")
+def saved_pipeline(tiny_model_dir, tmp_path_factory) -> Path:
+    """NER and tagger on the tiny encoder, trained, with token-level exits
+    (TOKEE, threshold 0.1, so exit layers vary), saved as a pipeline directory."""
+    spacy.util.fix_random_seed(0)
+    policy = {"@misc": "spacy-earlyexit.token_window_exit.v1", "threshold": 0.1, "window": 1}
+    nlp = spacy.blank("en")
+    nlp.add_pipe("earlyexit_ner", config={**model_config(tiny_model_dir), "exit_policy": policy})
+    nlp.add_pipe("earlyexit_tagger", config={**model_config(tiny_model_dir), "exit_policy": policy})
+    train(nlp, ner_tagger_examples(nlp))
+    path = tmp_path_factory.mktemp("pipelines") / "ner_tagger"
+    nlp.to_disk(path)
+    return path

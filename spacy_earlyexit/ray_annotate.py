@@ -1,0 +1,143 @@
+"""The annotation of `spacy_earlyexit.annotate` as a Ray Data pipeline.
+
+    files -> (flat_map) documents -> (map_batches, a pool of actors) JSONL lines -> OUTPUT
+
+Each actor loads the pipeline once and annotates batches of documents with
+early exit; the driver writes the lines in input order (Ray Data's
+`preserve_order`) into the same JSONL file a single-process
+`annotate_corpus` run writes, byte for byte. An actor that dies (a killed
+worker, a lost node) is restarted by Ray and its batch is run again, so
+nothing is lost; the output appears under its name only once it is complete.
+
+Ray is an optional dependency: `pip install "spacy-earlyexit[ray]"`. It is
+imported only when a function here is called.
+"""
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, Optional, Type
+
+from .annotate import (
+    AnnotateError, AnnotateSummary, _doc_lines, _parse_line, input_files, load_pipeline, output_format_of,
+    record_line, token_attrs,
+)
+
+RAY_MISSING = (
+    "Annotating with Ray needs Ray Data, an optional dependency of spacy-earlyexit: "
+    "pip install \"spacy-earlyexit[ray]\" (or pip install \"ray[data]\")."
+)
+
+
+def require_ray():
+    """The `ray` module with `ray.data`, or an ImportError that says how to get it."""
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError as err:
+        raise ImportError(RAY_MISSING) from err
+    return ray
+
+
+def read_file_rows(row: Dict[str, Any], text_field: str) -> Iterator[Dict[str, Any]]:
+    """flat_map function: the documents of one input file, as rows."""
+    path = Path(row["path"])
+    for number, line in _doc_lines(path):
+        doc = _parse_line(path, row["name"], number, line, text_field)
+        # meta as JSON text: Arrow would otherwise unify the fields of all rows
+        yield {"id": doc.id, "text": doc.text, "meta": json.dumps(doc.meta, ensure_ascii=False)}
+
+
+class RayAnnotator:
+    """map_batches callable: the pipeline, loaded once per actor, annotates a
+    batch of documents into JSONL lines (`annotate.doc_record`)."""
+
+    def __init__(self, pipeline: str, *, use_gpu: bool = False, code_path: Optional[str] = None,
+                 torch_threads: int = 1, batch_size: int = 64) -> None:
+        import torch
+
+        torch.set_num_threads(torch_threads)
+        # Ray gives a GPU actor its own device(s) through CUDA_VISIBLE_DEVICES: it is device 0
+        self.nlp = load_pipeline(pipeline, 0 if use_gpu else -1, Path(code_path) if code_path else None)
+        self.attrs = token_attrs(self.nlp)
+        self.batch_size = batch_size
+
+    def __call__(self, batch: Dict[str, Any]) -> Dict[str, list]:
+        from .annotate import doc_record
+
+        ids, texts, metas = list(batch["id"]), list(batch["text"]), list(batch["meta"])
+        lines, n_words = [], []
+        for doc_id, meta, doc in zip(ids, metas, self.nlp.pipe(texts, batch_size=self.batch_size)):
+            lines.append(record_line(doc_record(doc, str(doc_id), json.loads(meta), self.attrs)))
+            n_words.append(len(doc))
+        return {"id": ids, "line": lines, "n_words": n_words}
+
+
+def annotate_with_ray(
+    pipeline: str,
+    input_path: Path,
+    output_path: Path,
+    *,
+    text_field: str = "text",
+    num_actors: int = 2,
+    batch_size: int = 64,
+    num_cpus_per_actor: float = 1,
+    num_gpus_per_actor: float = 0,
+    code_path: Optional[Path] = None,
+    annotator: Type[RayAnnotator] = RayAnnotator,
+    annotator_kwargs: Optional[Dict[str, Any]] = None,
+    progress: Optional[Callable[[str], None]] = None,
+) -> AnnotateSummary:
+    """Annotate the documents of `input_path` (a .txt or .jsonl file or a
+    directory, as in `annotate_corpus`) into the JSONL file `output_path`
+    with a pool of `num_actors` Ray actors.
+
+    Connects to the running Ray cluster (Ray Data starts a local one when
+    `ray.init` was not called). Ray Data restarts an actor that dies and runs
+    its batches again (its actor pools default to unlimited restarts and task
+    retries). `annotator` may be a subclass of RayAnnotator;
+    `annotator_kwargs` go to its constructor."""
+    ray = require_ray()
+    from ray.data import ActorPoolStrategy
+
+    input_path, output_path = Path(input_path), Path(output_path)
+    if output_format_of(output_path) != "jsonl":
+        raise AnnotateError(f"{output_path}: annotating with Ray writes JSONL (a .jsonl output).")
+    files = [{"path": str(path.resolve()), "name": name} for path, name in input_files(input_path)]
+    kwargs = {"use_gpu": num_gpus_per_actor > 0, "code_path": str(code_path) if code_path else None,
+              "torch_threads": max(1, int(num_cpus_per_actor)), "batch_size": batch_size,
+              **(annotator_kwargs or {})}
+    dataset = (
+        ray.data.from_items(files)
+        # reading lines takes no CPU worth reserving: with num_cpus > 0 it could wait
+        # forever for actors that hold every CPU of the cluster
+        .flat_map(read_file_rows, fn_kwargs={"text_field": text_field}, num_cpus=0)
+        .map_batches(
+            annotator,
+            fn_constructor_args=(str(pipeline),),
+            fn_constructor_kwargs=kwargs,
+            batch_size=batch_size,
+            batch_format="numpy",
+            compute=ActorPoolStrategy(size=num_actors),
+            num_cpus=num_cpus_per_actor,
+            num_gpus=num_gpus_per_actor,
+        )
+    )
+    dataset.context.execution_options.preserve_order = True
+    say = progress or (lambda line: None)
+    start = time.perf_counter()
+    n_docs = n_words = 0
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    partial = output_path.with_name(output_path.name + ".partial")
+    with partial.open("w", encoding="utf8", newline="") as file:
+        for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+            for line, words in zip(batch["line"], batch["n_words"]):
+                file.write(str(line))
+                n_docs += 1
+                n_words += int(words)
+            elapsed = time.perf_counter() - start
+            say(f"{n_docs} docs, {n_words:,} words, {n_words / elapsed if elapsed > 0 else 0.0:,.0f} words/s")
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(partial, output_path)
+    return AnnotateSummary(n_docs, 0, n_docs, n_words, time.perf_counter() - start)
