@@ -16,7 +16,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, Optional, Type
+from typing import Any, Callable, Dict, Iterator, List, Optional, Type
 
 from .annotate import (
     AnnotateError, AnnotateSummary, _doc_lines, _parse_line, input_files, load_pipeline, output_format_of,
@@ -40,9 +40,13 @@ def require_ray():
 
 
 def read_file_rows(row: Dict[str, Any], text_field: str) -> Iterator[Dict[str, Any]]:
-    """flat_map function: the documents of one input file, as rows."""
+    """flat_map function: the documents of one range of lines of an input file, as rows."""
     path = Path(row["path"])
     for number, line in _doc_lines(path):
+        if number < row["start"]:
+            continue
+        if number >= row["stop"]:
+            break
         doc = _parse_line(path, row["name"], number, line, text_field)
         # meta as JSON text: Arrow would otherwise unify the fields of all rows
         yield {"id": doc.id, "text": doc.text, "meta": json.dumps(doc.meta, ensure_ascii=False)}
@@ -73,6 +77,19 @@ class RayAnnotator:
         return {"id": ids, "line": lines, "n_words": n_words}
 
 
+def line_ranges(files: List[Dict[str, Any]], num_actors: int, lines_per_task: int = 0) -> List[Dict[str, Any]]:
+    """Cut the input files into ranges of lines, so that the documents of one
+    file spread over every actor (one file would otherwise be one block, read
+    and annotated by a single actor). Auto size: about 8 ranges per actor."""
+    counts = []
+    for item in files:
+        with open(item["path"], "rb") as file:
+            counts.append(sum(1 for _ in file))
+    size = lines_per_task or max(16, min(2000, -(-sum(counts) // max(1, 8 * num_actors))))
+    return [{**item, "start": start, "stop": start + size}
+            for item, count in zip(files, counts) for start in range(1, count + 1, size)]
+
+
 def annotate_with_ray(
     pipeline: str,
     input_path: Path,
@@ -87,6 +104,7 @@ def annotate_with_ray(
     annotator: Type[RayAnnotator] = RayAnnotator,
     annotator_kwargs: Optional[Dict[str, Any]] = None,
     progress: Optional[Callable[[str], None]] = None,
+    lines_per_task: int = 0,
 ) -> AnnotateSummary:
     """Annotate the documents of `input_path` (a .txt or .jsonl file or a
     directory, as in `annotate_corpus`) into the JSONL file `output_path`
@@ -104,11 +122,12 @@ def annotate_with_ray(
     if output_format_of(output_path) != "jsonl":
         raise AnnotateError(f"{output_path}: annotating with Ray writes JSONL (a .jsonl output).")
     files = [{"path": str(path.resolve()), "name": name} for path, name in input_files(input_path)]
+    ranges = line_ranges(files, num_actors, lines_per_task)
     kwargs = {"use_gpu": num_gpus_per_actor > 0, "code_path": str(code_path) if code_path else None,
               "torch_threads": max(1, int(num_cpus_per_actor)), "batch_size": batch_size,
               **(annotator_kwargs or {})}
     dataset = (
-        ray.data.from_items(files)
+        ray.data.from_items(ranges, override_num_blocks=max(1, len(ranges)))
         # reading lines takes no CPU worth reserving: with num_cpus > 0 it could wait
         # forever for actors that hold every CPU of the cluster
         .flat_map(read_file_rows, fn_kwargs={"text_field": text_field}, num_cpus=0)

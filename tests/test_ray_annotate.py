@@ -57,6 +57,31 @@ class CrashOnceAnnotator(RayAnnotator):
         return super().__call__(batch)
 
 
+class RecordingAnnotator(RayAnnotator):
+    """Leaves one file per batch, named by its actor's process id."""
+
+    def __init__(self, pipeline, *, record_dir: str, **kwargs):
+        super().__init__(pipeline, **kwargs)
+        self.record_dir = Path(record_dir)
+
+    def __call__(self, batch):
+        (self.record_dir / f"{os.getpid()}-{batch['id'][0].replace('/', '_')}").write_text("")
+        return super().__call__(batch)
+
+
+def test_ray_spreads_one_file_over_every_actor(local_ray, saved_pipeline, corpus_and_reference, tmp_path):
+    corpus, reference = corpus_and_reference
+    one_file = tmp_path / "all.txt"
+    one_file.write_text("\n".join(f"Angela Merkel visited Paris {i} ." for i in range(40)) + "\n")
+    records = tmp_path / "records"
+    records.mkdir()
+    annotate_with_ray(str(saved_pipeline), one_file, tmp_path / "out.jsonl", num_actors=2, batch_size=2,
+                      num_cpus_per_actor=1, annotator=RecordingAnnotator,
+                      annotator_kwargs={"record_dir": str(records)}, lines_per_task=4)
+    assert len({path.name.split("-")[0] for path in records.iterdir()}) == 2
+    assert len((tmp_path / "out.jsonl").read_text().splitlines()) == 40
+
+
 def test_ray_output_is_the_single_process_output(local_ray, saved_pipeline, corpus_and_reference, tmp_path):
     corpus, reference = corpus_and_reference
     output = tmp_path / "ray.jsonl"
