@@ -8,6 +8,7 @@ backprop callback for training. Early-exit inference goes through
 safetensors weights, without pickle and without the original model source.
 """
 import json
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,16 @@ SAVED_FILE_NAMES = frozenset({
 #: the shortest usable wordpiece sequence: two special pieces and one token piece
 MIN_WORDPIECES = 3
 
+
+def _one_torch_thread_after_fork() -> None:
+    """A forked child (spaCy's `nlp.pipe(n_process=...)` workers) cannot use
+    the OpenMP threads of a parent that already ran torch: its first parallel
+    op would wait forever on them. Run each child on one thread, as PyTorch's
+    own DataLoader workers do."""
+    torch.set_num_threads(1)
+
+
+os.register_at_fork(after_in_child=_one_torch_thread_after_fork)
 
 
 def _check_file_name(name: Any) -> None:

@@ -226,7 +226,10 @@ class EarlyExitLabeler(TrainablePipe):
             if entry:
                 cost += entry["cost"]
                 full += entry["full_cost"]
-                layers.extend(entry["exit_layers"])
+            for token in example.predicted:
+                layer = token._.exit_layers.get(self.name)
+                if layer is not None:
+                    layers.append(layer)
         scores[f"{self.name}_flops_speedup"] = full / cost if cost > 0 else None
         scores[f"{self.name}_mean_exit_layer"] = float(numpy.mean(layers)) if layers else None
         return scores
