@@ -1,16 +1,70 @@
 """Extension attributes that report how much work each token took.
 
-`doc._.earlyexit` holds, per early-exit component name, the exit layer of each
-token and the analytic cost of the doc; the getters below summarize it.
+`doc._.earlyexit` holds, per early-exit component name, the analytic cost of
+the doc; the getters below summarize it.
+
+The exit layers themselves follow the tokens through retokenization,
+`Doc.from_docs`, `Doc.to_bytes` and `DocBin(store_user_data=True)`: each
+annotated token leaves one entry in `doc.user_data` under a token-extension
+style key, `("._.", TOKEN_EXITS_KEY, start_char, None)`, whose value maps each
+component to `(exit layer, number of characters covered)`. spaCy moves these
+keys with the text (`Doc.from_docs` shifts them, serialization keeps them),
+and retokenization leaves them alone, so a token reads:
+
+- the deepest layer of every entry that starts inside its text (a token
+  merged from several parts reports the deepest layer of its parts);
+- for a component with no entry inside it, the nearest earlier entry of that
+  component if that entry's text covers the token's start (the parts of a
+  split token report the layer of the token they came from).
 """
 from typing import Dict, Optional
 
 from spacy.tokens import Doc, Token
 
+#: name part of the doc.user_data keys that hold the per-token exit layers
+TOKEN_EXITS_KEY = "earlyexit_token_exits"
+
+
+def _entry_key(start_char: int) -> tuple:
+    return ("._.", TOKEN_EXITS_KEY, start_char, None)
+
 
 def _token_exit_layers(token: Token) -> Dict[str, int]:
-    info = token.doc._.earlyexit or {}
-    return {name: entry["exit_layers"][token.i] for name, entry in info.items()}
+    """Exit layer of the token for each early-exit component that labelled it."""
+    user_data = token.doc.user_data
+    if not user_data:
+        return {}
+    start = token.idx
+    layers: Dict[str, int] = {}
+    for offset in range(start, start + max(1, len(token.text))):
+        entry = user_data.get(_entry_key(offset))
+        if entry:
+            for component, (layer, _length) in entry.items():
+                layers[component] = max(layer, layers.get(component, layer))
+    # A split part has no entry of its own: look back through the parts before
+    # it, unless every component known to have run is found already. Split
+    # parts carry no whitespace between them, so the walk stops at the first
+    # earlier token that is followed by whitespace.
+    known = token.doc._.earlyexit
+    if known and set(known) <= set(layers):
+        return layers
+    decided = set(layers)
+    doc = token.doc
+    i = token.i - 1
+    while i >= 0 and not doc[i].whitespace_:
+        previous = doc[i]
+        for offset in range(previous.idx + max(1, len(previous.text)) - 1, previous.idx - 1, -1):
+            entry = user_data.get(_entry_key(offset))
+            if not entry:
+                continue
+            for component, (layer, length) in entry.items():
+                if component in decided:
+                    continue
+                decided.add(component)  # only the nearest earlier entry counts
+                if offset + length > start:
+                    layers[component] = layer
+        i -= 1
+    return layers
 
 
 def _token_exit_layer(token: Token) -> Optional[int]:
@@ -48,10 +102,30 @@ def register_extensions() -> None:
 
 
 def record_exits(doc: Doc, component: str, exit_layers, n_layers: int, cost: float, full_cost: float) -> None:
-    """Store one component's exit information on a doc (without touching others')."""
+    """Store one component's exit information on a doc (without touching others').
+
+    Entries are replaced, never changed in place: `Doc.from_docs` copies them
+    shallowly, so the source doc may share them."""
+    user_data = doc.user_data
+    for token, layer in zip(doc, exit_layers):
+        start, length = token.idx, max(1, len(token.text))
+        # this component's entries inside the token are from an earlier run on
+        # other tokens (before a merge): they would mix into the new layer
+        for offset in range(start + 1, start + length):
+            key = _entry_key(offset)
+            entry = user_data.get(key)
+            if entry and component in entry:
+                rest = {name: value for name, value in entry.items() if name != component}
+                if rest:
+                    user_data[key] = rest
+                else:
+                    del user_data[key]
+        key = _entry_key(start)
+        entry = dict(user_data.get(key) or {})
+        entry[component] = (int(layer), length)
+        user_data[key] = entry
     info = dict(doc._.earlyexit or {})
     info[component] = {
-        "exit_layers": [int(layer) for layer in exit_layers],
         "n_layers": int(n_layers),
         "cost": float(cost),
         "full_cost": float(full_cost),

@@ -2,6 +2,11 @@
 
 No spaCy here. A model is named by a local directory, by an installed package
 that ships weights (the embedded default), or by a Hugging Face model id.
+
+Loading never runs code that comes with a model: every Auto* call passes
+`trust_remote_code=False`, so an `auto_map` in a config or tokenizer config is
+either ignored (a built-in class fits) or refused with an error, and never
+prompts.
 """
 import importlib
 from pathlib import Path
@@ -53,7 +58,15 @@ def tokenizer_kwargs(model_type: str) -> Dict[str, Any]:
 def load_tokenizer(location: str, model_type: str):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(location, use_fast=True, **tokenizer_kwargs(model_type))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            location, use_fast=True, trust_remote_code=False, **tokenizer_kwargs(model_type)
+        )
+    except Exception as err:  # transformers and tokenizers raise many types (ImportError, bare Exception)
+        raise EncoderLoadError(
+            f"Could not load the tokenizer in '{location}': its tokenizer files are "
+            f"missing or unreadable ({type(err).__name__}: {err})"
+        ) from err
     if not tokenizer.is_fast:
         raise EncoderLoadError(
             f"Encoder '{location}' has no fast tokenizer; spacy-earlyexit needs one "
@@ -68,21 +81,28 @@ def load_pretrained(name: str) -> Tuple[Any, Any]:
 
     location = resolve_model_location(name)
     try:
-        config = AutoConfig.from_pretrained(location)
+        config = AutoConfig.from_pretrained(location, trust_remote_code=False)
         tokenizer = load_tokenizer(location, config.model_type)
-        backbone = AutoModel.from_pretrained(location, config=config)
+        backbone = AutoModel.from_pretrained(location, config=config, trust_remote_code=False)
     except EncoderLoadError:
         raise
-    except (OSError, ValueError, KeyError, RuntimeError) as err:
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError, AttributeError) as err:
         raise EncoderLoadError(f"Could not load encoder '{name}' from '{location}': {err}") from err
     return backbone, tokenizer
 
 
 def backbone_from_config(config_dict: Dict[str, Any]):
-    """A randomly initialized backbone from a config dict (weights come later)."""
+    """A randomly initialized backbone from a config dict (weights come later).
+
+    Only built-in model types are used: `for_model` looks the type up in
+    transformers' own table, and `from_config` never loads code named by an
+    `auto_map` entry."""
     from transformers import AutoConfig, AutoModel
 
+    if not isinstance(config_dict, dict) or not isinstance(config_dict.get("model_type"), str):
+        raise ValueError("the encoder config is not a JSON object with a string 'model_type'")
     config_dict = dict(config_dict)
     model_type = config_dict.pop("model_type")
+    config_dict.pop("auto_map", None)  # names remote code, which is never used
     config = AutoConfig.for_model(model_type, **config_dict)
-    return AutoModel.from_config(config)
+    return AutoModel.from_config(config, trust_remote_code=False)

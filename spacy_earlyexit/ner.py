@@ -54,6 +54,7 @@ def bio_tags_to_spans(doc: Doc, tags: List[str]) -> List[Span]:
         "operating_points": {},
         "operating_point": None,
         "self_sampling": None,
+        "overwrite_ents": False,
     },
     default_score_weights={"ents_f": 1.0, "ents_p": 0.0, "ents_r": 0.0, "ents_per_type": None},
 )
@@ -67,15 +68,42 @@ def make_earlyexit_ner(
     operating_points: Dict[str, Dict[str, Any]],
     operating_point: Optional[str],
     self_sampling: Optional[SelfSampling],
+    overwrite_ents: bool = False,
 ) -> "EarlyExitNER":
-    """Named entity recognizer whose tokens leave the encoder early."""
-    return EarlyExitNER(nlp.vocab, model, name, exit_policy=exit_policy, scorer=scorer, batch_sequences=batch_sequences,
+    """Named entity recognizer whose tokens leave the encoder early.
+
+    operating_points: named exit policies ({"policy": short name, **params}),
+        written by `python -m spacy_earlyexit calibrate`; "full" always exists.
+    operating_point: the one to use (overrides exit_policy); None: exit_policy.
+    self_sampling: stage-2 training with exits sampled per sentence (None: off).
+    overwrite_ents: replace the entities that earlier components set (False:
+        keep them and add predicted entities around them, as spaCy's ner does).
+    """
+    return EarlyExitNER(
+        nlp.vocab, model, name, exit_policy=exit_policy, scorer=scorer, batch_sequences=batch_sequences,
         operating_points=operating_points, operating_point=operating_point, self_sampling=self_sampling,
+        overwrite_ents=overwrite_ents,
     )
 
 
 class EarlyExitNER(EarlyExitLabeler):
-    """Sets `doc.ents` from per-token BIO tags; labels are entity types."""
+    """Sets `doc.ents` from per-token BIO tags; labels are entity types.
+
+    Entities already on the doc (from an entity_ruler or another ner before
+    it) are kept, as spaCy's ner keeps them: predicted entities fill the rest,
+    and a predicted entity that overlaps an existing one is dropped. Tokens
+    that earlier components blocked (`doc.set_ents(blocked=...)`) stay blocked
+    and no predicted entity may touch them. Tokens an earlier component marked
+    as outside (O) or left missing are predicted like any other token, again
+    as spaCy's ner does: an O from an earlier component is a default, not a
+    constraint. Afterwards no token is missing: tokens in no entity are O.
+    With `overwrite_ents=True` the predicted entities replace all entity
+    annotation of the doc.
+    """
+
+    def __init__(self, vocab, model, name, *, overwrite_ents: bool = False, **kwargs) -> None:
+        super().__init__(vocab, model, name, **kwargs)
+        self.overwrite_ents = overwrite_ents
 
     @property
     def output_labels(self) -> List[str]:
@@ -95,4 +123,22 @@ class EarlyExitNER(EarlyExitLabeler):
         return tags
 
     def _annotate(self, doc: Doc, labels: List[str]) -> None:
-        doc.set_ents(bio_tags_to_spans(doc, labels), default="outside")
+        predicted = bio_tags_to_spans(doc, labels)
+        # tokens in an existing entity, or blocked (ent_iob B or I)
+        taken = [token.ent_iob in (1, 3) for token in doc]
+        if self.overwrite_ents or not any(taken):
+            doc.set_ents(predicted, default="outside")
+            return
+        free = [span for span in predicted if not any(taken[span.start : span.end])]
+        doc.set_ents(free, default="unmodified")
+        missing: List[Span] = []
+        start = None
+        for token in doc:
+            if token.ent_iob == 0 and start is None:
+                start = token.i
+            elif token.ent_iob != 0 and start is not None:
+                missing.append(doc[start : token.i])
+                start = None
+        if start is not None:
+            missing.append(doc[start:])
+        doc.set_ents([], outside=missing, default="unmodified")

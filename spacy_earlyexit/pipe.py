@@ -16,7 +16,7 @@ from spacy.vocab import Vocab
 from thinc.api import Model, set_dropout_rate
 
 from .extensions import record_exits, register_extensions
-from .layer import DocExits, predict_exits
+from .layer import DocExits, check_wordpiece_budget, predict_exits
 from .objective import SelfSampling, exit_loss, layer_loss_weights
 from .policies import ExitPolicy, FullDepth
 from .registrations import policy_from_spec
@@ -59,6 +59,8 @@ class EarlyExitLabeler(TrainablePipe):
         self.name = name
         self.exit_policy = exit_policy or FullDepth()
         self.scorer = scorer
+        if isinstance(batch_sequences, bool) or not isinstance(batch_sequences, int) or batch_sequences < 1:
+            raise ValueError(f"batch_sequences must be a whole number >= 1, got {batch_sequences!r}.")
         self.batch_sequences = batch_sequences
         self.cfg: Dict = {"labels": []}
         self.operating_points: Dict[str, Dict] = {}
@@ -87,6 +89,32 @@ class EarlyExitLabeler(TrainablePipe):
         self.exit_policy = policy
         self.operating_point = operating_point
         return policy
+
+    @property
+    def exit_policy(self) -> ExitPolicy:
+        """The exit policy used by `predict`. Assigning one checks it against
+        the encoder's depth as soon as the encoder is loaded."""
+        return self._exit_policy
+
+    @exit_policy.setter
+    def exit_policy(self, policy: ExitPolicy) -> None:
+        if not isinstance(policy, ExitPolicy):
+            raise TypeError(f"exit_policy of '{self.name}' must be an ExitPolicy, got {type(policy).__name__}.")
+        if self.model.shims[0].is_ready:
+            self._check_policy_depth(policy)
+        self._exit_policy = policy
+
+    def _check_policy_depth(self, policy: ExitPolicy) -> None:
+        try:
+            policy.check_depth(self.model.shims[0].encoder.n_layers)
+        except ValueError as err:
+            raise ValueError(f"Exit policy {policy!r} of '{self.name}' does not fit its encoder: {err}") from err
+
+    def _check_settings(self) -> None:
+        """Check the settings that depend on the encoder and tokenizer once
+        they are known (at initialize and after loading), not on the first doc."""
+        self._check_policy_depth(self.exit_policy)
+        check_wordpiece_budget(self.model)
 
     # -- labels -----------------------------------------------------------------
     @property
@@ -159,6 +187,7 @@ class EarlyExitLabeler(TrainablePipe):
         self.model.set_dim("nO", len(self.output_labels), force=True)
         sample = [eg.predicted for eg in islice(get_examples(), 10)]
         self.model.initialize(X=sample)
+        self._check_settings()
 
     @contextmanager
     def using(self, policy: Union[str, ExitPolicy]) -> Iterator[ExitPolicy]:
@@ -193,6 +222,7 @@ class EarlyExitLabeler(TrainablePipe):
         self.cfg["labels"] = list(other.labels)
         self.model.set_dim("nO", len(self.output_labels), force=True)
         self.model.shims[0].from_bytes(other.model.shims[0].to_bytes())
+        self._check_settings()
 
     def predict(self, docs: Iterable[Doc]) -> List[DocExits]:
         docs = list(docs)
@@ -269,7 +299,10 @@ class EarlyExitLabeler(TrainablePipe):
             if entry:
                 cost += entry["cost"]
                 full += entry["full_cost"]
-                layers.extend(entry["exit_layers"])
+            for token in example.predicted:
+                layer = token._.exit_layers.get(self.name)
+                if layer is not None:
+                    layers.append(layer)
         scores[f"{self.name}_flops_speedup"] = full / cost if cost > 0 else None
         scores[f"{self.name}_mean_exit_layer"] = float(numpy.mean(layers)) if layers else None
         return scores
@@ -298,6 +331,8 @@ class EarlyExitLabeler(TrainablePipe):
             "model": load_model,
         }
         util.from_disk(path, deserialize, exclude)
+        if self.model.shims[0].is_ready:
+            self._check_settings()
         return self
 
     def from_bytes(self, bytes_data, *, exclude=tuple()) -> "EarlyExitLabeler":
@@ -311,4 +346,6 @@ class EarlyExitLabeler(TrainablePipe):
             "model": load_model,
         }
         util.from_bytes(bytes_data, deserialize, exclude)
+        if self.model.shims[0].is_ready:
+            self._check_settings()
         return self

@@ -261,7 +261,7 @@ def exit_layers_by_label(
     counts: Dict[str, Counter] = {}
     with nlp.select_pipes(enable=[component_name]):
         for gold, predicted in zip(gold_docs, nlp.pipe(inputs, batch_size=batch_size)):
-            layers = predicted._.earlyexit[component_name]["exit_layers"]
+            layers = [token._.exit_layers[component_name] for token in predicted]
             for token, layer in zip(gold, layers):
                 counts.setdefault(gold_label(token), Counter())[layer] += 1
     return counts

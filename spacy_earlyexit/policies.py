@@ -5,6 +5,7 @@ prediction and says which still-active words leave now. Words still active at
 the policy's last layer leave there.
 """
 import math
+import numbers
 from typing import List, Optional, Sequence
 
 import torch
@@ -38,6 +39,24 @@ def window_max(values: Tensor, half_width: int) -> Tensor:
     return F.max_pool1d(values[:, None, :], 2 * k + 1, stride=1, padding=k)[:, 0]
 
 
+def _is_whole_number(value) -> bool:
+    """An integer, or a float without a fractional part (configs may say 2.0);
+    not a bool."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, numbers.Integral):
+        return True
+    return isinstance(value, numbers.Real) and math.isfinite(value) and float(value).is_integer()
+
+
+def _check_threshold(value, name: str) -> float:
+    """A threshold as a float: a real number >= 0. NaN is refused: it compares
+    false with every uncertainty, so no word would ever leave early."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value) or value < 0:
+        raise ValueError(f"{name} must be a number >= 0, got {value!r}.")
+    return float(value)
+
+
 class ExitPolicy:
     """Full-depth behaviour; subclasses decide earlier exits."""
 
@@ -60,6 +79,10 @@ class ExitPolicy:
     def last_layer(self, n_layers: int) -> int:
         """1-based index of the deepest layer this policy runs."""
         return n_layers
+
+    def check_depth(self, n_layers: int) -> None:
+        """Raise ValueError if this policy cannot run on an encoder of
+        `n_layers` layers (checked once the encoder is known, not per doc)."""
 
     def exits(self, index: int, n_layers: int, uncertainty: Tensor, active: Tensor, words: Tensor) -> Tensor:
         """Which words leave after layer `index` (0-based): bool [B, W]."""
@@ -84,13 +107,16 @@ class FixedDepth(ExitPolicy):
 
     def __init__(self, layer: int) -> None:
         super().__init__()
-        if layer < 1:
-            raise ValueError(f"fixed_depth needs layer >= 1, got {layer}.")
+        if not _is_whole_number(layer) or layer < 1:
+            raise ValueError(f"fixed_depth needs a whole number layer >= 1, got {layer!r}.")
         self.layer = int(layer)
 
-    def last_layer(self, n_layers: int) -> int:
+    def check_depth(self, n_layers: int) -> None:
         if self.layer > n_layers:
             raise ValueError(f"fixed_depth layer {self.layer} exceeds the encoder's {n_layers} layers.")
+
+    def last_layer(self, n_layers: int) -> int:
+        self.check_depth(n_layers)
         return self.layer
 
     def params(self) -> dict:
@@ -109,21 +135,30 @@ class ThresholdPolicy(ExitPolicy):
         layer_thresholds: Optional[Sequence[float]] = None,
     ) -> None:
         super().__init__(uncertainty)
-        if threshold < 0:
-            raise ValueError(f"threshold must be >= 0, got {threshold}.")
-        self.threshold = float(threshold)
-        self.layer_thresholds: Optional[List[float]] = (
-            [float(t) for t in layer_thresholds] if layer_thresholds else None
-        )
+        self.threshold = _check_threshold(threshold, "threshold")
+        self.layer_thresholds: Optional[List[float]] = None
+        if layer_thresholds is not None:
+            values = list(layer_thresholds)
+            if not values:
+                raise ValueError(
+                    "layer_thresholds is empty: give one threshold per encoder layer, "
+                    "or leave it out to use `threshold` at every layer."
+                )
+            self.layer_thresholds = [
+                _check_threshold(value, f"layer_thresholds[{i}]") for i, value in enumerate(values)
+            ]
 
-    def threshold_at(self, index: int, n_layers: int) -> float:
-        if self.layer_thresholds is None:
-            return self.threshold
-        if len(self.layer_thresholds) != n_layers:
+    def check_depth(self, n_layers: int) -> None:
+        if self.layer_thresholds is not None and len(self.layer_thresholds) != n_layers:
             raise ValueError(
                 f"layer_thresholds has {len(self.layer_thresholds)} values but the "
                 f"encoder has {n_layers} layers."
             )
+
+    def threshold_at(self, index: int, n_layers: int) -> float:
+        if self.layer_thresholds is None:
+            return self.threshold
+        self.check_depth(n_layers)
         return self.layer_thresholds[index]
 
     def params(self) -> dict:
@@ -160,8 +195,8 @@ class TokenWindowExit(ThresholdPolicy):
         layer_thresholds: Optional[Sequence[float]] = None,
     ) -> None:
         super().__init__(threshold, uncertainty, layer_thresholds)
-        if window < 0:
-            raise ValueError(f"window must be >= 0, got {window}.")
+        if not _is_whole_number(window) or window < 0:
+            raise ValueError(f"window must be a whole number >= 0, got {window!r}.")
         self.window = int(window)
 
     def exits(self, index, n_layers, uncertainty, active, words):

@@ -6,7 +6,10 @@ each span's tokens are tokenized as pre-split words by the fast tokenizer (its
 the encoder allows are cut at token boundaries into balanced pieces. Every
 token gets at least one wordpiece: one the tokenizer maps to nothing
 (whitespace, some control characters) is given the unknown-token piece, so no
-token is ever without a label or an exit layer.
+token is ever without a label or an exit layer. A single token with more
+pieces than a sequence can hold keeps its first pieces only: a token is read
+from its first piece, so it still gets a label, and no sequence is ever longer
+than the limit.
 """
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Sequence
@@ -89,6 +92,21 @@ def _special_layout(tokenizer) -> tuple:
     return inner, len(built) - inner - 1
 
 
+def piece_budget(tokenizer, max_pieces: int) -> int:
+    """Wordpieces left for tokens in a sequence of `max_pieces` pieces once the
+    tokenizer's special pieces are in; ValueError if none are left."""
+    n_before, n_after = _special_layout(tokenizer)
+    budget = max_pieces - n_before - n_after
+    if budget < 1:
+        raise ValueError(
+            f"Wordpiece sequences of at most {max_pieces} pieces leave no room for tokens: "
+            f"{type(tokenizer).__name__} adds {n_before + n_after} special pieces to every "
+            f"sequence. Set max_wordpieces to at least {n_before + n_after + 1} (the limit is "
+            "also capped by the encoder's positions and the tokenizer's model_max_length)."
+        )
+    return budget
+
+
 def _cut_points(sizes: List[int], budget: int) -> List[int]:
     """Balanced cuts of consecutive words so that no part exceeds `budget` pieces."""
     total = sum(sizes)
@@ -114,7 +132,7 @@ def plan_sequences(
 ) -> SequencePlan:
     """Cut `docs` into wordpiece sequences of at most `max_pieces` pieces."""
     n_before, n_after = _special_layout(tokenizer)
-    budget = max(1, max_pieces - n_before - n_after)
+    budget = piece_budget(tokenizer, max_pieces)
     unk = tokenizer.unk_token_id
     spans_per_doc = (span_getter or whole_doc_spans)(docs)
     if len(spans_per_doc) != len(docs):
