@@ -16,7 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from spacy.tokens import Doc, DocBin
+from spacy.tokens import DocBin
 from spacy.training.converters import conll_ner_to_docs
 
 SPACY_DELIMITER = "-DOCSTART- -X- O O"

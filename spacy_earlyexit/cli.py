@@ -85,9 +85,8 @@ def train(
         util.import_file("functions", code_path)
     overrides = parse_config_overrides(ctx.args)
     config = util.load_config(config_path, overrides=overrides, interpolate=True)
-    plan = plan_training(config, evals_per_epoch, overrides)
+    plan, per_epoch = plan_training(config, evals_per_epoch, overrides)
     if plan:
-        per_epoch = plan.pop("__steps_per_epoch")
         msg.info(
             f"Corpus: {per_epoch} steps per epoch; {config['training']['max_epochs']} epochs -> "
             f"max_steps {plan['training.max_steps']}, evaluating every {plan['training.eval_frequency']} "

@@ -12,7 +12,7 @@ Only the standard library and the public extension attributes are used
 """
 import zlib
 from html import escape
-from typing import Dict, Iterable, List, Optional, Sequence, Union
+from typing import Dict, Iterable, Optional, Sequence, Union
 
 from spacy.tokens import Doc
 

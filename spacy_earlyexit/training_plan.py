@@ -16,7 +16,7 @@ of training all follow the corpus:
 """
 import math
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 from spacy.tokens import DocBin
 from spacy.training.batchers import minibatch_by_padded_size
@@ -75,21 +75,24 @@ def warmup_linear_epochs(
     return warmup_linear(initial_rate=initial_rate, warmup_steps=warmup, total_steps=total)
 
 
-def plan_training(config: Config, evals_per_epoch: int = 1, user_overrides: Dict[str, Any] = {}) -> Dict[str, Any]:
+def plan_training(
+    config: Config, evals_per_epoch: int = 1, user_overrides: Dict[str, Any] = {}
+) -> Tuple[Dict[str, Any], Optional[int]]:
     """Config overrides that end the run on an evaluated step.
 
     `config` is the interpolated training config. Returns overrides for
     `training.max_epochs` (0: the run ends by steps), `training.max_steps` (a
     multiple of the evaluation frequency, at least `max_epochs` epochs) and
     `training.eval_frequency` (at most one epoch). Settings the user gave on
-    the command line are kept."""
+    the command line are kept. Returns (overrides, steps per epoch); no
+    overrides when the run is already given in steps or not padded-batched."""
     training = config["training"]
     epochs = int(training.get("max_epochs") or 0)
     if epochs <= 0 or "training.max_steps" in user_overrides:
-        return {}
+        return {}, None
     batcher = training.get("batcher", {})
     if batcher.get("@batchers") != "spacy.batch_by_padded.v1":
-        return {}
+        return {}, None
     train_path = config["paths"].get("train")
     if not train_path:
         raise ValueError("Set paths.train (the training corpus) to plan the run.")
@@ -105,5 +108,4 @@ def plan_training(config: Config, evals_per_epoch: int = 1, user_overrides: Dict
         "training.max_epochs": 0,
         "training.max_steps": max_steps,
         "training.eval_frequency": frequency,
-        "__steps_per_epoch": per_epoch,
-    }
+    }, per_epoch

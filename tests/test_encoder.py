@@ -4,7 +4,7 @@ import torch
 from transformers import BertConfig, BertModel, DistilBertConfig, DistilBertModel, RobertaConfig, RobertaModel
 
 from spacy_earlyexit.encoder import EncoderBatch, MultiExitEncoder, layer_loss_weights
-from spacy_earlyexit.policies import FixedDepth, FullDepth, TokenWindowExit
+from spacy_earlyexit.policies import FixedDepth, FullDepth
 
 
 def tiny_backbone(kind: str):

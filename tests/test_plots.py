@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import typer
 from spacy.tokens import Doc, DocBin
-from spacy.training import Example
 from typer.testing import CliRunner
 
 from spacy_earlyexit.plots import (

@@ -4,6 +4,7 @@ Ray is an optional extra; CI installs it. Without it these tests fail with
 the install command rather than skip."""
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -66,6 +67,7 @@ class RecordingAnnotator(RayAnnotator):
 
     def __call__(self, batch):
         (self.record_dir / f"{os.getpid()}-{batch['id'][0].replace('/', '_')}").write_text("")
+        time.sleep(0.5)  # long enough that the first actor cannot take every range alone
         return super().__call__(batch)
 
 

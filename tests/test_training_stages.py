@@ -1,18 +1,16 @@
 """Training stages and operating points: dropout, corpus-length schedule,
 stage 2 from a stage-1 pipeline, calibration and switching by name."""
-import json
-
 import numpy
 import pytest
 import spacy
 from spacy.tokens import DocBin
 from thinc.api import Config
 
-from spacy_earlyexit.calibrate import calibrate, run_calibration
+from spacy_earlyexit.calibrate import run_calibration
 from spacy_earlyexit.policies import FullDepth, TokenWindowExit
 from spacy_earlyexit.training_plan import plan_training, steps_per_epoch, warmup_linear_epochs
 
-from .conftest import model_config, ner_examples, train
+from .conftest import model_config, ner_examples
 
 
 def _weights(nlp, name="earlyexit_ner"):
@@ -56,12 +54,13 @@ def test_schedule_and_plan_follow_the_corpus(trained_ner, tmp_path):
         f'[paths]\ntrain = "{large}"\n[training]\nmax_epochs = 3\n'
         '[training.batcher]\n@batchers = "spacy.batch_by_padded.v1"\nsize = 40\nbuffer = 256\ndiscard_oversize = false\n'
     )
-    plan = plan_training(config)
+    plan, counted = plan_training(config)
+    assert counted == per_epoch
     frequency = plan["training.eval_frequency"]
     assert plan["training.max_epochs"] == 0 and frequency <= per_epoch
     # the run ends on an evaluated step and covers at least the epochs asked for
     assert plan["training.max_steps"] % frequency == 0 and plan["training.max_steps"] >= 3 * per_epoch
-    assert plan_training(config, user_overrides={"training.max_steps": 7}) == {}
+    assert plan_training(config, user_overrides={"training.max_steps": 7}) == ({}, None)
 
 
 def _take(schedule, n):
