@@ -1,5 +1,15 @@
 """spacy-earlyexit: transformer sequence labelling for spaCy where each token
 leaves the network as soon as its label is certain."""
+import os
+
+# oneDNN (torch's CPU kernels) compiles and caches one kernel per tensor shape,
+# 1,024 of them by default. Early exit keeps changing the shapes (packed active
+# pieces, finished rows dropped), so that cache kept growing the resident
+# memory by about 190 MiB per 10,000 docs; 8 entries keep it flat (measured by
+# benchmarks/rss_growth.py). Set before any oneDNN kernel runs; a value the
+# user set wins.
+os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "8")
+
 from .encoder import EncoderBatch, ExitOutput, MultiExitEncoder
 from .extensions import register_extensions
 from .layer import MultiExitTransformer
