@@ -213,12 +213,11 @@ class EarlyExitLabeler(TrainablePipe):
         if not matches:
             raise ValueError(f"'{source}' has no {type(self).__name__} component to initialize '{self.name}' from.")
         other = (named or matches)[0]
-        for attr in ("max_wordpieces", "case_features"):
-            if attr == "case_features" and other.model.attrs[attr] != self.model.attrs[attr]:
-                raise ValueError(
-                    f"'{self.name}' sets case_features={self.model.attrs[attr]} but '{source}' was trained "
-                    f"with case_features={other.model.attrs[attr]}: use the same model settings."
-                )
+        if other.model.attrs["case_features"] != self.model.attrs["case_features"]:
+            raise ValueError(
+                f"'{self.name}' sets case_features={self.model.attrs['case_features']} but '{source}' was "
+                f"trained with case_features={other.model.attrs['case_features']}: use the same model settings."
+            )
         self.cfg["labels"] = list(other.labels)
         self.model.set_dim("nO", len(self.output_labels), force=True)
         self.model.shims[0].from_bytes(other.model.shims[0].to_bytes())
