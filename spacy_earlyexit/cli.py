@@ -104,12 +104,17 @@ def calibrate(
     component: Optional[str] = typer.Option(None, "--component", "-c", help="Early-exit component (default: first)"),
     targets: str = typer.Option("2,3,4", "--targets", help="Target analytic speed-ups, comma-separated"),
     max_drop: float = typer.Option(0.5, "--max-drop", help="Also: the fastest point within this score drop (points; <0: none)"),
+    margin: float = typer.Option(1.05, "--margin", help="Seek each speed-up target at this multiple on dev (test text exits later)"),
+    tolerance: float = typer.Option(0.1, "--tolerance", help="Dev scores this many points apart tie; the least aggressive point wins"),
 ) -> None:
     """Choose operating points on dev and write them into a copy of the pipeline."""
     from .calibrate import run_calibration
 
+    if margin < 1.0 or tolerance < 0:
+        raise typer.BadParameter("--margin must be >= 1 and --tolerance >= 0")
     result = run_calibration(pipeline, str(dev), output, component, _floats(targets),
-                             max_drop if max_drop >= 0 else None, progress=lambda line: typer.echo(line, err=True))
+                             max_drop if max_drop >= 0 else None, progress=lambda line: typer.echo(line, err=True),
+                             margin=margin, tolerance=tolerance / 100.0)
     for point in result["points"]:
         if point["reached"]:
             typer.echo(f"{point['name']}: dev {100 * point['dev_score']:.2f} at {point['dev_flops_speedup']:.2f}x "

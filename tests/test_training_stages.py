@@ -6,7 +6,8 @@ import spacy
 from spacy.tokens import DocBin
 from thinc.api import Config
 
-from spacy_earlyexit.calibrate import run_calibration
+from spacy_earlyexit import calibrate
+from spacy_earlyexit.calibrate import CalibratedPoint, Candidate, run_calibration
 from spacy_earlyexit.policies import FullDepth, TokenWindowExit
 from spacy_earlyexit.training_plan import plan_training, steps_per_epoch, warmup_linear_epochs
 
@@ -158,7 +159,7 @@ def test_calibration_writes_points_that_load_by_name(trained_ner, tmp_path):
     result = run_calibration(str(source), dev, tmp_path / "calibrated", targets=(2.0, 100.0), max_drop=0.5,
                              progress=lambda line: None)
     by_name = {p["name"]: p for p in result["points"]}
-    assert by_name["2x"]["reached"] and by_name["2x"]["dev_flops_speedup"] >= 2.0 * 0.995
+    assert by_name["2x"]["reached"] and by_name["2x"]["dev_flops_speedup"] >= 2.0 * result["margin"] * 0.995
     assert not by_name["100x"]["reached"] and "not reached" in by_name["100x"]["note"]
     assert by_name["max-drop"]["reached"] and by_name["max-drop"]["dev_score"] >= result["full"]["dev_score"] - 0.005
     nlp = spacy.load(tmp_path / "calibrated")
@@ -174,3 +175,33 @@ def test_calibration_writes_points_that_load_by_name(trained_ner, tmp_path):
     assert fast.get_pipe("earlyexit_ner").exit_policy.params() == {
         k: v for k, v in by_name["2x"]["params"].items()} | {"uncertainty": "entropy"}
     assert fast("Angela Merkel visited Paris on Tuesday .")._.earlyexit_speedup > 1.0
+
+
+class _FakeComponent:
+    class model:
+        shims = [type("Shim", (), {"encoder": type("Encoder", (), {"n_layers": 6})()})()]
+
+
+def _choose_on_a_flat_curve(monkeypatch, margin, tolerance):
+    """Candidates whose dev score barely moves between 2.1x and 2.9x, then falls."""
+    curve = {0.05: (0.9140, 2.12), 0.1: (0.9141, 2.45), 0.2: (0.9143, 2.88), 0.3: (0.9000, 3.3)}
+    monkeypatch.setattr(calibrate, "_real", lambda nlp, name, examples, spec: curve[spec["threshold"]])
+    simulated = [Candidate(2, t, 1.0, score=s, speedup=x) for t, (s, x) in curve.items()]
+    point = CalibratedPoint("2x", 2.0, "speedup")
+    calibrate._choose(None, "ner", [], _FakeComponent(), simulated, point, 0.9141, lambda line: None,
+                      margin=margin, tolerance=tolerance)
+    return point
+
+
+def test_calibration_keeps_the_least_aggressive_of_tied_points(monkeypatch):
+    point = _choose_on_a_flat_curve(monkeypatch, margin=1.0, tolerance=0.001)
+    assert point.reached and point.spec["threshold"] == 0.05 and point.flops_speedup == 2.12
+    greedy = _choose_on_a_flat_curve(monkeypatch, margin=1.0, tolerance=0.0)
+    assert greedy.spec["threshold"] == 0.2  # without a tolerance the best dev score wins, at 2.88x
+
+
+def test_calibration_seeks_speedup_targets_with_a_margin(monkeypatch):
+    point = _choose_on_a_flat_curve(monkeypatch, margin=1.1, tolerance=0.001)
+    assert point.reached and point.flops_speedup >= 2.2 and point.spec["threshold"] == 0.1
+    unreachable = _choose_on_a_flat_curve(monkeypatch, margin=2.0, tolerance=0.001)
+    assert not unreachable.reached and "margin 2" in unreachable.note
