@@ -106,3 +106,22 @@ def backbone_from_config(config_dict: Dict[str, Any]):
     config_dict.pop("auto_map", None)  # names remote code, which is never used
     config = AutoConfig.for_model(model_type, **config_dict)
     return AutoModel.from_config(config, trust_remote_code=False)
+
+
+def keep_first_layers(backbone, n_layers: int):
+    """Cut a BERT-family backbone down to its first `n_layers` layers, in place
+    (static depth reduction); its config says the new depth, so a saved
+    pipeline rebuilds the short model."""
+    import torch.nn as nn
+
+    container = backbone.transformer if hasattr(backbone, "transformer") else getattr(backbone, "encoder", None)
+    layers = getattr(container, "layer", None)
+    if layers is None:
+        raise ValueError(f"Cannot keep the first layers of a '{backbone.config.model_type}' model: no layer list.")
+    if not 1 <= n_layers <= len(layers):
+        raise ValueError(f"n_layers = {n_layers}, but the encoder has {len(layers)} layers (choose 1..{len(layers)}).")
+    container.layer = nn.ModuleList(list(layers)[:n_layers])
+    for name in ("num_hidden_layers", "n_layers"):
+        if hasattr(backbone.config, name):
+            setattr(backbone.config, name, n_layers)
+    return backbone

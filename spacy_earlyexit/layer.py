@@ -28,7 +28,7 @@ import spacy_transformers.span_getters  # noqa: F401  registers the span getters
 
 from .encoder import MultiExitEncoder
 from .objective import SelfSampling
-from .hf_loading import EncoderLoadError, backbone_from_config, load_pretrained, load_tokenizer
+from .hf_loading import EncoderLoadError, backbone_from_config, keep_first_layers, load_pretrained, load_tokenizer
 from .policies import ExitPolicy
 from .wordpieces import N_CASE_CLASSES, SpanGetter, collate, length_batches, piece_budget, plan_sequences
 
@@ -233,6 +233,7 @@ def MultiExitTransformer(
     max_wordpieces: int = 256,
     case_features: bool = True,
     span_getter: Optional[SpanGetter] = None,
+    n_layers: Optional[int] = None,
     nO: Optional[int] = None,
 ) -> Model[List[Doc], Tuple[List[Floats3d], List[Ints1d]]]:
     """A Hugging Face encoder (`name`: directory, embedded package or model id)
@@ -249,12 +250,16 @@ def MultiExitTransformer(
         casing (lower, Title, UPPER, mixed, none) to the encoder input, so that
         uncased encoders still see capitalization.
     span_getter: how docs are cut into context windows (whole docs by default).
+    n_layers: keep only the first n layers of the pretrained encoder (static
+        depth reduction, as DistilBERT-style truncation); None keeps them all.
     """
     if isinstance(max_wordpieces, bool) or not isinstance(max_wordpieces, int) or max_wordpieces < MIN_WORDPIECES:
         raise ValueError(
             f"max_wordpieces must be a whole number >= {MIN_WORDPIECES} (two special pieces "
             f"and one wordpiece), got {max_wordpieces!r}."
         )
+    if n_layers is not None and (isinstance(n_layers, bool) or not isinstance(n_layers, int) or n_layers < 1):
+        raise ValueError(f"n_layers must be a whole number >= 1 or null (all layers), got {n_layers!r}.")
     shim = EarlyExitShim(head_dropout=head_dropout)
     shim.span_getter = span_getter
     return Model(
@@ -269,6 +274,7 @@ def MultiExitTransformer(
             "layer_weighting": layer_weighting,
             "max_wordpieces": max_wordpieces,
             "case_features": case_features,
+            "n_layers": n_layers,
             # set by spaCy's `update(drop=...)` (thinc's set_dropout_rate);
             # None: the configured head dropout and the backbone's own
             "dropout_rate": None,
@@ -285,6 +291,8 @@ def init(model: Model, X: Optional[List[Doc]] = None, Y=None) -> Model:
     if model.has_dim("nO") is not True:
         raise ValueError("The early-exit model needs its number of labels (nO) before initialize.")
     backbone, tokenizer = load_pretrained(model.attrs["name"])
+    if model.attrs.get("n_layers") is not None:
+        backbone = keep_first_layers(backbone, model.attrs["n_layers"])
     encoder = MultiExitEncoder(
         backbone,
         model.get_dim("nO"),

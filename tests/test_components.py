@@ -257,3 +257,31 @@ def test_onednn_kernel_cache_is_bounded_unless_the_user_sets_it(preset, expected
     code = "import spacy_earlyexit, os; print(os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY'])"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == expected
+
+
+def test_n_layers_keeps_the_first_layers_and_survives_a_round_trip(tiny_model_dir, tmp_path):
+    nlp = spacy.blank("en")
+    nlp.add_pipe("earlyexit_ner", config=model_config(tiny_model_dir, n_layers=2))
+    train(nlp, ner_examples(nlp), steps=20)
+    encoder = nlp.get_pipe("earlyexit_ner").model.shims[0].encoder
+    assert encoder.n_layers == 2 and len(encoder.heads) == 2
+    texts = [text for text, _ in NER_DATA]
+    expected = _predictions(nlp, texts)
+    assert max(layer for _, _, layers in expected for layer in layers) == 2
+    nlp.to_disk(tmp_path / "short")
+    loaded = spacy.load(tmp_path / "short")
+    assert loaded.get_pipe("earlyexit_ner").model.shims[0].encoder.n_layers == 2
+    assert _predictions(loaded, texts) == expected
+
+
+@pytest.mark.parametrize("n_layers", [0, -1, 2.5, True])
+def test_n_layers_must_be_a_positive_whole_number(tiny_model_dir, n_layers):
+    with pytest.raises(ValueError, match="n_layers"):
+        spacy.blank("en").add_pipe("earlyexit_ner", config=model_config(tiny_model_dir, n_layers=n_layers))
+
+
+def test_n_layers_beyond_the_encoder_is_a_clear_error(tiny_model_dir):
+    nlp = spacy.blank("en")
+    nlp.add_pipe("earlyexit_ner", config=model_config(tiny_model_dir, n_layers=4))
+    with pytest.raises(ValueError, match="has 3 layers"):
+        nlp.initialize(lambda: ner_examples(nlp))
