@@ -4,7 +4,8 @@
 # into a fresh virtual environment and loaded offline, outside the repository.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-for f in metrics/smoke-tradeoff.png metrics/smoke-exit-layers.png metrics/smoke-operating-points.json; do
+for f in metrics/smoke-tradeoff.png metrics/smoke-exit-layers.png metrics/smoke-operating-points.json \
+         training/smoke/training-time.json training/smoke-selfsample/training-time.json; do
   [ -s "$f" ] || { echo "missing smoke output: $f" >&2; exit 1; }
 done
 .venv/bin/python - <<'PY'

@@ -1,8 +1,11 @@
 """Command line: `python -m spacy_earlyexit train|benchmark ...`; the benchmark
 is also available as `python -m spacy benchmark earlyexit ...`."""
+import json
+import time
 from pathlib import Path
 from typing import List, Optional
 
+import torch
 import typer
 from spacy import util
 from spacy.cli._util import benchmark_cli, parse_config_overrides
@@ -14,6 +17,9 @@ from .plots import plot
 from .benchmark import (
     DEFAULT_SENTENCE_THRESHOLDS, DEFAULT_TOKEN_THRESHOLDS, default_sweep, format_table, run_benchmark, write_result,
 )
+
+#: written by `train` into its output directory: how long the run took
+TRAINING_TIME_FILE = "training-time.json"
 
 app = typer.Typer(name="spacy_earlyexit", help="spacy-earlyexit commands", no_args_is_help=True)
 
@@ -92,7 +98,14 @@ def train(
             f"max_steps {plan['training.max_steps']}, evaluating every {plan['training.eval_frequency']} "
             "steps and at the last one"
         )
+    started = time.perf_counter()
     spacy_train(config_path, output_path, use_gpu=use_gpu, overrides={**overrides, **plan})
+    if output_path is not None:
+        seconds = time.perf_counter() - started
+        record = {"seconds": round(seconds, 1), "config": str(config_path), "torch_threads": torch.get_num_threads(),
+                  "max_steps": plan.get("training.max_steps")}
+        (Path(output_path) / TRAINING_TIME_FILE).write_text(json.dumps(record, indent=2), encoding="utf8")
+        msg.info(f"Training took {seconds / 60:.1f} minutes")
 benchmark_cli.command("earlyexit")(benchmark)
 
 
