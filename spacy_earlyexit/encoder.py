@@ -4,7 +4,7 @@ layer and a layer loop of its own that can skip work for exited tokens.
 Plain PyTorch: nothing in this module imports spaCy or Thinc.
 """
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from .cost import LayerCost
 from .objective import SampledExits, layer_loss_weights  # noqa: F401  (layer_loss_weights: import path kept)
 from .policies import ExitPolicy, FullDepth
+from .width import check_width, kept
 
 
 @dataclass
@@ -60,6 +61,33 @@ class LayerView:
         self.attn_output_dropout = attn_output_dropout
 
 
+@dataclass
+class LayerWeights:
+    """The weights one layer runs with at some width: q/k/v and intermediate
+    rows, attention-output and output columns, as views (no copies; BLAS
+    reads a column slice in place through its leading dimension)."""
+
+    n_heads: int
+    q: Tuple[Tensor, Optional[Tensor]]
+    k: Tuple[Tensor, Optional[Tensor]]
+    v: Tuple[Tensor, Optional[Tensor]]
+    o: Tuple[Tensor, Optional[Tensor]]
+    ff_in: Tuple[Tensor, Optional[Tensor]]
+    ff_out: Tuple[Tensor, Optional[Tensor]]
+
+
+def _rows(linear: nn.Linear, n: int) -> Tuple[Tensor, Optional[Tensor]]:
+    if n == linear.out_features:
+        return linear.weight, linear.bias
+    return linear.weight[:n], (linear.bias[:n] if linear.bias is not None else None)
+
+
+def _columns(linear: nn.Linear, n: int) -> Tuple[Tensor, Optional[Tensor]]:
+    if n == linear.in_features:
+        return linear.weight, linear.bias
+    return linear.weight[:, :n], linear.bias
+
+
 DISTILBERT_LIKE = ("distilbert",)
 
 
@@ -99,6 +127,11 @@ def _layer_views(backbone: nn.Module) -> List[LayerView]:
     return views
 
 
+def _masked_heads(context: Tensor, head_mask: Optional[Tensor]) -> Tensor:
+    """Scale each head of `context` [B, H, T, dh] by `head_mask` [H]."""
+    return context if head_mask is None else context * head_mask[None, :, None, None]
+
+
 def _config_value(config, *names, default=None):
     for name in names:
         value = getattr(config, name, None)
@@ -131,6 +164,7 @@ class MultiExitEncoder(nn.Module):
         self.hidden_size = int(_config_value(config, "hidden_size", "dim"))
         self.ff_size = int(_config_value(config, "intermediate_size", "hidden_dim"))
         self.n_heads = int(_config_value(config, "num_attention_heads", "n_heads"))
+        self.head_size = self.hidden_size // self.n_heads
         self.hidden_dropout = float(
             _config_value(config, "hidden_dropout_prob", "dropout", default=0.0)
         )
@@ -148,7 +182,9 @@ class MultiExitEncoder(nn.Module):
         self.heads = nn.ModuleList(
             nn.Linear(self.hidden_size, n_labels) for _ in range(self.n_layers)
         )
-        self.layer_cost = LayerCost(self.hidden_size, self.ff_size, n_labels)
+        self.layer_cost = LayerCost(self.hidden_size, self.ff_size, n_labels, self.n_heads)
+        #: whether heads and neurons were permuted by importance (width.rewire)
+        self.width_rewired = False
         # Uncased encoders cannot see capitalization: a small embedding of each
         # word's casing class is added to the embedding output. It starts at
         # zero, so training starts from the unchanged pretrained model.
@@ -164,9 +200,34 @@ class MultiExitEncoder(nn.Module):
         self.hidden_dropout = hidden
         self.head_dropout.p = head
 
+    @property
+    def layer_views(self) -> List[LayerView]:
+        return list(self._views)
+
+    def layer_weights(self, index: int, width: float = 1.0) -> LayerWeights:
+        """The weights layer `index` runs with at `width`: its first heads and
+        neurons (all of them, the parameters themselves, at width 1)."""
+        view = self._views[index]
+        heads, neurons = kept(width, self.n_heads), kept(width, self.ff_size)
+        inner = heads * self.head_size
+        return LayerWeights(
+            heads, _rows(view.q, inner), _rows(view.k, inner), _rows(view.v, inner),
+            _columns(view.o, inner), _rows(view.ff_in, neurons), _columns(view.ff_out, neurons),
+        )
+
     # -- one layer over the active pieces -------------------------------------
-    def _run_layer(self, index: int, hidden: Tensor, piece_mask: Tensor, active: Tensor) -> Tensor:
-        """Update the active pieces of `hidden` [B, T, d] through layer `index`.
+    def _run_layer(
+        self,
+        index: int,
+        hidden: Tensor,
+        piece_mask: Tensor,
+        active: Tensor,
+        width: float = 1.0,
+        head_mask: Optional[Tensor] = None,
+    ) -> Tensor:
+        """Update the active pieces of `hidden` [B, T, d] through layer `index`
+        at `width` (its first heads and feed-forward neurons);
+        `head_mask` [kept heads] scales each head's attention output.
 
         Keys and values come from every real piece; queries, the output
         projection, residuals, LayerNorms and the feed-forward network run only
@@ -175,11 +236,12 @@ class MultiExitEncoder(nn.Module):
         saves and the layer runs densely, keeping inactive pieces unchanged.
         Returns a new hidden tensor in training (autograd), else updates in place."""
         view = self._views[index]
+        w = self.layer_weights(index, width)
         B, T, d = hidden.shape
-        H = self.n_heads
-        dh = d // H
-        keys = view.k(hidden).view(B, T, H, dh).transpose(1, 2)
-        values = view.v(hidden).view(B, T, H, dh).transpose(1, 2)
+        H, dh = w.n_heads, self.head_size
+        inner = H * dh
+        keys = F.linear(hidden, *w.k).view(B, T, H, dh).transpose(1, 2)
+        values = F.linear(hidden, *w.v).view(B, T, H, dh).transpose(1, 2)
         n_real = int(piece_mask.sum())
         # without padding, no mask: SDPA can take its fastest kernel
         mask = None if n_real == B * T else piece_mask[:, None, None, :]
@@ -187,34 +249,35 @@ class MultiExitEncoder(nn.Module):
         n_active = int(active.sum())
         if n_active >= self.DENSE_FRACTION * B * T:
             # (nearly) everything active: one dense pass, as Hugging Face does
-            queries = view.q(hidden).view(B, T, H, dh).transpose(1, 2)
+            queries = F.linear(hidden, *w.q).view(B, T, H, dh).transpose(1, 2)
             context = F.scaled_dot_product_attention(queries, keys, values, attn_mask=mask, dropout_p=dropout)
-            out = self._attention_output_and_ffn(view, hidden, context.transpose(1, 2).reshape(B, T, d))
+            context = _masked_heads(context, head_mask).transpose(1, 2).reshape(B, T, inner)
+            out = self._attention_output_and_ffn(view, w, hidden, context)
             # padding states are never read (masked as keys, never a word's state)
             return out if n_active == n_real else torch.where(active[..., None], out, hidden)
         rows, cols = active.nonzero(as_tuple=True)
         packed = hidden[rows, cols]  # [q, d]
-        queries = view.q(packed)
+        queries = F.linear(packed, *w.q)
         ranks = (active.cumsum(1) - 1)[rows, cols]
         q_len = int(active.sum(1).max())
-        padded_q = queries.new_zeros(B, q_len, d)
+        padded_q = queries.new_zeros(B, q_len, inner)
         padded_q[rows, ranks] = queries
         padded_q = padded_q.view(B, q_len, H, dh).transpose(1, 2)
         context = F.scaled_dot_product_attention(padded_q, keys, values, attn_mask=mask, dropout_p=dropout)
-        context = context.transpose(1, 2).reshape(B, q_len, d)[rows, ranks]
-        out = self._attention_output_and_ffn(view, packed, context)
+        context = _masked_heads(context, head_mask).transpose(1, 2).reshape(B, q_len, inner)[rows, ranks]
+        out = self._attention_output_and_ffn(view, w, packed, context)
         if torch.is_grad_enabled():
             return hidden.index_put((rows, cols), out)
         hidden[rows, cols] = out  # inference: update in place
         return hidden
 
-    def _attention_output_and_ffn(self, view: LayerView, states: Tensor, context: Tensor) -> Tensor:
+    def _attention_output_and_ffn(self, view: LayerView, w: LayerWeights, states: Tensor, context: Tensor) -> Tensor:
         """Output projection, residual + LayerNorm, feed-forward, residual + LayerNorm."""
-        attn = view.o(context)
+        attn = F.linear(context, *w.o)
         if view.attn_output_dropout:
             attn = F.dropout(attn, self.hidden_dropout, self.training)
         attn = view.attn_norm(states + attn)
-        ff = view.ff_out(view.act(view.ff_in(attn)))
+        ff = F.linear(view.act(F.linear(attn, *w.ff_in)), *w.ff_out)
         ff = F.dropout(ff, self.hidden_dropout, self.training)
         return view.ff_norm(attn + ff)
 
@@ -241,6 +304,8 @@ class MultiExitEncoder(nn.Module):
         batch: EncoderBatch,
         word_exit_layers: Optional[Tensor] = None,
         sampled_exits: Optional[SampledExits] = None,
+        width: float = 1.0,
+        head_mask: Optional[Tensor] = None,
     ) -> Tensor:
         """Logits of every exit for every real word: [L, n_words, C].
 
@@ -248,7 +313,11 @@ class MultiExitEncoder(nn.Module):
         its exit layer, as at inference; frozen pieces keep serving as keys
         and values. `sampled_exits` (self-sampling) instead decides exits
         layer by layer from the model's own dropout-free predictions, as
-        inference does, and records them in `sampled_exits.exit_layers`."""
+        inference does, and records them in `sampled_exits.exit_layers`.
+        `width` runs every layer with its first heads and neurons only;
+        `head_mask` [L, kept heads] scales each head's attention output
+        (importance is its gradient)."""
+        width = check_width(width)
         hidden = self.embed(batch)
         B, W = batch.word_mask.shape
         word_active = batch.word_mask.clone()
@@ -266,7 +335,8 @@ class MultiExitEncoder(nn.Module):
                 piece_word_active = word_active.gather(1, batch.piece_words.clamp(min=0))
                 active = batch.piece_mask & ((batch.piece_words < 0) | piece_word_active)
             if bool(active.any()):
-                hidden = self._run_layer(index, hidden, batch.piece_mask, active)
+                layer_mask = head_mask[index] if head_mask is not None else None
+                hidden = self._run_layer(index, hidden, batch.piece_mask, active, width, layer_mask)
             word_states = self._word_states(hidden, batch)
             outputs.append(self.heads[index](self.head_dropout(word_states[batch.word_mask])))
             if sampled_exits is not None and index < self.n_layers - 1:
@@ -285,11 +355,15 @@ class MultiExitEncoder(nn.Module):
         return next(self.parameters()).device
 
     @torch.inference_mode()
-    def predict(self, batch: EncoderBatch, policy: Optional[ExitPolicy] = None) -> ExitOutput:
-        """Label every word, letting it leave as soon as `policy` allows.
+    def predict(self, batch: EncoderBatch, policy: Optional[ExitPolicy] = None, width: float = 1.0) -> ExitOutput:
+        """Label every word, letting it leave as soon as `policy` allows, with
+        every layer at `width` (its first heads and neurons).
 
         Finished sequences are dropped from the batch; within a running
-        sequence only the still-active pieces pay for queries and feed-forward."""
+        sequence only the still-active pieces pay for queries and feed-forward.
+        `cost` counts the kept heads and neurons; `full_cost` is always the
+        full-width, full-depth pass."""
+        width = check_width(width)
         policy = policy or FullDepth()
         B, W = batch.word_mask.shape
         device = batch.input_ids.device
@@ -311,10 +385,10 @@ class MultiExitEncoder(nn.Module):
             piece_active = piece_mask & (
                 (piece_words < 0) | word_active.gather(1, piece_words.clamp(min=0))
             )
-            hidden = self._run_layer(index, hidden, piece_mask, piece_active)
+            hidden = self._run_layer(index, hidden, piece_mask, piece_active, width)
             n_run = piece_mask.sum(1).double()
             q_run = piece_active.sum(1).double()
-            cost[rows] += self.layer_cost.layer(n_run, q_run)
+            cost[rows] += self.layer_cost.layer(n_run, q_run, width)
             is_last = index == last
             if not (is_last or policy.needs_every_exit):
                 continue
