@@ -101,8 +101,11 @@ def register_extensions() -> None:
         Token.set_extension("exit_layers", getter=_token_exit_layers)
 
 
-def record_exits(doc: Doc, component: str, exit_layers, n_layers: int, cost: float, full_cost: float) -> None:
-    """Store one component's exit information on a doc (without touching others').
+def record_exits(
+    doc: Doc, component: str, exit_layers, n_layers: int, cost: float, full_cost: float, width: float = 1.0
+) -> None:
+    """Store one component's exit information on a doc (without touching others'):
+    `cost` at the width it ran, `full_cost` of a full-depth, full-width pass.
 
     Entries are replaced, never changed in place: `Doc.from_docs` copies them
     shallowly, so the source doc may share them."""
@@ -130,5 +133,6 @@ def record_exits(doc: Doc, component: str, exit_layers, n_layers: int, cost: flo
         "cost": float(cost),
         "full_cost": float(full_cost),
         "speedup": float(full_cost / cost) if cost > 0 else 1.0,
+        "width": float(width),
     }
     doc._.earlyexit = info

@@ -26,7 +26,7 @@ from thinc.types import Floats3d, Ints1d
 
 import spacy_transformers.span_getters  # noqa: F401  registers the span getters
 
-from .encoder import MultiExitEncoder
+from .encoder import EncoderBatch, MultiExitEncoder
 from .objective import SelfSampling
 from .hf_loading import EncoderLoadError, backbone_from_config, keep_first_layers, load_pretrained, load_tokenizer
 from .policies import ExitPolicy
@@ -151,6 +151,9 @@ class EarlyExitShim(PyTorchShim):
             "head_dropout": self.head_dropout,
             "attention_dropout": encoder.attention_dropout,
             "case_classes": encoder.case_embedding.num_embeddings if encoder.case_embedding is not None else 0,
+            # heads and neurons permuted by importance: the weights are saved
+            # permuted, this says that narrower widths keep the important ones
+            "width_rewired": encoder.width_rewired,
         }
         files[EXITS_FILE] = json.dumps(exits).encode("utf8")
         return files
@@ -164,6 +167,7 @@ class EarlyExitShim(PyTorchShim):
             exits.get("case_classes", 0),
         )
         encoder.load_state_dict(weights)
+        encoder.width_rewired = exits.get("width_rewired") is True
         self._model = encoder.to(get_torch_default_device())
         self.tokenizer = load_tokenizer(str(directory), config["model_type"])
         self.head_dropout = exits["head_dropout"]
@@ -340,6 +344,25 @@ def _sentence_groups(docs: List[Doc], plan, order: List[int]):
     return torch.from_numpy(groups)
 
 
+def _collate_sorted(shim: "EarlyExitShim", encoder: MultiExitEncoder, plan) -> Tuple[List[int], EncoderBatch, List]:
+    """The plan's sequences sorted by length and collated into one batch, and
+    the row of every doc's tokens among the batch's words."""
+    order = sorted(range(len(plan.sequences)), key=lambda i: len(plan.sequences[i]))
+    batch = collate([plan.sequences[i] for i in order], shim.tokenizer.pad_token_id or 0).to(encoder.device)
+    return order, batch, plan.token_rows(order)
+
+
+def training_batch(model: Model, docs: List[Doc]) -> Optional[Tuple[EncoderBatch, List[numpy.ndarray]]]:
+    """The encoder batch that the training forward builds for `docs`, and the
+    row of each doc's tokens among its words (in the order of the logits'
+    second axis); None when the docs have no tokens."""
+    shim, encoder, plan = _plan(model, docs)
+    if not plan.sequences:
+        return None
+    _, batch, rows = _collate_sorted(shim, encoder, plan)
+    return batch, rows
+
+
 def forward(model: Model, docs: List[Doc], is_train: bool) -> Tuple[Tuple[List[Floats3d], List[Ints1d]], Callable]:
     """Logits of every exit for every token of every doc, and the layer each
     token ran to (the last layer, or its sampled exit in self-sampling
@@ -351,9 +374,7 @@ def forward(model: Model, docs: List[Doc], is_train: bool) -> Tuple[Tuple[List[F
         empty = [model.ops.alloc3f(n_layers, n, n_labels) for n in plan.n_tokens]
         layers = [numpy.full(n, n_layers, dtype="int64") for n in plan.n_tokens]
         return (empty, layers), lambda d_scores: []
-    order = sorted(range(len(plan.sequences)), key=lambda i: len(plan.sequences[i]))
-    batch = collate([plan.sequences[i] for i in order], shim.tokenizer.pad_token_id or 0).to(encoder.device)
-    rows = plan.token_rows(order)
+    order, batch, rows = _collate_sorted(shim, encoder, plan)
     sampling = model.attrs.get("self_sampling") if is_train else None
     sampled = None
     if sampling:
@@ -388,8 +409,9 @@ class DocExits:
     exit_layers: numpy.ndarray  # [n_tokens] int, 1-based
     uncertainty: numpy.ndarray  # [n_tokens] float, at the exit
     cost: float  # multiply-accumulates spent
-    full_cost: float  # multiply-accumulates of a full-depth pass
+    full_cost: float  # multiply-accumulates of a full-depth, full-width pass
     n_layers: int
+    width: float = 1.0
 
 
 def predict_exits(
@@ -398,9 +420,11 @@ def predict_exits(
     policy: ExitPolicy,
     max_sequences: int = 64,
     max_padded_pieces: int = 8192,
+    width: float = 1.0,
 ) -> List[DocExits]:
     """Label docs with early exit: sequences sorted by length, batched, and
-    each batch run through the encoder's own layer loop under `policy`."""
+    each batch run through the encoder's own layer loop under `policy`, every
+    layer at `width`."""
     shim, encoder, plan = _plan(model, docs)
     encoder.eval()
     n_seq = len(plan.sequences)
@@ -412,7 +436,8 @@ def predict_exits(
     pad_id = shim.tokenizer.pad_token_id or 0
     for indices in length_batches(plan, max_sequences, max_padded_pieces):
         batch = collate([plan.sequences[i] for i in indices], pad_id).to(encoder.device)
-        out = encoder.predict(batch, policy)
+        # width only when narrower: stand-ins for `predict` that predate widths keep working
+        out = encoder.predict(batch, policy) if width == 1.0 else encoder.predict(batch, policy, width=width)
         labels, layers, unc = (t.cpu().numpy() for t in (out.labels, out.exit_layers, out.uncertainty))
         for row, index in enumerate(indices):
             n_words = len(plan.sequences[index].word_starts)
@@ -436,6 +461,7 @@ def predict_exits(
                 cost=float(seq_cost[mine].sum()),
                 full_cost=float(seq_full[mine].sum()),
                 n_layers=encoder.n_layers,
+                width=width,
             )
         )
     return results

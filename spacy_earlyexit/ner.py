@@ -9,6 +9,7 @@ from thinc.api import Config, Model
 from .pipe import DEFAULT_MODEL_CONFIG, EarlyExitLabeler
 from .objective import SelfSampling
 from .policies import ExitPolicy
+from .width import DEFAULT_WIDTHS
 
 BILUO_TO_BIO = {"B": "B", "I": "I", "L": "I", "U": "B", "O": "O"}
 
@@ -54,6 +55,8 @@ def bio_tags_to_spans(doc: Doc, tags: List[str]) -> List[Span]:
         "operating_points": {},
         "operating_point": None,
         "self_sampling": None,
+        "width_multipliers": list(DEFAULT_WIDTHS),
+        "width": 1.0,
         "overwrite_ents": False,
     },
     default_score_weights={"ents_f": 1.0, "ents_p": 0.0, "ents_r": 0.0, "ents_per_type": None},
@@ -68,20 +71,28 @@ def make_earlyexit_ner(
     operating_points: Dict[str, Dict[str, Any]],
     operating_point: Optional[str],
     self_sampling: Optional[SelfSampling],
+    width_multipliers: List[float],
+    width: float,
     overwrite_ents: bool = False,
 ) -> "EarlyExitNER":
     """Named entity recognizer whose tokens leave the encoder early.
 
-    operating_points: named exit policies ({"policy": short name, **params}),
+    operating_points: named exit policies ({"policy": short name, **params,
+        optionally "width": one of width_multipliers}),
         written by `python -m spacy_earlyexit calibrate`; "full" always exists.
     operating_point: the one to use (overrides exit_policy); None: exit_policy.
     self_sampling: stage-2 training with exits sampled per sentence (None: off).
+    width_multipliers: the widths this component may run at (each keeps that
+        share of every layer's heads and feed-forward neurons; must hold 1.0).
+        An operating point may name one as "width"; see `rewire_for_width`.
+    width: the width used when no operating point is chosen.
     overwrite_ents: replace the entities that earlier components set (False:
         keep them and add predicted entities around them, as spaCy's ner does).
     """
     return EarlyExitNER(
         nlp.vocab, model, name, exit_policy=exit_policy, scorer=scorer, batch_sequences=batch_sequences,
         operating_points=operating_points, operating_point=operating_point, self_sampling=self_sampling,
+        width_multipliers=width_multipliers, width=width,
         overwrite_ents=overwrite_ents,
     )
 

@@ -122,18 +122,18 @@ def exit_loss(
     exit_layers [N] (1-based): exit l counts a word only while it is still
     running (l <= its exit layer). The sum is divided by the number of words
     with known gold, so the scale does not depend on the batch size.
-    Returns (loss, d_logits)."""
+    Returns (loss, d_logits); the loss is differentiable as well."""
     L, N, C = logits.shape
     known = gold >= 0
-    counts = torch.ones(L, N, dtype=logits.dtype) * known.to(logits.dtype)
+    counts = torch.ones(L, N, dtype=logits.dtype, device=logits.device) * known.to(logits.dtype)
     if exit_layers is not None:
-        layer_numbers = torch.arange(1, L + 1)[:, None]
+        layer_numbers = torch.arange(1, L + 1, device=logits.device)[:, None]
         counts = counts * (layer_numbers <= exit_layers[None, :]).to(logits.dtype)
-    scale = weights[:, None].to(logits.dtype) * counts / max(1, int(known.sum()))
+    scale = weights[:, None].to(logits) * counts / max(1, int(known.sum()))
     log_probs = torch.log_softmax(logits, -1)
     target = gold.clamp(min=0)
     picked = log_probs.gather(-1, target[None, :, None].expand(L, N, 1))[..., 0]
     loss = -(scale * picked).sum()
-    grad = log_probs.exp()
-    grad.scatter_add_(-1, target[None, :, None].expand(L, N, 1), -torch.ones(L, N, 1, dtype=logits.dtype))
+    grad = log_probs.detach().exp()
+    grad.scatter_add_(-1, target[None, :, None].expand(L, N, 1), -torch.ones_like(grad[..., :1]))
     return loss, grad * scale[..., None]

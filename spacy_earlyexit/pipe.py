@@ -16,10 +16,11 @@ from spacy.vocab import Vocab
 from thinc.api import Model, set_dropout_rate
 
 from .extensions import record_exits, register_extensions
-from .layer import DocExits, check_wordpiece_budget, predict_exits
+from .layer import DocExits, check_wordpiece_budget, predict_exits, training_batch
 from .objective import SelfSampling, exit_loss, layer_loss_weights
 from .policies import ExitPolicy, FullDepth
-from .registrations import policy_from_spec
+from .registrations import policy_from_spec, width_from_spec
+from .width import DEFAULT_WIDTHS, Importance, check_width_menu, compute_importance, rewire, width_in_menu
 
 DEFAULT_MODEL_CONFIG = """
 [model]
@@ -52,6 +53,8 @@ class EarlyExitLabeler(TrainablePipe):
         operating_points: Optional[Dict[str, Dict]] = None,
         operating_point: Optional[str] = None,
         self_sampling: Optional[SelfSampling] = None,
+        width_multipliers: Sequence[float] = DEFAULT_WIDTHS,
+        width: float = 1.0,
     ) -> None:
         register_extensions()
         self.vocab = vocab
@@ -63,9 +66,16 @@ class EarlyExitLabeler(TrainablePipe):
             raise ValueError(f"batch_sequences must be a whole number >= 1, got {batch_sequences!r}.")
         self.batch_sequences = batch_sequences
         self.cfg: Dict = {"labels": []}
+        try:
+            self.width_multipliers = check_width_menu(width_multipliers)
+        except ValueError as err:
+            raise ValueError(f"'{name}': {err}") from err
+        self.width = width
         self.operating_points: Dict[str, Dict] = {}
         for point, spec in (operating_points or {}).items():
-            policy_from_spec(spec, f"operating point '{point}' of '{name}'")  # fail early on a bad spec
+            what = f"operating point '{point}' of '{name}'"
+            policy_from_spec(spec, what)  # fail early on a bad spec
+            width_from_spec(spec, self.width_multipliers, what)
             self.operating_points[str(point)] = dict(spec)
         self.operating_point: Optional[str] = None
         if operating_point:
@@ -74,12 +84,16 @@ class EarlyExitLabeler(TrainablePipe):
 
     # -- operating points ---------------------------------------------------------
     def use(self, operating_point: str) -> ExitPolicy:
-        """Switch to a named operating point (calibrated, or "full"); returns
-        its exit policy. Nothing is retrained or reloaded."""
+        """Switch to a named operating point (calibrated, or "full"): its exit
+        policy and its width (1.0 unless the point names one). Returns the
+        policy. Nothing is retrained or reloaded."""
         if operating_point == "full":
             policy: ExitPolicy = FullDepth()
+            width = 1.0
         elif operating_point in self.operating_points:
-            policy = policy_from_spec(self.operating_points[operating_point])
+            spec = self.operating_points[operating_point]
+            policy = policy_from_spec(spec)
+            width = width_from_spec(spec, self.width_multipliers)
         else:
             known = ", ".join(["full", *self.operating_points]) or "full"
             raise ValueError(
@@ -87,8 +101,23 @@ class EarlyExitLabeler(TrainablePipe):
                 "(calibrate with `python -m spacy_earlyexit calibrate`)."
             )
         self.exit_policy = policy
+        self.width = width
         self.operating_point = operating_point
         return policy
+
+    @property
+    def width(self) -> float:
+        """The width multiplier `predict` runs at: every layer keeps its first
+        heads and feed-forward neurons (see `rewire_for_width`). Assigning
+        one checks it against `width_multipliers`."""
+        return self._width
+
+    @width.setter
+    def width(self, value: float) -> None:
+        try:
+            self._width = width_in_menu(value, self.width_multipliers)
+        except ValueError as err:
+            raise ValueError(f"'{self.name}': {err}") from err
 
     @property
     def exit_policy(self) -> ExitPolicy:
@@ -190,14 +219,24 @@ class EarlyExitLabeler(TrainablePipe):
         self._check_settings()
 
     @contextmanager
-    def using(self, policy: Union[str, ExitPolicy]) -> Iterator[ExitPolicy]:
-        """Run with another exit policy (or named operating point) for the
-        duration of a `with` block; the previous one comes back after it."""
-        previous, previous_point = self.exit_policy, self.operating_point
+    def using(
+        self, policy: Union[str, ExitPolicy, None] = None, *, width: Optional[float] = None
+    ) -> Iterator[ExitPolicy]:
+        """Run with another exit policy or named operating point, and/or
+        another width, for the duration of a `with` block; the previous
+        settings come back after it. `width` overrides the point's width."""
+        previous = (self.exit_policy, self.width, self.operating_point)
         try:
-            yield self.use(policy) if isinstance(policy, str) else self._set_policy(policy)
+            if isinstance(policy, str):
+                current = self.use(policy)
+            else:
+                current = self.exit_policy if policy is None else self._set_policy(policy)
+            if width is not None and width_in_menu(width, self.width_multipliers) != self.width:
+                self.width = width
+                self.operating_point = None
+            yield current
         finally:
-            self.exit_policy, self.operating_point = previous, previous_point
+            self.exit_policy, self._width, self.operating_point = previous
 
     def _set_policy(self, policy: ExitPolicy) -> ExitPolicy:
         self.exit_policy = policy
@@ -225,13 +264,13 @@ class EarlyExitLabeler(TrainablePipe):
 
     def predict(self, docs: Iterable[Doc]) -> List[DocExits]:
         docs = list(docs)
-        return predict_exits(self.model, docs, self.exit_policy, max_sequences=self.batch_sequences)
+        return predict_exits(self.model, docs, self.exit_policy, max_sequences=self.batch_sequences, width=self.width)
 
     def set_annotations(self, docs: Iterable[Doc], predictions: List[DocExits]) -> None:
         classes = self.output_labels
         for doc, pred in zip(docs, predictions):
             self._annotate(doc, [classes[i] for i in pred.label_ids])
-            record_exits(doc, self.name, pred.exit_layers, pred.n_layers, pred.cost, pred.full_cost)
+            record_exits(doc, self.name, pred.exit_layers, pred.n_layers, pred.cost, pred.full_cost, pred.width)
 
     # -- training ----------------------------------------------------------------
     def update(
@@ -266,11 +305,7 @@ class EarlyExitLabeler(TrainablePipe):
         examples = list(examples)
         validate_examples(examples, f"{type(self).__name__}.get_loss")
         logits, run_layers = scores
-        index = {label: i for i, label in enumerate(self.output_labels)}
-        truths = [
-            numpy.array([index.get(label, -1) if label else -1 for label in self._gold_labels(eg)], dtype="int64")
-            for eg in examples
-        ]
+        truths = self._gold_ids(examples)
         if not logits or not sum(t.size for t in truths):
             return 0.0, [self.model.ops.asarray3f(numpy.zeros_like(self.model.ops.to_numpy(x))) for x in logits]
         sizes = [len(t) for t in truths]
@@ -286,6 +321,56 @@ class EarlyExitLabeler(TrainablePipe):
         grad = grad.numpy()
         d_scores = [self.model.ops.asarray3f(grad[:, a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
         return float(loss), d_scores
+
+    def _gold_ids(self, examples: List[Example]) -> List[numpy.ndarray]:
+        """Class id of each predicted token of each example, -1 where unknown."""
+        index = {label: i for i, label in enumerate(self.output_labels)}
+        return [
+            numpy.array([index.get(label, -1) if label else -1 for label in self._gold_labels(eg)], dtype="int64")
+            for eg in examples
+        ]
+
+    # -- adaptive width ------------------------------------------------------------
+    def rewire_for_width(self, examples: Iterable[Example], *, batch_size: int = 32) -> Importance:
+        """Rank every layer's attention heads and feed-forward neurons by their
+        importance for this component's training loss on `examples` (gold
+        annotation; DynaBERT's criterion, see `width.py`) and permute the
+        weights so that narrower widths keep the most important. Full-width
+        predictions do not change. The permuted weights and the fact that
+        they are rewired are saved with the pipeline.
+
+        examples (Iterable[Example]): annotated examples, training data.
+        batch_size (int): examples per forward/backward pass.
+        RETURNS (Importance): the importance before permuting, [L, H] and [L, F].
+        """
+        examples = list(examples)
+        validate_examples(examples, f"{type(self).__name__}.rewire_for_width")
+        shim = self.model.shims[0]
+        encoder = shim.encoder
+        weights = torch.tensor(layer_loss_weights(encoder.n_layers, self.model.attrs["layer_weighting"]))
+
+        def batches():
+            for chunk in util.minibatch(examples, batch_size):
+                built = training_batch(self.model, [eg.predicted for eg in chunk])
+                if built is None:
+                    continue
+                batch, rows = built
+                gold = numpy.full(batch.n_words, -1, dtype="int64")
+                for doc_rows, truth in zip(rows, self._gold_ids(chunk)):
+                    gold[doc_rows] = truth
+                if (gold >= 0).any():
+                    gold_t = torch.from_numpy(gold).to(encoder.device)
+                    yield batch, lambda logits, gold_t=gold_t: exit_loss(logits, gold_t, weights)[0]
+
+        importance = compute_importance(encoder, batches())
+        if not bool(importance.heads.any()):
+            raise ValueError(
+                f"'{self.name}' cannot rewire for width: the examples have no gold "
+                "annotation it learns from, so no head or neuron has an importance."
+            )
+        rewire(encoder, importance)
+        shim._torch_optimizer = None  # its moments belong to the old order of the weights
+        return importance
 
     # -- scoring -----------------------------------------------------------------
     def score(self, examples: Iterable[Example], **kwargs) -> Dict[str, object]:

@@ -1,10 +1,11 @@
 """Exit policies as registered functions (`@misc`), so configs can pick them."""
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 from spacy.util import registry
 
 from .objective import SelfSampling
 from .policies import ExitPolicy, FixedDepth, FullDepth, SentenceExit, TokenWindowExit
+from .width import width_in_menu
 
 
 @registry.misc("spacy-earlyexit.full_depth.v1")
@@ -55,8 +56,10 @@ def make_policy(name: str, **params) -> ExitPolicy:
 
 def policy_from_spec(spec: Dict[str, Any], what: str = "operating point") -> ExitPolicy:
     """An exit policy from an operating point's spec: `{"policy": short name,
-    **its parameters}`, as operating points are stored in configs."""
+    **its parameters}`, as operating points are stored in configs. The spec's
+    `width`, if any, is not the policy's (see `width_from_spec`)."""
     spec = dict(spec)
+    spec.pop("width", None)
     name = spec.pop("policy", None)
     if not name:
         raise ValueError(f"The {what} has no 'policy' (one of {sorted(POLICY_MAKERS)}): {spec}")
@@ -64,6 +67,15 @@ def policy_from_spec(spec: Dict[str, Any], what: str = "operating point") -> Exi
         return make_policy(name, **spec)
     except TypeError as err:
         raise ValueError(f"The {what} has parameters its policy '{name}' does not take: {err}") from err
+
+
+def width_from_spec(spec: Dict[str, Any], menu: Sequence[float], what: str = "operating point") -> float:
+    """The width of an operating point's spec (1.0 when it names none), which
+    must be one of `menu`."""
+    try:
+        return width_in_menu(spec.get("width", 1.0), menu)
+    except ValueError as err:
+        raise ValueError(f"The {what}: {err}") from err
 
 
 @registry.misc("spacy-earlyexit.self_sampling.v1")

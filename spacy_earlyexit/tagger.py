@@ -10,6 +10,7 @@ from thinc.api import Config, Model
 from .pipe import DEFAULT_MODEL_CONFIG, EarlyExitLabeler
 from .objective import SelfSampling
 from .policies import ExitPolicy
+from .width import DEFAULT_WIDTHS
 
 
 @Language.factory(
@@ -23,6 +24,8 @@ from .policies import ExitPolicy
         "operating_points": {},
         "operating_point": None,
         "self_sampling": None,
+        "width_multipliers": list(DEFAULT_WIDTHS),
+        "width": 1.0,
     },
     default_score_weights={"tag_acc": 1.0},
 )
@@ -36,10 +39,13 @@ def make_earlyexit_tagger(
     operating_points: Dict[str, Dict[str, Any]],
     operating_point: Optional[str],
     self_sampling: Optional[SelfSampling],
+    width_multipliers: List[float],
+    width: float,
 ) -> "EarlyExitTagger":
     """Part-of-speech tagger whose tokens leave the encoder early."""
     return EarlyExitTagger(nlp.vocab, model, name, exit_policy=exit_policy, scorer=scorer, batch_sequences=batch_sequences,
         operating_points=operating_points, operating_point=operating_point, self_sampling=self_sampling,
+        width_multipliers=width_multipliers, width=width,
     )
 
 

@@ -17,7 +17,7 @@ model; it only decides what a narrower width keeps.
 import math
 import numbers
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterable, List, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -40,6 +40,30 @@ def check_width(width) -> float:
     ):
         raise ValueError(f"A width multiplier must be a number in (0, 1], got {width!r}.")
     return float(width)
+
+
+def check_width_menu(widths: Iterable) -> Tuple[float, ...]:
+    """A menu of widths, sorted and without repeats; it must hold 1.0 (the
+    full model, which the "full" operating point uses)."""
+    try:
+        values = list(widths) if not isinstance(widths, (str, bytes)) else None
+    except TypeError:
+        values = None
+    if values is None:
+        raise ValueError(f"width_multipliers must be a list of numbers in (0, 1], got {widths!r}.")
+    menu = tuple(sorted({check_width(w) for w in values}))
+    if 1.0 not in menu:
+        raise ValueError(f"width_multipliers must include 1.0 (the full model), got {list(menu)}.")
+    return menu
+
+
+def width_in_menu(width, menu: Sequence[float]) -> float:
+    """`width` as the menu's own value; a ValueError if the menu lacks it."""
+    width = check_width(width)
+    for choice in menu:
+        if math.isclose(width, choice, rel_tol=0.0, abs_tol=1e-9):
+            return choice
+    raise ValueError(f"width {width:g} is not in the width menu {list(menu)} (width_multipliers).")
 
 
 def kept(width: float, n: int) -> int:

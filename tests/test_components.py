@@ -26,7 +26,8 @@ def test_every_token_reports_its_exit_layer_and_the_doc_its_cost(trained_ner):
     doc = trained_ner("Angela Merkel visited Paris on Tuesday .")
     assert [t._.exit_layer for t in doc] == [3] * len(doc)
     info = doc._.earlyexit["earlyexit_ner"]
-    assert info["n_layers"] == 3 and set(info) == {"n_layers", "cost", "full_cost", "speedup"}
+    assert info["n_layers"] == 3 and set(info) == {"n_layers", "cost", "full_cost", "speedup", "width"}
+    assert info["width"] == 1.0
     assert [t._.exit_layers for t in doc] == [{"earlyexit_ner": 3}] * len(doc)
     assert info["cost"] == pytest.approx(info["full_cost"])
     assert doc._.earlyexit_speedup == pytest.approx(1.0)
