@@ -1,4 +1,5 @@
 """Shared base of the early-exit pipeline components (spaCy's TrainablePipe contract)."""
+import warnings
 from contextlib import contextmanager
 from itertools import islice
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Union
@@ -118,6 +119,16 @@ class EarlyExitLabeler(TrainablePipe):
             self._width = width_in_menu(value, self.width_multipliers)
         except ValueError as err:
             raise ValueError(f"'{self.name}': {err}") from err
+        if self.model.shims[0].is_ready:
+            self._warn_if_not_rewired()
+
+    def _warn_if_not_rewired(self) -> None:
+        if self.width < 1.0 and not self.model.shims[0].encoder.width_rewired:
+            warnings.warn(
+                f"'{self.name}' runs at width {self.width:g}, but its heads and neurons were never "
+                "ranked by importance: it keeps arbitrary ones. Call `rewire_for_width(examples)` first.",
+                UserWarning,
+            )
 
     @property
     def exit_policy(self) -> ExitPolicy:
@@ -144,6 +155,7 @@ class EarlyExitLabeler(TrainablePipe):
         they are known (at initialize and after loading), not on the first doc."""
         self._check_policy_depth(self.exit_policy)
         check_wordpiece_budget(self.model)
+        self._warn_if_not_rewired()
 
     # -- labels -----------------------------------------------------------------
     @property

@@ -1,5 +1,6 @@
 """Adaptive width (DynaBERT): rewiring, width slicing, cost, the component's menu."""
 import json
+import warnings
 
 import pytest
 import spacy
@@ -200,6 +201,19 @@ def test_a_pipeline_saved_before_widths_loads_as_not_rewired(width_pipeline, tmp
     assert exits.pop("width_rewired") is False
     exits_file.write_text(json.dumps(exits))
     assert not spacy.load(tmp_path / "old").get_pipe("earlyexit_ner").model.shims[0].encoder.width_rewired
+
+
+def test_a_narrow_width_without_rewiring_warns(width_pipeline):
+    with pytest.warns(UserWarning, match="rewire_for_width"):
+        spacy.load(width_pipeline, config={"components.earlyexit_ner.operating_point": "half"})
+    nlp = spacy.load(width_pipeline)
+    ner = nlp.get_pipe("earlyexit_ner")
+    with pytest.warns(UserWarning, match="arbitrary"):
+        ner.width = 0.75
+    ner.rewire_for_width(ner_examples(nlp))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ner.width = 0.25
 
 
 def test_rewiring_needs_gold_annotation(width_pipeline):
