@@ -15,6 +15,9 @@ from spacy_earlyexit.width import compute_importance, kept, rewire
 from .conftest import NER_DATA, make_tiny_bert_dir, model_config, ner_examples, train
 from .test_encoder import random_batch
 
+# most tests run narrow widths on a pipeline that was never rewired, on purpose
+pytestmark = pytest.mark.filterwarnings("ignore:.*never ranked by importance:UserWarning")
+
 WIDTHS = (0.25, 0.5, 0.75, 1.0)
 TEXTS = [text for text, _ in NER_DATA] + ["Merkel and John visited the cat .", "", "Paris", "John " * 30 + "."]
 
