@@ -118,7 +118,7 @@ def calibrate(
     targets: str = typer.Option("2,3,4", "--targets", help="Target analytic speed-ups, comma-separated"),
     max_drop: float = typer.Option(0.5, "--max-drop", help="Also: the fastest point within this score drop (points; <0: none)"),
     margin: float = typer.Option(1.05, "--margin", help="Seek each speed-up target at this multiple on dev (test text exits later)"),
-    tolerance: float = typer.Option(0.25, "--tolerance", help="Dev scores this many points apart tie; the least aggressive point wins"),
+    tolerance: float = typer.Option(0.25, "--tolerance", help="Dev score (points) a point must gain per doubling of speed-up beyond the target"),
 ) -> None:
     """Choose operating points on dev and write them into a copy of the pipeline."""
     from .calibrate import run_calibration

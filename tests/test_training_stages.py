@@ -182,12 +182,14 @@ class _FakeComponent:
         shims = [type("Shim", (), {"encoder": type("Encoder", (), {"n_layers": 6})()})()]
 
 
-def _choose_on_a_flat_curve(monkeypatch, margin, tolerance):
-    """Candidates whose dev score barely moves between 2.1x and 2.9x, then falls."""
-    curve = {0.05: (0.9140, 2.12), 0.1: (0.9141, 2.45), 0.2: (0.9143, 2.88), 0.3: (0.9000, 3.3)}
+FLAT_CURVE = {0.05: (0.9140, 2.12), 0.1: (0.9141, 2.45), 0.2: (0.9143, 2.88), 0.3: (0.9000, 3.3)}
+
+
+def _choose_on_a_flat_curve(monkeypatch, margin, tolerance, curve=FLAT_CURVE, target=2.0):
+    """By default: candidates whose dev score barely moves between 2.1x and 2.9x, then falls."""
     monkeypatch.setattr(calibrate, "_real", lambda nlp, name, examples, spec: curve[spec["threshold"]])
     simulated = [Candidate(2, t, 1.0, score=s, speedup=x) for t, (s, x) in curve.items()]
-    point = CalibratedPoint("2x", 2.0, "speedup")
+    point = CalibratedPoint(f"{target:g}x", target, "speedup")
     calibrate._choose(None, "ner", [], _FakeComponent(), simulated, point, 0.9141, lambda line: None,
                       margin=margin, tolerance=tolerance)
     return point
@@ -198,6 +200,12 @@ def test_calibration_keeps_the_least_aggressive_of_tied_points(monkeypatch):
     assert point.reached and point.spec["threshold"] == 0.05 and point.flops_speedup == 2.12
     greedy = _choose_on_a_flat_curve(monkeypatch, margin=1.0, tolerance=0.0)
     assert greedy.spec["threshold"] == 0.2  # without a tolerance the best dev score wins, at 2.88x
+
+
+def test_calibration_takes_the_better_score_when_speedups_are_close(monkeypatch):
+    curve = {0.25: (0.9105, 3.21), 0.2: (0.9126, 3.25)}
+    point = _choose_on_a_flat_curve(monkeypatch, margin=1.05, tolerance=0.0025, curve=curve, target=3.0)
+    assert point.spec["threshold"] == 0.2 and point.dev_score == 0.9126
 
 
 def test_calibration_seeks_speedup_targets_with_a_margin(monkeypatch):
