@@ -40,7 +40,6 @@ from typing import Callable, Dict, List, Optional
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "configs"
 EARLYEXIT_POINTS = ("full", "2x", "3x", "4x")
-TRAINING_TIME_FILE = "training-time.json"
 
 
 @dataclass
@@ -115,6 +114,8 @@ class System:
 
 
 def _training_minutes(directories) -> tuple:
+    from spacy_earlyexit.cli import TRAINING_TIME_FILE
+
     seconds, missing = 0.0, []
     for directory in directories:
         path = Path(directory) / TRAINING_TIME_FILE
@@ -174,9 +175,9 @@ def shapes_of(references) -> Dict[str, list]:
 
 def _inputs(docs, vocab) -> list:
     """Unannotated copies (the same tokens for every system) in the system's own vocab."""
-    from spacy.tokens import Doc
+    from spacy_earlyexit.benchmark import fresh_copy
 
-    return [Doc(vocab, words=[t.text for t in d], spaces=[bool(t.whitespace_) for t in d]) for d in docs]
+    return [fresh_copy(d, vocab) for d in docs]
 
 
 def _score(nlp, task: str, predicted, references) -> float:

@@ -85,9 +85,9 @@ def _score_key(component: EarlyExitLabeler) -> str:
     return "ents_f" if isinstance(component, EarlyExitNER) else "tag_acc"
 
 
-def fresh_copy(doc: Doc) -> Doc:
-    """The doc's tokens and whitespace, without annotation."""
-    return Doc(doc.vocab, words=[t.text for t in doc], spaces=[bool(t.whitespace_) for t in doc])
+def fresh_copy(doc: Doc, vocab=None) -> Doc:
+    """The doc's tokens and whitespace, without annotation (in `vocab`, default the doc's)."""
+    return Doc(vocab or doc.vocab, words=[t.text for t in doc], spaces=[bool(t.whitespace_) for t in doc])
 
 
 def early_exit_component(nlp: Language, name: Optional[str] = None) -> str:
