@@ -29,6 +29,7 @@ DEFAULT_SENTENCE_THRESHOLDS = (0.05, 0.1, 0.2, 0.3)
 class OperatingPoint:
     policy: str
     params: Dict = field(default_factory=dict)
+    width: float = 1.0
     score: Optional[float] = None
     flops_speedup: Optional[float] = None
     words_per_second: Optional[float] = None
@@ -40,18 +41,24 @@ class OperatingPoint:
     @property
     def label(self) -> str:
         args = ",".join(f"{k}={v}" for k, v in self.params.items() if k != "uncertainty")
-        return f"{self.policy}({args})" if args else self.policy
+        label = f"{self.policy}({args})" if args else self.policy
+        return f"{label}@width={self.width:g}" if self.width < 1.0 else label
 
 
 def default_sweep(n_layers: int, windows: Sequence[int] = (2,), token_thresholds=DEFAULT_TOKEN_THRESHOLDS,
-                  sentence_thresholds=DEFAULT_SENTENCE_THRESHOLDS, fixed_depths: bool = True) -> List[OperatingPoint]:
-    """full, every fixed depth, TOKEE per window and threshold, SENTEE per threshold."""
-    points = [OperatingPoint("full")]
-    if fixed_depths:
-        points += [OperatingPoint("fixed_depth", {"layer": layer}) for layer in range(1, n_layers)]
-    for window in windows:
-        points += [OperatingPoint("token_window", {"threshold": t, "window": window}) for t in token_thresholds]
-    points += [OperatingPoint("sentence", {"threshold": t}) for t in sentence_thresholds]
+                  sentence_thresholds=DEFAULT_SENTENCE_THRESHOLDS, fixed_depths: bool = True,
+                  widths: Sequence[float] = (1.0,)) -> List[OperatingPoint]:
+    """full, every fixed depth, TOKEE per window and threshold, SENTEE per
+    threshold; at every width of `widths` (full width first)."""
+    points = []
+    for width in sorted(widths, reverse=True):
+        points.append(OperatingPoint("full", width=width))
+        if fixed_depths:
+            points += [OperatingPoint("fixed_depth", {"layer": layer}, width) for layer in range(1, n_layers)]
+        for window in windows:
+            points += [OperatingPoint("token_window", {"threshold": t, "window": window}, width)
+                       for t in token_thresholds]
+        points += [OperatingPoint("sentence", {"threshold": t}, width) for t in sentence_thresholds]
     return points
 
 
@@ -128,7 +135,7 @@ def _policy_context(component: EarlyExitLabeler, point: OperatingPoint, policy: 
         stack.enter_context(component.using("full"))
         stack.enter_context(huggingface_forward(component.model.shims[0].encoder))
         return stack
-    return component.using(policy or make_policy(point.policy, **point.params))
+    return component.using(policy or make_policy(point.policy, **point.params), width=point.width)
 
 
 def measure(
@@ -207,7 +214,7 @@ def run_benchmark(
     encoder: MultiExitEncoder = nlp.get_pipe(component_name).model.shims[0].encoder
     examples = corpus_examples(nlp, corpus, limit)
     points = (points or default_sweep)(encoder.n_layers)
-    if not any(p.policy == "full" for p in points):
+    if not any(p.policy == "full" and p.width == 1.0 for p in points):
         points = [OperatingPoint("full")] + points
     if compare_huggingface:
         points.append(OperatingPoint("hf_forward", {"note": "same weights through Hugging Face forward, full depth"}))
@@ -215,7 +222,7 @@ def run_benchmark(
     list(nlp.pipe([fresh_copy(eg.predicted) for eg in examples[:16]], batch_size=batch_size))
     measure_interleaved([(nlp, component_name, p) for p in points], examples, batch_size, rounds, progress)
     results = points
-    set_ratios(results, next(p for p in results if p.policy == "full"))
+    set_ratios(results, next(p for p in results if p.policy == "full" and p.width == 1.0))
     return {
         "pipeline": str(pipeline),
         "corpus": str(corpus),
@@ -266,7 +273,7 @@ def evaluate_operating_points(
     for nlp, name, meta in loaded:
         list(nlp.pipe([fresh_copy(eg.predicted) for eg in examples[:16]], batch_size=batch_size))  # warm-up
         full = OperatingPoint("full")
-        chosen = [(p, OperatingPoint(p["policy"], dict(p["params"]))) for p in meta["points"] if p["reached"]]
+        chosen = [(p, _calibrated_point(p)) for p in meta["points"] if p["reached"]]
         runs += [(nlp, name, full)] + [(nlp, name, point) for _, point in chosen]
         per_pipeline.append((meta, full, chosen))
     measure_interleaved(runs, examples, batch_size, rounds, progress)
@@ -279,7 +286,8 @@ def evaluate_operating_points(
         for p in meta["points"]:
             point = by_name.get(p["name"])
             rows.append({
-                "name": p["name"], "target": p["target"], "kind": p["kind"], "policy": p["policy"],
+                "name": p["name"], "target": p["target"], "kind": p["kind"], "search": p.get("search", "joint"),
+                "policy": p["policy"],
                 "params": p["params"], "reached": p["reached"], "note": p["note"],
                 "dev_score": p["dev_score"], "dev_flops_speedup": p["dev_flops_speedup"],
                 "test_score": point.score if point else None,
@@ -294,6 +302,11 @@ def evaluate_operating_points(
         result["full" if key == "points" else "stage1_full"] = full_row
     result["metric"] = loaded[0][2]["metric"]
     return result
+
+
+def _calibrated_point(entry: Dict) -> OperatingPoint:
+    params = {k: v for k, v in entry["params"].items() if k != "width"}
+    return OperatingPoint(entry["policy"], params, float(entry["params"].get("width", 1.0)))
 
 
 def format_points_table(result: Dict) -> str:
@@ -329,6 +342,8 @@ def format_table(result: Dict) -> str:
     rows = []
     for p in result["points"]:
         params = ", ".join(f"{k}={v}" for k, v in p["params"].items() if k not in ("uncertainty", "note"))
+        if p.get("width", 1.0) < 1.0:
+            params = f"{params}, width={p['width']:g}" if params else f"width={p['width']:g}"
         rows.append((p["policy"], params, _fmt(p["score"], ".4f"), _fmt(p["flops_speedup"], ".2f"),
                      _fmt(p["words_per_second"], ",.0f"), _fmt(p["wps_ratio_vs_full"], ".2f"),
                      _fmt(p["mean_exit_layer"], ".2f")))

@@ -1,11 +1,13 @@
 """Operating points calibrated on dev data.
 
 For each target analytic speed-up (default 2x, 3x, 4x) and for a maximum
-score drop (default 0.5 points), choose TOKEE parameters (window, threshold,
-threshold multiplier for the upper half of the layers) on a dev corpus:
+score drop (default 0.5 points), choose an exit policy on a dev corpus: TOKEE
+parameters (window, threshold, threshold multiplier for the upper half of the
+layers) or a fixed depth, and, when the encoder was rewired for adaptive
+width, a width of its menu (the joint space of width and exit):
 
-1. one full-depth pass records every exit's prediction and uncertainty for
-   every word (`trace`);
+1. one full-depth pass per width records every exit's prediction and
+   uncertainty for every word (`trace`);
 2. every candidate of a grid is simulated from that trace in a fraction of a
    second (its exits, labels, score and analytic cost; exited neighbours are
    not frozen in the simulation, which is why step 3 exists);
@@ -21,6 +23,10 @@ their dev score less `tolerance` per doubling of speed-up beyond the target
 (a flat dev curve otherwise picks far more speed than was asked for, and that
 speed is not free on test), so extra speed is taken only when dev says it is
 free by more than noise.
+
+With more than one width, each target also gets the best point of exit
+alone (full width) and of width alone (full depth), named "3x-exit" and
+"3x-width", so that the three can be compared on test.
 
 The chosen points are written into the pipeline's config (the component's
 `operating_points` and its default `operating_point`) and into its meta, so a
@@ -78,17 +84,38 @@ class Trace:
 
 @dataclass
 class Candidate:
-    window: int
-    threshold: float
-    upper_factor: float
+    """A TOKEE setting, or (with `layer`) a fixed depth, at a width."""
+
+    window: int = 1
+    threshold: float = 0.0
+    upper_factor: float = 1.0
     score: float = 0.0
     speedup: float = 1.0
+    width: float = 1.0
+    layer: Optional[int] = None  # fixed depth (the encoder's depth: full depth)
 
     def spec(self, n_layers: int) -> Dict:
-        lower = n_layers // 2
-        layers = [self.threshold] * lower + [self.threshold * self.upper_factor] * (n_layers - lower)
-        return {"policy": "token_window", "threshold": self.threshold, "window": self.window,
-                "layer_thresholds": [round(t, 6) for t in layers]}
+        if self.layer is not None:
+            spec = {"policy": "full"} if self.layer >= n_layers else {"policy": "fixed_depth", "layer": self.layer}
+        else:
+            lower = n_layers // 2
+            layers = [self.threshold] * lower + [self.threshold * self.upper_factor] * (n_layers - lower)
+            spec = {"policy": "token_window", "threshold": self.threshold, "window": self.window,
+                    "layer_thresholds": [round(t, 6) for t in layers]}
+        if self.width < 1.0:
+            spec["width"] = self.width
+        return spec
+
+    def family(self, n_layers: int) -> str:
+        """"exit" (full width), "width" (full depth, narrower) or "joint"."""
+        if self.width >= 1.0:
+            return "exit"
+        return "width" if self.layer is not None and self.layer >= n_layers else "joint"
+
+    def describe(self) -> str:
+        what = (f"fixed depth {self.layer}" if self.layer is not None else
+                f"window={self.window} threshold={self.threshold:.4g} upper x{self.upper_factor:g}")
+        return f"{what}, width {self.width:g}" if self.width < 1.0 else what
 
 
 @dataclass
@@ -96,6 +123,7 @@ class CalibratedPoint:
     name: str
     target: float  # speed-up, or the allowed score drop (kind "max_drop")
     kind: str  # "speedup" or "max_drop"
+    search: str = "joint"  # "joint", or "exit" / "width" alone
     spec: Optional[Dict] = None
     reached: bool = False
     dev_score: Optional[float] = None
@@ -105,13 +133,13 @@ class CalibratedPoint:
 
     def to_dict(self) -> Dict:
         spec = dict(self.spec or {})
-        return {"name": self.name, "target": self.target, "kind": self.kind, "policy": spec.pop("policy", None),
-                "params": spec, "reached": self.reached, "dev_score": self.dev_score,
+        return {"name": self.name, "target": self.target, "kind": self.kind, "search": self.search,
+                "policy": spec.pop("policy", None), "params": spec, "reached": self.reached, "dev_score": self.dev_score,
                 "dev_flops_speedup": self.flops_speedup, "note": self.note}
 
 
-def trace(nlp: Language, component: EarlyExitLabeler, examples: List[Example]) -> Trace:
-    """One full-depth pass that keeps every exit's labels and uncertainties."""
+def trace(nlp: Language, component: EarlyExitLabeler, examples: List[Example], width: float = 1.0) -> Trace:
+    """One full-depth pass at `width` that keeps every exit's labels and uncertainties."""
     docs = [fresh_copy(eg.predicted) for eg in examples]
     shim, encoder, plan = _plan(component.model, docs)
     encoder.eval()
@@ -128,7 +156,7 @@ def trace(nlp: Language, component: EarlyExitLabeler, examples: List[Example]) -
     for indices in length_batches(plan, component.batch_sequences, 8192):
         batch = collate([plan.sequences[i] for i in indices], pad_id).to(encoder.device)
         with torch.inference_mode():
-            probs = encoder(batch).softmax(-1).cpu()  # [L, n_words, C]
+            probs = encoder(batch, width=width).softmax(-1).cpu()  # [L, n_words, C]
         offset = 0
         for index in indices:
             sequence = plan.sequences[index]
@@ -147,13 +175,16 @@ def trace(nlp: Language, component: EarlyExitLabeler, examples: List[Example]) -
 def simulate(tr: Trace, component: EarlyExitLabeler, candidate: Candidate) -> Tuple[torch.Tensor, float]:
     """Exit layers [S, W] of a candidate and its analytic speed-up, from the trace."""
     S, L, W = tr.uncertainty.shape
-    lower = L // 2
-    values = torch.where(tr.word_mask[:, None, :], tr.uncertainty, torch.zeros(()))
-    pooled = window_max(values.reshape(S * L, W), candidate.window).reshape(S, L, W)
-    thresholds = torch.tensor([candidate.threshold] * lower + [candidate.threshold * candidate.upper_factor] * (L - lower))
-    below = pooled < thresholds[None, :, None]
-    below[:, -1, :] = True  # the last layer labels every word still running
-    exits = below.float().argmax(1) + 1  # first layer where the word may leave, 1-based
+    if candidate.layer is not None:
+        exits = torch.full((S, W), min(candidate.layer, L), dtype=torch.long)
+    else:
+        lower = L // 2
+        values = torch.where(tr.word_mask[:, None, :], tr.uncertainty, torch.zeros(()))
+        pooled = window_max(values.reshape(S * L, W), candidate.window).reshape(S, L, W)
+        thresholds = torch.tensor([candidate.threshold] * lower + [candidate.threshold * candidate.upper_factor] * (L - lower))
+        below = pooled < thresholds[None, :, None]
+        below[:, -1, :] = True  # the last layer labels every word still running
+        exits = below.float().argmax(1) + 1  # first layer where the word may leave, 1-based
     cost_model = component.model.shims[0].encoder.layer_cost
     n = tr.n_pieces.double()
     n_words = tr.word_mask.sum(1).double()
@@ -162,7 +193,9 @@ def simulate(tr: Trace, component: EarlyExitLabeler, candidate: Candidate) -> Tu
         active = tr.word_mask & (exits > index)
         running = active.any(1)
         q = tr.n_special.double() + (tr.pieces * active).sum(1).double()
-        layer = cost_model.layer(n, q) + cost_model.classifier(active.sum(1).double())
+        layer = cost_model.layer(n, q, candidate.width)
+        if candidate.layer is None or index == L - 1 or index == candidate.layer - 1:
+            layer = layer + cost_model.classifier(active.sum(1).double())
         cost += torch.where(running, layer, torch.zeros_like(layer))
     full = cost_model.full(n, n_words, L)
     return exits, float(full.sum() / cost.sum())
@@ -188,12 +221,19 @@ def score_key(component: EarlyExitLabeler) -> str:
 
 
 def candidates(windows: Sequence[int] = WINDOWS, thresholds: Sequence[float] = THRESHOLDS,
-               upper_factors: Sequence[float] = UPPER_FACTORS) -> List[Candidate]:
-    return [Candidate(w, t, f) for w in windows for f in upper_factors for t in thresholds]
+               upper_factors: Sequence[float] = UPPER_FACTORS, width: float = 1.0,
+               n_layers: Optional[int] = None) -> List[Candidate]:
+    """The TOKEE grid at `width`, and every fixed depth up to `n_layers` (the
+    full depth included) when it is given."""
+    grid = [Candidate(w, t, f, width=width) for w in windows for f in upper_factors for t in thresholds]
+    if n_layers is not None:
+        grid += [Candidate(width=width, layer=layer) for layer in range(1, n_layers + 1)]
+    return grid
 
 
 def _real(nlp: Language, name: str, examples: List[Example], spec: Dict) -> Tuple[float, float]:
-    point = OperatingPoint(spec["policy"], {k: v for k, v in spec.items() if k != "policy"})
+    params = {k: v for k, v in spec.items() if k not in ("policy", "width")}
+    point = OperatingPoint(spec["policy"], params, width=float(spec.get("width", 1.0)))
     measure(nlp, name, examples, point, batch_size=64)
     return float(point.score or 0.0), float(point.flops_speedup or 1.0)
 
@@ -215,6 +255,8 @@ def _choose(nlp, name, examples, component, simulated: List[Candidate], point: C
     L = component.model.shims[0].encoder.n_layers
     floor = full_score - point.target / 100.0
     wanted = point.target * margin
+    if point.search != "joint":
+        simulated = [c for c in simulated if c.family(L) == point.search]
     if point.kind == "speedup":
         pool = sorted((c for c in simulated if c.speedup >= wanted),
                       key=lambda c: (-overshoot_adjusted(c.score, c.speedup, wanted, tolerance), c.speedup))
@@ -228,8 +270,7 @@ def _choose(nlp, name, examples, component, simulated: List[Candidate], point: C
         spec = candidate.spec(L)
         score, speedup = _real(nlp, name, examples, spec)
         point.tried.append({"spec": spec, "simulated": [candidate.score, candidate.speedup], "real": [score, speedup]})
-        progress(f"  {point.name}: window={candidate.window} threshold={candidate.threshold:.4g} "
-                 f"upper x{candidate.upper_factor:g}: real {100 * score:.2f} at {speedup:.2f}x")
+        progress(f"  {point.name}: {candidate.describe()}: real {100 * score:.2f} at {speedup:.2f}x")
         return score, speedup
 
     found: List[Tuple[float, float, Dict]] = []
@@ -237,12 +278,13 @@ def _choose(nlp, name, examples, component, simulated: List[Candidate], point: C
         score, speedup = run(candidate)
         if ok(score, speedup):
             found.append((score, speedup, candidate.spec(L)))
-    if not found and pool:
-        # bisect the threshold of the best family: speed-up rises and score falls with it
-        best = pool[0]
+    tokee = [c for c in pool if c.layer is None]
+    if not found and tokee:
+        # bisect the threshold of the best TOKEE family: speed-up rises and score falls with it
+        best = tokee[0]
         lo, hi = (0.0, 1.01) if point.kind == "speedup" else (0.0, best.threshold)
         for _ in range(MAX_REAL_RUNS + 1):
-            middle = Candidate(best.window, (lo + hi) / 2, best.upper_factor)
+            middle = Candidate(best.window, (lo + hi) / 2, best.upper_factor, width=best.width)
             score, speedup = run(middle)
             if ok(score, speedup):
                 found.append((score, speedup, middle.spec(L)))
@@ -282,18 +324,27 @@ def calibrate(
 ) -> Dict:
     """Operating points for `component_name`, chosen on `examples` (dev)."""
     component: EarlyExitLabeler = nlp.get_pipe(component_name)
+    n_layers = component.model.shims[0].encoder.n_layers
+    widths = searched_widths(component)
+    simulated = []
     with component.using("full"):
         full_score, _ = _real(nlp, component_name, examples, {"policy": "full"})
         progress(f"full depth on dev: {100 * full_score:.2f}")
-        tr = trace(nlp, component, examples)
-    simulated = []
-    for candidate in candidates():
-        exits, candidate.speedup = simulate(tr, component, candidate)
-        candidate.score = simulated_score(tr, component, examples, exits)
-        simulated.append(candidate)
-    progress(f"simulated {len(simulated)} candidates; fastest {max(c.speedup for c in simulated):.2f}x")
+        for width in widths:
+            tr = trace(nlp, component, examples, width)
+            for candidate in candidates(width=width, n_layers=n_layers):
+                exits, candidate.speedup = simulate(tr, component, candidate)
+                candidate.score = simulated_score(tr, component, examples, exits)
+                simulated.append(candidate)
+            progress(f"width {width:g}: simulated {len(simulated)} candidates so far; "
+                     f"fastest {max(c.speedup for c in simulated):.2f}x")
     # names are config section keys: no dots ("2.5x" becomes "2_5x")
-    points = [CalibratedPoint(f"{t:g}x".replace(".", "_"), float(t), "speedup") for t in targets]
+    names = [f"{t:g}x".replace(".", "_") for t in targets]
+    points = [CalibratedPoint(name, float(t), "speedup") for name, t in zip(names, targets)]
+    if len(widths) > 1:
+        for search in ("exit", "width"):
+            points += [CalibratedPoint(f"{name}-{search}", float(t), "speedup", search)
+                       for name, t in zip(names, targets)]
     if max_drop is not None:
         points.append(CalibratedPoint("max-drop", float(max_drop), "max_drop"))
     with component.using("full"):
@@ -305,7 +356,17 @@ def calibrate(
     reached = [p for p in points if p.reached]
     default = next((p.name for p in reversed(reached) if p.kind == "max_drop"), "full")
     return {"component": component_name, "metric": score_key(component), "full": {"dev_score": full_score},
-            "default": default, "margin": margin, "tolerance": tolerance, "points": [p.to_dict() for p in points]}
+            "default": default, "margin": margin, "tolerance": tolerance, "widths": list(widths),
+            "points": [p.to_dict() for p in points]}
+
+
+def searched_widths(component: EarlyExitLabeler) -> Tuple[float, ...]:
+    """The component's width menu when its encoder was rewired for adaptive
+    width (narrower widths of an unranked encoder keep arbitrary heads), else
+    full width only."""
+    if component.model.shims[0].encoder.width_rewired:
+        return tuple(sorted(component.width_multipliers, reverse=True))
+    return (1.0,)
 
 
 def write_calibrated(source: str, output: Path, result: Dict, dev_path: str) -> None:

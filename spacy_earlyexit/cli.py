@@ -13,6 +13,7 @@ from wasabi import msg
 
 from .annotate import annotate
 from .plots import plot
+from .width_plots import plot_width
 
 from .benchmark import (
     DEFAULT_SENTENCE_THRESHOLDS, DEFAULT_TOKEN_THRESHOLDS, default_sweep, format_table, run_benchmark, write_result,
@@ -46,8 +47,9 @@ def benchmark(
     limit: int = typer.Option(0, "--limit", help="Use only the first N docs (0: all)"),
     compare_hf: bool = typer.Option(True, "--hf/--no-hf", help="Also time Hugging Face's forward with the same weights"),
     rounds: int = typer.Option(3, "--rounds", help="Interleaved timing rounds (words/s: the median)"),
+    widths: str = typer.Option("1", "--widths", help="Widths to sweep every policy at, comma-separated (from the component's width_multipliers)"),
 ) -> None:
-    """Score, analytic speed-up and words per second for each exit policy."""
+    """Score, analytic speed-up and words per second for each exit policy (and width)."""
     def points(n_layers: int):
         return default_sweep(
             n_layers,
@@ -55,6 +57,7 @@ def benchmark(
             token_thresholds=_floats(thresholds),
             sentence_thresholds=_floats(sentence_thresholds),
             fixed_depths=fixed_depths,
+            widths=_floats(widths) or [1.0],
         )
 
     result = run_benchmark(str(pipeline), str(corpus), component, points, batch_size, limit, compare_hf,
@@ -158,4 +161,5 @@ def evaluate_points(
 
 
 app.command("plot")(plot)  # matplotlib is imported only when the command runs
+app.command("plot-width")(plot_width)
 app.command("annotate")(annotate)

@@ -34,6 +34,19 @@ class EncoderBatch:
     def n_words(self) -> int:
         return int(self.word_mask.sum())
 
+    def select_rows(self, index: Tensor) -> "EncoderBatch":
+        """The sequences `index` [k] of this batch, padding trimmed to the
+        longest of them."""
+        t_len = max(1, int(self.piece_mask[index].sum(1).max())) if len(index) else 1
+        w_len = max(1, int(self.word_mask[index].sum(1).max())) if len(index) else 1
+        pieces = ("input_ids", "piece_mask", "piece_words", "case_ids")
+        words = ("word_starts", "word_mask")
+        kept = {name: getattr(self, name) for name in pieces + words}
+        return EncoderBatch(**{
+            name: None if value is None else value[index, : (t_len if name in pieces else w_len)]
+            for name, value in kept.items()
+        })
+
     def to(self, device) -> "EncoderBatch":
         fields = ("input_ids", "piece_mask", "piece_words", "word_starts", "word_mask", "case_ids")
         moved = {name: getattr(self, name) for name in fields}
@@ -306,8 +319,11 @@ class MultiExitEncoder(nn.Module):
         sampled_exits: Optional[SampledExits] = None,
         width: float = 1.0,
         head_mask: Optional[Tensor] = None,
-    ) -> Tensor:
-        """Logits of every exit for every real word: [L, n_words, C].
+        return_hidden: bool = False,
+    ):
+        """Logits of every exit for every real word: [L, n_words, C]; with
+        `return_hidden`, also every layer's states of the real pieces,
+        [L, n_pieces, d] (width distillation matches them).
 
         `word_exit_layers` ([B, W], 1-based) freezes each word's pieces after
         its exit layer, as at inference; frozen pieces keep serving as keys
@@ -325,7 +341,7 @@ class MultiExitEncoder(nn.Module):
             exits = word_exit_layers.clamp(1, self.n_layers)
         else:
             exits = torch.full((B, W), self.n_layers, dtype=torch.long, device=hidden.device)
-        outputs = []
+        outputs, states = [], []
         for index in range(self.n_layers):
             if word_exit_layers is not None:
                 word_active = batch.word_mask & (exits > index)
@@ -337,6 +353,8 @@ class MultiExitEncoder(nn.Module):
             if bool(active.any()):
                 layer_mask = head_mask[index] if head_mask is not None else None
                 hidden = self._run_layer(index, hidden, batch.piece_mask, active, width, layer_mask)
+            if return_hidden:
+                states.append(hidden[batch.piece_mask])
             word_states = self._word_states(hidden, batch)
             outputs.append(self.heads[index](self.head_dropout(word_states[batch.word_mask])))
             if sampled_exits is not None and index < self.n_layers - 1:
@@ -347,6 +365,8 @@ class MultiExitEncoder(nn.Module):
                 word_active = word_active & ~leaving
         if sampled_exits is not None:
             sampled_exits.exit_layers = exits
+        if return_hidden:
+            return torch.stack(outputs), torch.stack(states)
         return torch.stack(outputs)
 
     # -- inference: early exit --------------------------------------------------

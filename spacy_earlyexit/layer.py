@@ -356,11 +356,20 @@ def training_batch(model: Model, docs: List[Doc]) -> Optional[Tuple[EncoderBatch
     """The encoder batch that the training forward builds for `docs`, and the
     row of each doc's tokens among its words (in the order of the logits'
     second axis); None when the docs have no tokens."""
+    inputs = training_inputs(model, docs)
+    return None if inputs is None else inputs[:2]
+
+
+def training_inputs(
+    model: Model, docs: List[Doc]
+) -> Optional[Tuple[EncoderBatch, List[numpy.ndarray], torch.Tensor]]:
+    """`training_batch` and the sentence number of every word of the batch,
+    [B, W] (self-sampling samples its settings per sentence)."""
     shim, encoder, plan = _plan(model, docs)
     if not plan.sequences:
         return None
-    _, batch, rows = _collate_sorted(shim, encoder, plan)
-    return batch, rows
+    order, batch, rows = _collate_sorted(shim, encoder, plan)
+    return batch, rows, _sentence_groups(docs, plan, order)
 
 
 def forward(model: Model, docs: List[Doc], is_train: bool) -> Tuple[Tuple[List[Floats3d], List[Ints1d]], Callable]:

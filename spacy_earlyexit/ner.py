@@ -8,6 +8,7 @@ from thinc.api import Config, Model
 
 from .pipe import DEFAULT_MODEL_CONFIG, EarlyExitLabeler
 from .objective import SelfSampling
+from .width_training import WidthTraining
 from .policies import ExitPolicy
 from .width import DEFAULT_WIDTHS
 
@@ -55,6 +56,7 @@ def bio_tags_to_spans(doc: Doc, tags: List[str]) -> List[Span]:
         "operating_points": {},
         "operating_point": None,
         "self_sampling": None,
+        "width_training": None,
         "width_multipliers": list(DEFAULT_WIDTHS),
         "width": 1.0,
         "overwrite_ents": False,
@@ -71,6 +73,7 @@ def make_earlyexit_ner(
     operating_points: Dict[str, Dict[str, Any]],
     operating_point: Optional[str],
     self_sampling: Optional[SelfSampling],
+    width_training: Optional[WidthTraining],
     width_multipliers: List[float],
     width: float,
     overwrite_ents: bool = False,
@@ -82,6 +85,8 @@ def make_earlyexit_ner(
         written by `python -m spacy_earlyexit calibrate`; "full" always exists.
     operating_point: the one to use (overrides exit_policy); None: exit_policy.
     self_sampling: stage-2 training with exits sampled per sentence (None: off).
+    width_training: a width-adaptive training stage (distillation across
+        widths, or self-sampling across width and exit); None: off.
     width_multipliers: the widths this component may run at (each keeps that
         share of every layer's heads and feed-forward neurons; must hold 1.0).
         An operating point may name one as "width"; see `rewire_for_width`.
@@ -92,7 +97,7 @@ def make_earlyexit_ner(
     return EarlyExitNER(
         nlp.vocab, model, name, exit_policy=exit_policy, scorer=scorer, batch_sequences=batch_sequences,
         operating_points=operating_points, operating_point=operating_point, self_sampling=self_sampling,
-        width_multipliers=width_multipliers, width=width,
+        width_training=width_training, width_multipliers=width_multipliers, width=width,
         overwrite_ents=overwrite_ents,
     )
 

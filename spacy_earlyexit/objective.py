@@ -9,6 +9,10 @@
   (`SelfSampling`), and each exit's loss counts only the words still running
   at that exit (`exit_loss` with `exit_layers`).
 
+- Adaptive width (DynaBERT): `distillation_loss` matches a narrower sub-network's
+  exit logits and hidden states to the full-width teacher's; `SelfSampling`
+  with a width menu samples a width per sequence as well (`sample_widths`).
+
 Where exits come from: the model's own predictions in the same forward pass,
 layer by layer, as inference makes them (dropout-free classifier outputs on
 the current states, with exited neighbours frozen). The reference code
@@ -17,7 +21,7 @@ them on the fly costs one extra classifier call per layer, follows the model
 as it changes, and reproduces the frozen-neighbour states that inference sees.
 """
 from dataclasses import asdict, dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -81,6 +85,7 @@ class SelfSampling:
     full_depth_share: float = 0.4
 
     def __post_init__(self) -> None:
+        self.min_window, self.max_window = int(self.min_window), int(self.max_window)
         if not (1 <= self.min_window <= self.max_window) or self.min_window % 2 == 0 or self.max_window % 2 == 0:
             raise ValueError("self-sampling windows must be odd numbers of words with min_window <= max_window.")
         if not (0 <= self.min_threshold <= self.max_threshold):
@@ -91,15 +96,18 @@ class SelfSampling:
     def to_dict(self) -> Dict:
         return asdict(self)
 
-    def sample(self, groups: Tensor, words: Tensor, generator: Optional[torch.Generator] = None) -> SampledExits:
+    def sample(
+        self, groups: Tensor, words: Tensor, generator: Optional[torch.Generator] = None, sandwich: bool = True
+    ) -> SampledExits:
         """Settings for every word of a batch; `groups` [B, W] numbers the
-        sentences (words of one sentence share a setting)."""
+        sentences (words of one sentence share a setting). `sandwich=False`
+        samples every sentence (the width sandwich works per sequence)."""
         keys = groups + (groups.max() + 1) * torch.arange(groups.shape[0])[:, None]
         unique, inverse = torch.unique(keys, return_inverse=True)
         n = len(unique)
         order = torch.randperm(n, generator=generator)
-        n_aggressive = int(round(self.aggressive_share * n))
-        n_full = int(round(self.full_depth_share * n))
+        n_aggressive = int(round(self.aggressive_share * n)) if sandwich else 0
+        n_full = int(round(self.full_depth_share * n)) if sandwich else 0
         half = torch.randint(self.min_window // 2, self.max_window // 2 + 1, (n,), generator=generator)
         thresholds = self.min_threshold + (self.max_threshold - self.min_threshold) * torch.rand(n, generator=generator)
         aggressive, full = order[:n_aggressive], order[n_aggressive : n_aggressive + n_full]
@@ -137,3 +145,63 @@ def exit_loss(
     grad = log_probs.detach().exp()
     grad.scatter_add_(-1, target[None, :, None].expand(L, N, 1), -torch.ones_like(grad[..., :1]))
     return loss, grad * scale[..., None]
+
+
+def sample_widths(
+    sampled: SampledExits,
+    sampling: SelfSampling,
+    groups: Tensor,
+    words: Tensor,
+    menu: Sequence[float],
+    generator: Optional[torch.Generator] = None,
+) -> Tensor:
+    """A width per sequence [B] for self-sampling across width and exit, and
+    the sandwich at the sequence level: `aggressive_share` of the sequences at
+    the narrowest width with every sentence at the most aggressive exit
+    setting, `full_depth_share` at full width and full depth, the rest at a
+    width drawn from `menu` with the exits `sampled` per sentence (sampled
+    with `sandwich=False`; this updates them in place for the sandwich rows)."""
+    B = groups.shape[0]
+    menu = sorted(float(w) for w in menu)
+    order = torch.randperm(B, generator=generator)
+    n_aggressive = int(round(sampling.aggressive_share * B))
+    n_full = int(round(sampling.full_depth_share * B))
+    picks = torch.randint(0, len(menu), (B,), generator=generator)
+    widths = torch.tensor(menu, dtype=torch.float64)[picks]
+    aggressive, full = order[:n_aggressive], order[n_aggressive : n_aggressive + n_full]
+    widths[aggressive] = menu[0]
+    widths[full] = 1.0
+    rows = torch.zeros(B, dtype=torch.bool)
+    rows[aggressive] = True
+    sampled.thresholds = torch.where(rows[:, None] & words, torch.full_like(sampled.thresholds, sampling.max_threshold),
+                                     sampled.thresholds)
+    sampled.half_windows = torch.where(rows[:, None], torch.full_like(sampled.half_windows, sampling.min_window // 2),
+                                       sampled.half_windows)
+    rows[:] = False
+    rows[full] = True
+    sampled.thresholds = torch.where(rows[:, None], torch.zeros_like(sampled.thresholds), sampled.thresholds)
+    return widths
+
+
+def distillation_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    student_hidden: Tensor,
+    teacher_hidden: Tensor,
+    weights: Tensor,
+    logits_weight: float = 1.0,
+    hidden_weight: float = 1.0,
+    temperature: float = 1.0,
+) -> Tensor:
+    """DynaBERT's width distillation: every exit's predicted distribution
+    against the teacher's (KL divergence at `temperature`, exits combined
+    with the layer `weights` [L]), plus the mean squared error between every
+    layer's hidden states (summed over layers, averaged over pieces and
+    dimensions). logits [L, N, C]; hidden [L, P, d]."""
+    t = float(temperature)
+    log_student = torch.log_softmax(student_logits / t, -1)
+    log_teacher = torch.log_softmax(teacher_logits / t, -1)
+    kl = (log_teacher.exp() * (log_teacher - log_student)).sum(-1).mean(-1)  # [L]
+    logits_term = (weights.to(kl) * kl).sum() * t * t
+    hidden_term = ((student_hidden - teacher_hidden) ** 2).mean((1, 2)).sum()
+    return logits_weight * logits_term + hidden_weight * hidden_term

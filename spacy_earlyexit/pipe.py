@@ -17,11 +17,12 @@ from spacy.vocab import Vocab
 from thinc.api import Model, set_dropout_rate
 
 from .extensions import record_exits, register_extensions
-from .layer import DocExits, check_wordpiece_budget, predict_exits, training_batch
+from .layer import DocExits, check_wordpiece_budget, predict_exits, training_batch, training_inputs
 from .objective import SelfSampling, exit_loss, layer_loss_weights
 from .policies import ExitPolicy, FullDepth
 from .registrations import policy_from_spec, width_from_spec
 from .width import DEFAULT_WIDTHS, Importance, check_width_menu, compute_importance, rewire, width_in_menu
+from .width_training import WidthTraining, distill_step, frozen_teacher, width_self_sampling_step
 
 DEFAULT_MODEL_CONFIG = """
 [model]
@@ -54,6 +55,7 @@ class EarlyExitLabeler(TrainablePipe):
         operating_points: Optional[Dict[str, Dict]] = None,
         operating_point: Optional[str] = None,
         self_sampling: Optional[SelfSampling] = None,
+        width_training: Optional[WidthTraining] = None,
         width_multipliers: Sequence[float] = DEFAULT_WIDTHS,
         width: float = 1.0,
     ) -> None:
@@ -82,6 +84,13 @@ class EarlyExitLabeler(TrainablePipe):
         if operating_point:
             self.use(operating_point)
         self.model.attrs["self_sampling"] = self_sampling.to_dict() if self_sampling else None
+        if width_training is not None and width_training.phase == "self_sampling" and self_sampling is None:
+            raise ValueError(
+                f"'{name}': width_training phase 'self_sampling' needs the self_sampling settings "
+                "(spacy-earlyexit.self_sampling.v1) for its exits."
+            )
+        self.width_training = width_training
+        self._teacher = None  # the full-width teacher of width distillation (never saved)
 
     # -- operating points ---------------------------------------------------------
     def use(self, operating_point: str) -> ExitPolicy:
@@ -208,11 +217,18 @@ class EarlyExitLabeler(TrainablePipe):
         """Collect labels and load the pretrained encoder, or, with `init_from`
         (a trained pipeline's path or package name), start from that
         pipeline's component of the same type: its labels and all its weights
-        (self-sampling fine-tuning starts from the stage-1 pipeline this way)."""
+        (self-sampling fine-tuning starts from the stage-1 pipeline this way).
+        With `width_training`, also rank heads and neurons (unless already
+        rewired) and keep the full-width teacher for distillation."""
         validate_get_examples(get_examples, f"{type(self).__name__}.initialize")
         if init_from:
             self._initialize_from(str(init_from))
-            return
+        else:
+            self._initialize_pretrained(get_examples, labels)
+        if self.width_training is not None:
+            self._prepare_width_training(get_examples)
+
+    def _initialize_pretrained(self, get_examples, labels: Optional[Sequence[str]]) -> None:
         if labels is not None:
             for label in labels:
                 self.add_label(label)
@@ -229,6 +245,23 @@ class EarlyExitLabeler(TrainablePipe):
         sample = [eg.predicted for eg in islice(get_examples(), 10)]
         self.model.initialize(X=sample)
         self._check_settings()
+
+    def _prepare_width_training(self, get_examples: Callable[[], Iterable[Example]]) -> None:
+        """Before a width-adaptive stage: rank heads and neurons on training
+        examples unless the encoder is already rewired, and keep a frozen
+        full-width copy as the distillation teacher."""
+        settings = self.width_training
+        widths = self._trained_widths()
+        encoder = self.model.shims[0].encoder
+        if len(widths) > 1 and not encoder.width_rewired:
+            self.rewire_for_width(islice(get_examples(), settings.importance_examples))
+        self._teacher = frozen_teacher(encoder) if settings.phase == "distill" else None
+
+    def _trained_widths(self) -> tuple:
+        widths = self.width_training.widths or self.width_multipliers
+        for width in widths:
+            width_in_menu(width, self.width_multipliers)
+        return tuple(widths)
 
     @contextmanager
     def using(
@@ -301,6 +334,11 @@ class EarlyExitLabeler(TrainablePipe):
         if not any(len(eg.predicted) for eg in examples):
             return losses
         set_dropout_rate(self.model, drop)
+        if self.width_training is not None:
+            losses[self.name] += self._update_width(examples, drop)
+            if sgd is not None:
+                self.finish_update(sgd)
+            return losses
         scores, backprop = self.model.begin_update([eg.predicted for eg in examples])
         loss, d_scores = self.get_loss(examples, scores)
         backprop(d_scores)
@@ -343,6 +381,30 @@ class EarlyExitLabeler(TrainablePipe):
         ]
 
     # -- adaptive width ------------------------------------------------------------
+    def _update_width(self, examples: List[Example], drop: float) -> float:
+        """One step of the width-adaptive stage (`width_training.py`):
+        gradients accumulate on the encoder's parameters; returns the loss."""
+        inputs = training_inputs(self.model, [eg.predicted for eg in examples])
+        if inputs is None:
+            return 0.0
+        batch, rows, groups = inputs
+        encoder = self.model.shims[0].encoder
+        encoder.set_dropout(self.model.attrs.get("dropout_rate"))
+        weights = torch.tensor(layer_loss_weights(encoder.n_layers, self.model.attrs["layer_weighting"]))
+        widths = self._trained_widths()
+        try:
+            if self.width_training.phase == "distill":
+                if self._teacher is None:  # update without initialize: the current weights teach
+                    self._teacher = frozen_teacher(encoder)
+                return distill_step(encoder, self._teacher, batch, widths, self.width_training, weights)
+            gold = numpy.full(batch.n_words, -1, dtype="int64")
+            for doc_rows, truth in zip(rows, self._gold_ids(examples)):
+                gold[doc_rows] = truth
+            sampling = SelfSampling(**self.model.attrs["self_sampling"])
+            return width_self_sampling_step(encoder, batch, groups, torch.from_numpy(gold), sampling, widths, weights)
+        finally:
+            encoder.set_dropout(None)
+
     def rewire_for_width(self, examples: Iterable[Example], *, batch_size: int = 32) -> Importance:
         """Rank every layer's attention heads and feed-forward neurons by their
         importance for this component's training loss on `examples` (gold

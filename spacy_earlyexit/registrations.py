@@ -4,6 +4,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from spacy.util import registry
 
 from .objective import SelfSampling
+from .width_training import WidthTraining
 from .policies import ExitPolicy, FixedDepth, FullDepth, SentenceExit, TokenWindowExit
 from .width import width_in_menu
 
@@ -91,3 +92,18 @@ def make_self_sampling(
     """Self-sampling fine-tuning (stage 2): exits sampled per sentence in training."""
     return SelfSampling(min_window, max_window, min_threshold, max_threshold, upper_factor,
                         aggressive_share, full_depth_share)
+
+
+@registry.misc("spacy-earlyexit.width_training.v1")
+def make_width_training(
+    phase: str = "distill",
+    widths: Optional[List[float]] = None,
+    widths_per_step: Optional[int] = None,
+    logits_weight: float = 1.0,
+    hidden_weight: float = 1.0,
+    temperature: float = 1.0,
+    importance_examples: int = 200,
+) -> WidthTraining:
+    """A width-adaptive training stage (DynaBERT): `distill` every width from
+    the full-width model, or `self_sampling` across width and exit."""
+    return WidthTraining(phase, widths, widths_per_step, logits_weight, hidden_weight, temperature, importance_examples)

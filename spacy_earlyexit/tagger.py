@@ -9,6 +9,7 @@ from thinc.api import Config, Model
 
 from .pipe import DEFAULT_MODEL_CONFIG, EarlyExitLabeler
 from .objective import SelfSampling
+from .width_training import WidthTraining
 from .policies import ExitPolicy
 from .width import DEFAULT_WIDTHS
 
@@ -24,6 +25,7 @@ from .width import DEFAULT_WIDTHS
         "operating_points": {},
         "operating_point": None,
         "self_sampling": None,
+        "width_training": None,
         "width_multipliers": list(DEFAULT_WIDTHS),
         "width": 1.0,
     },
@@ -39,13 +41,14 @@ def make_earlyexit_tagger(
     operating_points: Dict[str, Dict[str, Any]],
     operating_point: Optional[str],
     self_sampling: Optional[SelfSampling],
+    width_training: Optional[WidthTraining],
     width_multipliers: List[float],
     width: float,
 ) -> "EarlyExitTagger":
     """Part-of-speech tagger whose tokens leave the encoder early."""
     return EarlyExitTagger(nlp.vocab, model, name, exit_policy=exit_policy, scorer=scorer, batch_sequences=batch_sequences,
         operating_points=operating_points, operating_point=operating_point, self_sampling=self_sampling,
-        width_multipliers=width_multipliers, width=width,
+        width_training=width_training, width_multipliers=width_multipliers, width=width,
     )
 
 
