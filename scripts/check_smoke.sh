@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 for f in metrics/smoke-tradeoff.png metrics/smoke-exit-layers.png metrics/smoke-operating-points.json \
-         training/smoke/training-time.json training/smoke-selfsample/training-time.json; do
+         training/smoke/training-time.json training/smoke-selfsample/training-time.json \
+         metrics/smoke-width-fronts.png metrics/smoke-width-operating-points.json metrics/smoke-width-benchmark.json; do
   [ -s "$f" ] || { echo "missing smoke output: $f" >&2; exit 1; }
 done
 .venv/bin/python - <<'PY'
@@ -22,6 +23,25 @@ for name in ["full", *reached]:
     ner.use(name)
     nlp("Angela Merkel visited Paris on Tuesday.")
 print("calibrated points load and switch:", ["full", *reached], "default:", nlp.meta["earlyexit"]["default"])
+
+# adaptive width: a rewired pipeline whose points were searched over (width, exit)
+nlp = spacy.load("training/smoke-width-calibrated")
+ner = nlp.get_pipe("earlyexit_ner")
+meta = nlp.meta["earlyexit"]
+assert ner.model.shims[0].encoder.width_rewired, "the width stages did not rewire the encoder"
+assert len(meta["widths"]) == 4, meta["widths"]
+names = {p["name"] for p in meta["points"]}
+assert {"2x", "2x-exit", "2x-width"} <= names, names
+widths = {}
+for name in ner.operating_points:
+    ner.use(name)
+    widths[name] = ner.width
+    nlp("Angela Merkel visited Paris on Tuesday.")
+assert all(w == 1.0 for n, w in widths.items() if n.endswith("-exit")), widths
+assert any(w < 1.0 for n, w in widths.items() if n.endswith("-width")), widths
+sweep = json.load(open("metrics/smoke-width-benchmark.json"))
+assert {p["width"] for p in sweep["points"]} == {0.25, 0.5, 0.75, 1.0}
+print("width points load and switch:", widths)
 PY
 wheel=$(ls packages/en_earlyexit_smoke-*/dist/*.whl | head -n 1)
 venv=$(mktemp -d)/venv

@@ -276,3 +276,23 @@ def test_a_distillation_step_keeps_the_narrowest_and_the_full_width():
     assert step_widths((0.25, 0.5, 1.0), None) == [0.25, 0.5, 1.0]
     with pytest.raises(ValueError, match="widths_per_step"):
         WidthTraining(widths_per_step=1)
+
+
+def test_the_benchmark_sweeps_every_policy_at_every_width(four_head_stage, tmp_path):
+    from spacy.tokens import DocBin
+
+    from spacy_earlyexit.benchmark import default_sweep, run_benchmark
+
+    sweep = default_sweep(3, token_thresholds=(0.1,), sentence_thresholds=(), widths=(0.5, 1.0))
+    assert [(p.policy, p.width) for p in sweep][:2] == [("full", 1.0), ("fixed_depth", 1.0)]
+    assert {p.width for p in sweep} == {0.5, 1.0} and len(sweep) == 2 * (1 + 2 + 1)
+    assert sweep[-1].label.endswith("@width=0.5")
+    _, source = four_head_stage
+    corpus = tmp_path / "test.spacy"
+    DocBin(docs=[eg.reference for eg in ner_examples(spacy.blank("en"))]).to_disk(corpus)
+    with pytest.warns(UserWarning, match="never ranked"):
+        result = run_benchmark(str(source), str(corpus), points=lambda n: default_sweep(
+            n, token_thresholds=(), sentence_thresholds=(), fixed_depths=False, widths=(0.5, 1.0)),
+            compare_huggingface=False, rounds=1, progress=lambda line: None)
+    by_width = {p["width"]: p for p in result["points"]}
+    assert by_width[0.5]["flops_speedup"] > 1.5 and by_width[1.0]["flops_speedup"] == pytest.approx(1.0)
