@@ -19,6 +19,7 @@ and retokenization leaves them alone, so a token reads:
 """
 from typing import Dict, Optional
 
+from spacy.attrs import IDX, LENGTH
 from spacy.tokens import Doc, Token
 
 #: name part of the doc.user_data keys that hold the per-token exit layers
@@ -101,6 +102,15 @@ def register_extensions() -> None:
         Token.set_extension("exit_layers", getter=_token_exit_layers)
 
 
+def _has_entries_of(user_data: dict, component: str) -> bool:
+    """Whether `user_data` holds exit entries of `component` (an earlier run)."""
+    return any(
+        isinstance(key, tuple) and len(key) == 4 and key[1] == TOKEN_EXITS_KEY
+        and isinstance(value, dict) and component in value
+        for key, value in user_data.items()
+    )
+
+
 def record_exits(
     doc: Doc, component: str, exit_layers, n_layers: int, cost: float, full_cost: float, width: float = 1.0
 ) -> None:
@@ -110,23 +120,32 @@ def record_exits(
     Entries are replaced, never changed in place: `Doc.from_docs` copies them
     shallowly, so the source doc may share them."""
     user_data = doc.user_data
-    for token, layer in zip(doc, exit_layers):
-        start, length = token.idx, max(1, len(token.text))
-        # this component's entries inside the token are from an earlier run on
-        # other tokens (before a merge): they would mix into the new layer
-        for offset in range(start + 1, start + length):
-            key = _entry_key(offset)
+    starts = doc.to_array(IDX).tolist() if len(doc) else []
+    lengths = [max(1, n) for n in doc.to_array(LENGTH).tolist()] if len(doc) else []
+    layers = [int(layer) for layer in exit_layers]
+    if not _has_entries_of(user_data, component):
+        # the usual case: nothing of this component to replace, no stale entries
+        for start, length, layer in zip(starts, lengths, layers):
+            key = _entry_key(start)
             entry = user_data.get(key)
-            if entry and component in entry:
-                rest = {name: value for name, value in entry.items() if name != component}
-                if rest:
-                    user_data[key] = rest
-                else:
-                    del user_data[key]
-        key = _entry_key(start)
-        entry = dict(user_data.get(key) or {})
-        entry[component] = (int(layer), length)
-        user_data[key] = entry
+            user_data[key] = {**entry, component: (layer, length)} if entry else {component: (layer, length)}
+    else:
+        for start, length, layer in zip(starts, lengths, layers):
+            # this component's entries inside the token are from an earlier run on
+            # other tokens (before a merge): they would mix into the new layer
+            for offset in range(start + 1, start + length):
+                key = _entry_key(offset)
+                entry = user_data.get(key)
+                if entry and component in entry:
+                    rest = {name: value for name, value in entry.items() if name != component}
+                    if rest:
+                        user_data[key] = rest
+                    else:
+                        del user_data[key]
+            key = _entry_key(start)
+            entry = dict(user_data.get(key) or {})
+            entry[component] = (layer, length)
+            user_data[key] = entry
     info = dict(doc._.earlyexit or {})
     info[component] = {
         "n_layers": int(n_layers),
