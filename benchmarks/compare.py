@@ -13,7 +13,9 @@ project's own workflow, `training/ner-calibrated` and `training/tagger-calibrate
   fine-tuned on its own (configs/ner.cfg with `model.n_layers = k`);
 - `spacy-cnn`: spaCy's CPU pipeline, `tok2vec` + `ner` / `tagger`
   (configs/compare/*-cnn.cfg);
-- `earlyexit-full`, `-2x`, `-3x`, `-4x`: the calibrated pipeline at its points.
+- `earlyexit-full`, `-2x`, `-3x`, `-4x`: the calibrated pipeline at its points;
+- `earlyexit-width-4x`: the pipeline after the adaptive-width stages
+  (`training/ner-width-calibrated`) at its 4x point, when it exists.
 
 `measure` feeds every system the same tokens (the corpus's own words), with
 the same `nlp.pipe` batch size and torch thread count, in two shapes: the
@@ -68,6 +70,11 @@ BASELINES: Dict[str, Dict[str, Baseline]] = {
 EARLYEXIT_PIPELINES = {"ner": "training/ner-calibrated", "tag": "training/tagger-calibrated"}
 EARLYEXIT_TRAINING = {"ner": ("training/ner", "training/ner-selfsample"),
                       "tag": ("training/tagger", "training/tagger-selfsample")}
+#: the pipelines after the adaptive-width stages, and their points measured
+WIDTH_PIPELINES = {"ner": "training/ner-width-calibrated", "tag": "training/tagger-width-calibrated"}
+WIDTH_TRAINING = {task: stages + (f"training/{name}-width-distill", f"training/{name}-width")
+                  for (task, stages), name in zip(EARLYEXIT_TRAINING.items(), ("ner", "tagger"))}
+WIDTH_POINTS = ("4x",)
 
 
 def baseline_dir(output: Path, task: str, name: str) -> Path:
@@ -132,18 +139,19 @@ def _size_mb(path: Path) -> float:
     return round(sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) / 2**20, 1)
 
 
-def _operating_points(pipeline: Path) -> List[str]:
-    """`full` and those of EARLYEXIT_POINTS the pipeline's config names."""
+def _operating_points(pipeline: Path, wanted=EARLYEXIT_POINTS) -> List[str]:
+    """`full` and those of `wanted` the pipeline's config names."""
     from spacy import util
 
     config = util.load_config(pipeline / "config.cfg", interpolate=False)
     named = set()
     for component in config["components"].values():
         named.update((component.get("operating_points") or {}).keys())
-    return [p for p in EARLYEXIT_POINTS if p == "full" or p in named]
+    return [p for p in wanted if p == "full" or p in named]
 
 
-def discover(tasks: List[str], baselines: Path, earlyexit: Dict[str, Path]) -> List[System]:
+def discover(tasks: List[str], baselines: Path, earlyexit: Dict[str, Path],
+             width: Optional[Dict[str, Path]] = None) -> List[System]:
     """Every system whose pipeline exists, in a fixed order."""
     systems = []
     for task in tasks:
@@ -160,6 +168,12 @@ def discover(tasks: List[str], baselines: Path, earlyexit: Dict[str, Path]) -> L
             minutes, note = _training_minutes(training) if training else (None, "trained elsewhere")
             for point in _operating_points(pipeline):
                 systems.append(System(f"earlyexit-{point}", task, str(pipeline), point, train_minutes=minutes,
+                                      train_note=note, size_mb=_size_mb(pipeline)))
+        pipeline = Path((width or {}).get(task) or ROOT / WIDTH_PIPELINES[task])
+        if pipeline.is_dir():
+            minutes, note = _training_minutes([ROOT / d for d in WIDTH_TRAINING[task]])
+            for point in _operating_points(pipeline, WIDTH_POINTS):
+                systems.append(System(f"earlyexit-width-{point}", task, str(pipeline), point, train_minutes=minutes,
                                       train_note=note, size_mb=_size_mb(pipeline)))
     return systems
 
@@ -353,7 +367,8 @@ def measure_main(args) -> None:
     import spacy_earlyexit  # noqa: F401
 
     torch.set_num_threads(args.threads)
-    systems = discover(args.tasks.split(","), args.baselines, {"ner": args.earlyexit_ner, "tag": args.earlyexit_tag})
+    systems = discover(args.tasks.split(","), args.baselines, {"ner": args.earlyexit_ner, "tag": args.earlyexit_tag},
+                       {"ner": args.earlyexit_ner_width, "tag": args.earlyexit_tag_width})
     if not systems:
         sys.exit(f"No trained systems found under {args.baselines} or {', '.join(EARLYEXIT_PIPELINES.values())}")
     loaded = {}
@@ -399,6 +414,8 @@ def main(argv=None) -> None:
     m.add_argument("--baselines", type=Path, default=ROOT / "training" / "compare")
     m.add_argument("--earlyexit-ner", type=Path, default=ROOT / EARLYEXIT_PIPELINES["ner"])
     m.add_argument("--earlyexit-tag", type=Path, default=ROOT / EARLYEXIT_PIPELINES["tag"])
+    m.add_argument("--earlyexit-ner-width", type=Path, default=ROOT / WIDTH_PIPELINES["ner"])
+    m.add_argument("--earlyexit-tag-width", type=Path, default=ROOT / WIDTH_PIPELINES["tag"])
     m.add_argument("--rounds", type=int, default=3)
     m.add_argument("--batch-size", type=int, default=64)
     m.add_argument("--threads", type=int, default=2)

@@ -26,7 +26,8 @@ def test_compare_measures_every_system_in_both_shapes(trained_ner, tmp_path):
     ner = trained_ner.get_pipe("earlyexit_ner")
     trained_ner.to_disk(earlyexit)
     config = spacy.util.load_config(earlyexit / "config.cfg", interpolate=False)
-    config["components"]["earlyexit_ner"]["operating_points"] = {"2x": {"policy": "token_window", "threshold": 0.3}}
+    config["components"]["earlyexit_ner"]["operating_points"] = {"2x": {"policy": "token_window", "threshold": 0.3},
+                                                                 "4x": {"policy": "fixed_depth", "layer": 1}}
     config.to_disk(earlyexit / "config.cfg")
     cnn = spacy.blank("en")
     cnn.add_pipe("ner")
@@ -44,10 +45,12 @@ def test_compare_measures_every_system_in_both_shapes(trained_ner, tmp_path):
     output = tmp_path / "compare.json"
     compare.main(["measure", "--corpus", str(tmp_path / "test.spacy"), "--tasks", "ner",
                   "--baselines", str(tmp_path / "baselines"), "--earlyexit-ner", str(earlyexit),
-                  "--earlyexit-tag", str(tmp_path / "none"), "--rounds", "2", "--threads", "1",
+                  "--earlyexit-tag", str(tmp_path / "none"), "--earlyexit-ner-width", str(earlyexit),
+                  "--earlyexit-tag-width", str(tmp_path / "none"), "--rounds", "2", "--threads", "1",
                   "--output", str(output), "--plot", str(tmp_path / "pareto.png")])
     result = json.loads(output.read_text())
-    assert [s["name"] for s in result["systems"]] == ["spacy-cnn", "earlyexit-full", "earlyexit-2x"]
+    assert [s["name"] for s in result["systems"]] == [
+        "spacy-cnn", "earlyexit-full", "earlyexit-2x", "earlyexit-4x", "earlyexit-width-4x"]
     assert result["n_docs"] == {"documents": 2, "sentences": 4}
     assert result["n_words"]["documents"] == result["n_words"]["sentences"] == sum(len(d) for d in docs)
     for system in result["systems"]:
@@ -62,6 +65,7 @@ def test_compare_measures_every_system_in_both_shapes(trained_ner, tmp_path):
     assert by_name["earlyexit-full"]["analytic_speedup"] == 1.0
     assert by_name["earlyexit-2x"]["analytic_speedup"] > 1.0
     assert by_name["spacy-cnn"]["analytic_speedup"] is None
+    assert by_name["earlyexit-width-4x"]["analytic_speedup"] == by_name["earlyexit-4x"]["analytic_speedup"] > 1.0
     # the earlyexit score matches the component's own evaluation at that point
     loaded = spacy.load(earlyexit)
     with loaded.get_pipe("earlyexit_ner").using(TokenWindowExit(0.3)):
