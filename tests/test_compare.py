@@ -50,7 +50,7 @@ def test_compare_measures_every_system_in_both_shapes(trained_ner, tmp_path):
                   "--output", str(output), "--plot", str(tmp_path / "pareto.png")])
     result = json.loads(output.read_text())
     assert [s["name"] for s in result["systems"]] == [
-        "spacy-cnn", "earlyexit-full", "earlyexit-2x", "earlyexit-4x", "earlyexit-width-4x"]
+        "spacy-cnn", "earlyexit-full", "earlyexit-2x", "earlyexit-4x", "earlyexit-width-full", "earlyexit-width-4x"]
     assert result["n_docs"] == {"documents": 2, "sentences": 4}
     assert result["n_words"]["documents"] == result["n_words"]["sentences"] == sum(len(d) for d in docs)
     for system in result["systems"]:
