@@ -171,15 +171,9 @@ def sample_widths(
     aggressive, full = order[:n_aggressive], order[n_aggressive : n_aggressive + n_full]
     widths[aggressive] = menu[0]
     widths[full] = 1.0
-    rows = torch.zeros(B, dtype=torch.bool)
-    rows[aggressive] = True
-    sampled.thresholds = torch.where(rows[:, None] & words, torch.full_like(sampled.thresholds, sampling.max_threshold),
-                                     sampled.thresholds)
-    sampled.half_windows = torch.where(rows[:, None], torch.full_like(sampled.half_windows, sampling.min_window // 2),
-                                       sampled.half_windows)
-    rows[:] = False
-    rows[full] = True
-    sampled.thresholds = torch.where(rows[:, None], torch.zeros_like(sampled.thresholds), sampled.thresholds)
+    sampled.thresholds[aggressive] = torch.where(words[aggressive], sampling.max_threshold, 0.0).to(sampled.thresholds)
+    sampled.half_windows[aggressive] = sampling.min_window // 2
+    sampled.thresholds[full] = 0.0
     return widths
 
 

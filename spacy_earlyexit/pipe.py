@@ -372,6 +372,13 @@ class EarlyExitLabeler(TrainablePipe):
         d_scores = [self.model.ops.asarray3f(grad[:, a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
         return float(loss), d_scores
 
+    def _batch_gold(self, examples: List[Example], rows: List[numpy.ndarray], n_words: int) -> numpy.ndarray:
+        """Class id of every word of a training batch (its `rows` per doc), -1 where unknown."""
+        gold = numpy.full(n_words, -1, dtype="int64")
+        for doc_rows, truth in zip(rows, self._gold_ids(examples)):
+            gold[doc_rows] = truth
+        return gold
+
     def _gold_ids(self, examples: List[Example]) -> List[numpy.ndarray]:
         """Class id of each predicted token of each example, -1 where unknown."""
         index = {label: i for i, label in enumerate(self.output_labels)}
@@ -397,9 +404,7 @@ class EarlyExitLabeler(TrainablePipe):
                 if self._teacher is None:  # update without initialize: the current weights teach
                     self._teacher = frozen_teacher(encoder)
                 return distill_step(encoder, self._teacher, batch, widths, self.width_training, weights)
-            gold = numpy.full(batch.n_words, -1, dtype="int64")
-            for doc_rows, truth in zip(rows, self._gold_ids(examples)):
-                gold[doc_rows] = truth
+            gold = self._batch_gold(examples, rows, batch.n_words)
             sampling = SelfSampling(**self.model.attrs["self_sampling"])
             return width_self_sampling_step(encoder, batch, groups, torch.from_numpy(gold), sampling, widths, weights)
         finally:
@@ -429,9 +434,7 @@ class EarlyExitLabeler(TrainablePipe):
                 if built is None:
                     continue
                 batch, rows = built
-                gold = numpy.full(batch.n_words, -1, dtype="int64")
-                for doc_rows, truth in zip(rows, self._gold_ids(chunk)):
-                    gold[doc_rows] = truth
+                gold = self._batch_gold(chunk, rows, batch.n_words)
                 if (gold >= 0).any():
                     gold_t = torch.from_numpy(gold).to(encoder.device)
                     yield batch, lambda logits, gold_t=gold_t: exit_loss(logits, gold_t, weights)[0]
