@@ -47,7 +47,7 @@ from spacy.language import Language
 from spacy.training import Example
 
 from .benchmark import OperatingPoint, corpus_examples, early_exit_component, fresh_copy, measure
-from .layer import _plan
+from .layer import DocExits, _plan
 from .pipe import EarlyExitLabeler
 from .policies import normalized_entropy, window_max
 from .wordpieces import collate, length_batches
@@ -80,6 +80,7 @@ class Trace:
     n_special: torch.Tensor  # [S]
     owner_sequence: List[numpy.ndarray]  # per doc: sequence of each token's labelling copy
     owner_word: List[numpy.ndarray]
+    probs: Optional[torch.Tensor] = None  # [S, L, W, C], kept for components that decode from them
 
 
 @dataclass
@@ -152,6 +153,7 @@ def trace(nlp: Language, component: EarlyExitLabeler, examples: List[Example], w
     pieces = torch.zeros(S, W)
     n_pieces = torch.zeros(S)
     n_special = torch.zeros(S)
+    kept = torch.zeros(S, L, W, encoder.n_labels) if component.decodes_from_probs else None
     pad_id = shim.tokenizer.pad_token_id or 0
     for indices in length_batches(plan, component.batch_sequences, 8192):
         batch = collate([plan.sequences[i] for i in indices], pad_id).to(encoder.device)
@@ -163,13 +165,15 @@ def trace(nlp: Language, component: EarlyExitLabeler, examples: List[Example], w
             n = len(sequence.word_starts)
             unc[index, :, :n] = normalized_entropy(probs[:, offset : offset + n])
             labels[index, :, :n] = probs[:, offset : offset + n].argmax(-1)
+            if kept is not None:
+                kept[index, :, :n] = probs[:, offset : offset + n]
             offset += n
             word_mask[index, :n] = True
             piece_words = numpy.asarray(sequence.piece_words)
             pieces[index, :n] = torch.from_numpy(numpy.bincount(piece_words[piece_words >= 0], minlength=n)[:n]).float()
             n_pieces[index] = len(sequence)
             n_special[index] = int((piece_words < 0).sum())
-    return Trace(unc, labels, word_mask, pieces, n_pieces, n_special, plan.owner_sequence, plan.owner_word)
+    return Trace(unc, labels, word_mask, pieces, n_pieces, n_special, plan.owner_sequence, plan.owner_word, kept)
 
 
 def simulate(tr: Trace, component: EarlyExitLabeler, candidate: Candidate) -> Tuple[torch.Tensor, float]:
@@ -202,13 +206,28 @@ def simulate(tr: Trace, component: EarlyExitLabeler, candidate: Candidate) -> Tu
 
 
 def simulated_score(tr: Trace, component: EarlyExitLabeler, examples: List[Example], exits: torch.Tensor) -> float:
-    """The component's score when every word takes the label of its exit."""
-    label_ids = tr.labels.gather(1, (exits - 1)[:, None, :])[:, 0, :].numpy()
+    """The component's score when every word is labelled at its exit (decoded
+    as the component decodes)."""
+    at_exit = (exits - 1)[:, None, :]
+    label_ids = tr.labels.gather(1, at_exit)[:, 0, :].numpy()
+    probs = None
+    if tr.probs is not None:
+        C = tr.probs.shape[-1]
+        probs = tr.probs.gather(1, at_exit[..., None].expand(-1, -1, -1, C))[:, 0].numpy()
+    L = tr.labels.shape[1]
+    exits_np = exits.numpy()
+    per_doc = []
+    for d in range(len(examples)):
+        where = (numpy.asarray(tr.owner_sequence[d], dtype="int64"), numpy.asarray(tr.owner_word[d], dtype="int64"))
+        n = len(tr.owner_word[d])
+        per_doc.append(DocExits(
+            label_ids=label_ids[where], exit_layers=exits_np[where], uncertainty=numpy.zeros(n, "float32"),
+            cost=0.0, full_cost=0.0, n_layers=L, label_probs=probs[where] if probs is not None else None,
+        ))
     classes = component.output_labels
     predicted = []
-    for d, eg in enumerate(examples):
+    for eg, ids in zip(examples, component._decode(per_doc)):
         doc = fresh_copy(eg.predicted)
-        ids = label_ids[tr.owner_sequence[d], tr.owner_word[d]] if len(doc) else []
         component._annotate(doc, [classes[i] for i in ids])
         predicted.append(Example(doc, eg.reference))
     return float(component.scorer(predicted)[score_key(component)] or 0.0)

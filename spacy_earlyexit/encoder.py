@@ -62,6 +62,7 @@ class ExitOutput:
     uncertainty: Tensor  # [B, W] float: uncertainty at the exit
     cost: Tensor  # [B] float64: multiply-accumulates actually spent
     full_cost: Tensor  # [B] float64: multiply-accumulates of a full-depth pass
+    probs: Optional[Tensor] = None  # [B, W, C] float: label distribution at each word's exit
 
 
 class LayerView:
@@ -416,6 +417,7 @@ class MultiExitEncoder(nn.Module):
         device = batch.input_ids.device
         last = policy.last_layer(self.n_layers) - 1
         labels = torch.zeros(B, W, dtype=torch.long, device=device)
+        exit_probs = torch.zeros(B, W, self.n_labels, device=device)
         exit_layers = torch.full((B, W), last + 1, dtype=torch.long, device=device)
         uncertainty = torch.zeros(B, W, device=device)
         n_pieces = batch.piece_mask.sum(1).double()
@@ -444,8 +446,8 @@ class MultiExitEncoder(nn.Module):
             probs = self.heads[index](states).softmax(-1)
             run_unc[w_rows, w_cols] = policy.uncertainty(probs)
             cost[rows] += self.layer_cost.classifier(word_active.sum(1).double())
-            run_labels = torch.zeros_like(word_starts)
-            run_labels[w_rows, w_cols] = probs.argmax(-1)
+            run_probs = probs.new_zeros(*word_starts.shape, probs.shape[-1])
+            run_probs[w_rows, w_cols] = probs
             if is_last:
                 leaving = word_active
             else:
@@ -453,7 +455,9 @@ class MultiExitEncoder(nn.Module):
             if bool(leaving.any()):
                 out_r, out_c = leaving.nonzero(as_tuple=True)
                 orig = rows[out_r]
-                labels[orig, out_c] = run_labels[out_r, out_c]
+                leaving_probs = run_probs[out_r, out_c]
+                exit_probs[orig, out_c] = leaving_probs
+                labels[orig, out_c] = leaving_probs.argmax(-1)
                 exit_layers[orig, out_c] = index + 1
                 uncertainty[orig, out_c] = run_unc[out_r, out_c]
                 word_active = word_active & ~leaving
@@ -468,4 +472,4 @@ class MultiExitEncoder(nn.Module):
                 piece_mask, piece_words = piece_mask[keep, :t_len], piece_words[keep, :t_len]
                 word_starts, word_mask = word_starts[keep, :w_len], word_mask[keep, :w_len]
                 word_active, run_unc = word_active[keep, :w_len], run_unc[keep, :w_len]
-        return ExitOutput(labels, exit_layers, uncertainty, cost, full_cost)
+        return ExitOutput(labels, exit_layers, uncertainty, cost, full_cost, exit_probs)

@@ -421,6 +421,7 @@ class DocExits:
     full_cost: float  # multiply-accumulates of a full-depth, full-width pass
     n_layers: int
     width: float = 1.0
+    label_probs: Optional[numpy.ndarray] = None  # [n_tokens, n_labels] float, at the exit
 
 
 def predict_exits(
@@ -440,6 +441,7 @@ def predict_exits(
     seq_labels: List[Any] = [None] * n_seq
     seq_layers: List[Any] = [None] * n_seq
     seq_unc: List[Any] = [None] * n_seq
+    seq_probs: List[Any] = [None] * n_seq
     seq_cost = numpy.zeros(n_seq)
     seq_full = numpy.zeros(n_seq)
     pad_id = shim.tokenizer.pad_token_id or 0
@@ -448,16 +450,21 @@ def predict_exits(
         # width only when narrower: stand-ins for `predict` that predate widths keep working
         out = encoder.predict(batch, policy) if width == 1.0 else encoder.predict(batch, policy, width=width)
         labels, layers, unc = (t.cpu().numpy() for t in (out.labels, out.exit_layers, out.uncertainty))
+        probs = out.probs.cpu().numpy() if out.probs is not None else None
         for row, index in enumerate(indices):
             n_words = len(plan.sequences[index].word_starts)
             seq_labels[index] = labels[row, :n_words]
             seq_layers[index] = layers[row, :n_words]
             seq_unc[index] = unc[row, :n_words]
+            if probs is not None:
+                seq_probs[index] = probs[row, :n_words]
         seq_cost[indices] = out.cost.cpu().numpy()
         seq_full[indices] = out.full_cost.cpu().numpy()
     doc_of_seq = numpy.array([s.doc_index for s in plan.sequences], dtype="int64")
     offsets = numpy.cumsum([0] + [len(s.word_starts) for s in plan.sequences])[:-1]
     flat = [numpy.concatenate(x) if n_seq else numpy.zeros(0) for x in (seq_labels, seq_layers, seq_unc)]
+    has_probs = all(p is not None for p in seq_probs)
+    all_probs = numpy.concatenate(seq_probs) if n_seq and has_probs else numpy.zeros((0, encoder.n_labels), "float32")
     results = []
     for d in range(len(plan.n_tokens)):
         rows = offsets[plan.owner_sequence[d]] + plan.owner_word[d] if n_seq else numpy.zeros(0, dtype="int64")
@@ -471,6 +478,7 @@ def predict_exits(
                 full_cost=float(seq_full[mine].sum()),
                 n_layers=encoder.n_layers,
                 width=width,
+                label_probs=all_probs[rows].astype("float32") if has_probs else None,
             )
         )
     return results

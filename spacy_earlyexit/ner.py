@@ -1,11 +1,15 @@
 """`earlyexit_ner`: named entities from a multi-exit encoder (BIO tags per token)."""
-from typing import Any, Callable, Dict, Iterable, List, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+
+import numpy
 
 from spacy.language import Language
 from spacy.tokens import Doc, Span
 from spacy.training import Example
 from thinc.api import Config, Model
 
+from .decoding import bio_transitions, viterbi
+from .layer import DocExits
 from .pipe import DEFAULT_MODEL_CONFIG, EarlyExitLabeler
 from .objective import SelfSampling
 from .width_training import WidthTraining
@@ -60,6 +64,7 @@ def bio_tags_to_spans(doc: Doc, tags: List[str]) -> List[Span]:
         "width_multipliers": list(DEFAULT_WIDTHS),
         "width": 1.0,
         "overwrite_ents": False,
+        "constrained_decoding": True,
     },
     default_score_weights={"ents_f": 1.0, "ents_p": 0.0, "ents_r": 0.0, "ents_per_type": None},
 )
@@ -77,6 +82,7 @@ def make_earlyexit_ner(
     width_multipliers: List[float],
     width: float,
     overwrite_ents: bool = False,
+    constrained_decoding: bool = True,
 ) -> "EarlyExitNER":
     """Named entity recognizer whose tokens leave the encoder early.
 
@@ -93,12 +99,15 @@ def make_earlyexit_ner(
     width: the width used when no operating point is chosen.
     overwrite_ents: replace the entities that earlier components set (False:
         keep them and add predicted entities around them, as spaCy's ner does).
+    constrained_decoding: read each doc's tags as the most probable valid BIO
+        sequence of its tokens' exit distributions (Viterbi; exits unchanged).
+        False: each token's most probable tag, invalid sequences repaired.
     """
     return EarlyExitNER(
         nlp.vocab, model, name, exit_policy=exit_policy, scorer=scorer, batch_sequences=batch_sequences,
         operating_points=operating_points, operating_point=operating_point, self_sampling=self_sampling,
         width_training=width_training, width_multipliers=width_multipliers, width=width,
-        overwrite_ents=overwrite_ents,
+        overwrite_ents=overwrite_ents, constrained_decoding=constrained_decoding,
     )
 
 
@@ -117,9 +126,26 @@ class EarlyExitNER(EarlyExitLabeler):
     annotation of the doc.
     """
 
-    def __init__(self, vocab, model, name, *, overwrite_ents: bool = False, **kwargs) -> None:
+    def __init__(
+        self, vocab, model, name, *, overwrite_ents: bool = False, constrained_decoding: bool = True, **kwargs
+    ) -> None:
         super().__init__(vocab, model, name, **kwargs)
         self.overwrite_ents = overwrite_ents
+        self.constrained_decoding = constrained_decoding
+        self._transitions: Tuple[Tuple[str, ...], Any] = ((), None)
+
+    @property
+    def decodes_from_probs(self) -> bool:
+        return self.constrained_decoding
+
+    def _decode(self, predictions: List[DocExits]) -> List[numpy.ndarray]:
+        if not self.constrained_decoding or any(p.label_probs is None for p in predictions):
+            return super()._decode(predictions)
+        classes = tuple(self.output_labels)
+        if self._transitions[0] != classes:
+            self._transitions = (classes, bio_transitions(classes))
+        start, step = self._transitions[1]
+        return viterbi([p.label_probs for p in predictions], start, step)
 
     @property
     def output_labels(self) -> List[str]:

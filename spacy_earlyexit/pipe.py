@@ -202,6 +202,17 @@ class EarlyExitLabeler(TrainablePipe):
         """The gold class name of each predicted token, None where unknown."""
         raise NotImplementedError
 
+    @property
+    def decodes_from_probs(self) -> bool:
+        """Whether `_decode` reads the tokens' label distributions (not only
+        their most probable labels)."""
+        return False
+
+    def _decode(self, predictions: List[DocExits]) -> List[numpy.ndarray]:
+        """Each doc's label ids from its tokens' exit predictions (here: each
+        token's most probable label)."""
+        return [pred.label_ids for pred in predictions]
+
     def _annotate(self, doc: Doc, labels: List[str]) -> None:
         raise NotImplementedError
 
@@ -313,8 +324,8 @@ class EarlyExitLabeler(TrainablePipe):
 
     def set_annotations(self, docs: Iterable[Doc], predictions: List[DocExits]) -> None:
         classes = self.output_labels
-        for doc, pred in zip(docs, predictions):
-            self._annotate(doc, [classes[i] for i in pred.label_ids])
+        for doc, pred, ids in zip(docs, predictions, self._decode(predictions)):
+            self._annotate(doc, [classes[i] for i in ids])
             record_exits(doc, self.name, pred.exit_layers, pred.n_layers, pred.cost, pred.full_cost, pred.width)
 
     # -- training ----------------------------------------------------------------

@@ -1,0 +1,119 @@
+"""Constrained BIO decoding: valid sequences, exact Viterbi, and its use by
+the NER component and by calibration's simulation."""
+import itertools
+
+import numpy
+import pytest
+import spacy
+
+from spacy_earlyexit.calibrate import simulate, simulated_score, trace, Candidate
+from spacy_earlyexit.decoding import bio_transitions, viterbi
+from spacy_earlyexit.layer import DocExits
+
+from .conftest import model_config, ner_examples
+
+LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+
+
+def _valid(ids, labels=LABELS) -> bool:
+    previous = "O"
+    for i in ids:
+        prefix, _, kind = labels[i].partition("-")
+        if prefix == "I" and previous not in (f"B-{kind}", f"I-{kind}"):
+            return False
+        previous = labels[i]
+    return True
+
+
+def _brute_force(probs: numpy.ndarray) -> numpy.ndarray:
+    logp = numpy.log(numpy.maximum(probs, 1e-12))
+    best, best_score = None, -numpy.inf
+    for seq in itertools.product(range(len(LABELS)), repeat=len(probs)):
+        if not _valid(seq):
+            continue
+        score = sum(logp[t, j] for t, j in enumerate(seq))
+        if score > best_score:
+            best, best_score = seq, score
+    return numpy.array(best)
+
+
+def test_transitions_allow_inside_only_after_the_same_type():
+    start, step = bio_transitions(LABELS)
+    assert start.tolist() == [True, True, False, True, False]
+    assert step[LABELS.index("B-PER"), LABELS.index("I-PER")]
+    assert step[LABELS.index("I-PER"), LABELS.index("I-PER")]
+    assert not step[LABELS.index("O"), LABELS.index("I-PER")]
+    assert not step[LABELS.index("B-LOC"), LABELS.index("I-PER")]
+    assert step[:, LABELS.index("O")].all() and step[:, LABELS.index("B-LOC")].all()
+
+
+def test_viterbi_is_exact_and_valid_for_docs_of_any_length():
+    rng = numpy.random.default_rng(0)
+    docs = [rng.dirichlet(numpy.full(len(LABELS), 0.3), size=n) for n in (4, 1, 0, 3, 5, 2)]
+    start, step = bio_transitions(LABELS)
+    decoded = viterbi(docs, start, step)
+    assert [len(d) for d in decoded] == [len(d) for d in docs]
+    for probs, ids in zip(docs, decoded):
+        assert _valid(ids)
+        if len(probs):
+            assert ids.tolist() == _brute_force(probs).tolist()
+    # decoded alone or among others: the same
+    assert [d.tolist() for d in viterbi(docs[:1], start, step)] == [decoded[0].tolist()]
+
+
+def test_viterbi_keeps_a_valid_argmax():
+    probs = numpy.array([[0.1, 0.8, 0.05, 0.03, 0.02], [0.1, 0.1, 0.7, 0.05, 0.05], [0.9, 0.02, 0.04, 0.02, 0.02]])
+    start, step = bio_transitions(LABELS)
+    assert viterbi([probs], start, step)[0].tolist() == probs.argmax(1).tolist()
+
+
+def _exits(probs: numpy.ndarray) -> DocExits:
+    n = len(probs)
+    return DocExits(label_ids=probs.argmax(1), exit_layers=numpy.ones(n, "int64"), uncertainty=numpy.zeros(n, "float32"),
+                    cost=0.0, full_cost=0.0, n_layers=1, label_probs=probs.astype("float32"))
+
+
+@pytest.mark.parametrize("constrained", [True, False])
+def test_ner_decodes_a_type_switch_as_one_entity_only_when_constrained(tiny_model_dir, constrained):
+    nlp = spacy.blank("en")
+    ner = nlp.add_pipe("earlyexit_ner", config={**model_config(tiny_model_dir), "constrained_decoding": constrained})
+    nlp.initialize(lambda: ner_examples(nlp))
+    classes = ner.output_labels
+    doc = nlp.make_doc("Angela Merkel visited")
+    probs = numpy.full((3, len(classes)), 0.01)
+    probs[0, classes.index("B-PER")] = 0.9
+    probs[1, classes.index("I-LOC")], probs[1, classes.index("I-PER")] = 0.5, 0.45
+    probs[2, classes.index("O")] = 0.9
+    ner.set_annotations([doc], [_exits(probs / probs.sum(1, keepdims=True))])
+    ents = [(e.text, e.label_) for e in doc.ents]
+    if constrained:
+        assert ents == [("Angela Merkel", "PER")]
+    else:
+        assert ents == [("Angela", "PER"), ("Merkel", "LOC")]
+
+
+def test_constrained_decoding_is_a_saved_setting(tiny_model_dir, tmp_path):
+    nlp = spacy.blank("en")
+    nlp.add_pipe("earlyexit_ner", config={**model_config(tiny_model_dir), "constrained_decoding": False})
+    nlp.initialize(lambda: ner_examples(nlp))
+    nlp.to_disk(tmp_path / "p")
+    loaded = spacy.load(tmp_path / "p")
+    assert loaded.get_pipe("earlyexit_ner").constrained_decoding is False
+    assert spacy.load(tmp_path / "p", config={"components.earlyexit_ner.constrained_decoding": True}).get_pipe(
+        "earlyexit_ner").constrained_decoding is True
+
+
+def test_predictions_are_valid_bio_and_simulation_decodes_like_the_component(trained_ner):
+    ner = trained_ner.get_pipe("earlyexit_ner")
+    examples = ner_examples(trained_ner)
+    preds = ner.predict([eg.predicted for eg in examples])
+    classes = ner.output_labels
+    for ids in ner._decode(preds):
+        assert _valid(ids, classes)
+    # the calibration simulation at full depth scores what the component does
+    with ner.using("full"):
+        tr = trace(trained_ner, ner, examples)
+    exits, _ = simulate(tr, ner, Candidate(layer=ner.model.shims[0].encoder.n_layers))
+    simulated = simulated_score(tr, ner, examples, exits)
+    real = trained_ner.evaluate(examples)["ents_f"]
+    assert simulated == pytest.approx(real)
