@@ -75,11 +75,12 @@ def huggingface_forward(encoder: MultiExitEncoder) -> Iterator[None]:
         finally:
             hook.remove()
         states = hidden.gather(1, batch.word_starts.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
-        labels = encoder.heads[-1](states).argmax(-1)
+        probs = encoder.heads[-1](states).softmax(-1)
+        labels = probs.argmax(-1)
         n = batch.piece_mask.sum(1).double()
         full = encoder.layer_cost.full(n, batch.word_mask.sum(1).double(), encoder.n_layers)
         layers = torch.full_like(labels, encoder.n_layers)
-        return ExitOutput(labels, layers, torch.zeros(labels.shape), full, full)
+        return ExitOutput(labels, layers, torch.zeros(labels.shape), full, full, probs)
 
     encoder.predict = predict
     try:

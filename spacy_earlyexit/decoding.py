@@ -36,43 +36,67 @@ def bio_transitions(labels: Sequence[str]) -> tuple:
 
 def viterbi(probs: List[numpy.ndarray], start: numpy.ndarray, step: numpy.ndarray) -> List[numpy.ndarray]:
     """The most probable allowed label sequence of each doc ([n_tokens, C]
-    probabilities each), decoded for docs of similar length together."""
+    probabilities each), decoded for docs of similar length together.
+
+    `step` must have BIO's shape: every tag may follow any tag, except tags
+    that may only follow themselves and one other tag (``I-X``: ``B-X``)."""
+    free, inside, begin = _bio_shape(step)
     results: List[numpy.ndarray] = [numpy.zeros(0, dtype="int64")] * len(probs)
-    start_pen = numpy.where(start, 0.0, -numpy.inf)
-    step_pen = numpy.where(step, 0.0, -numpy.inf)
     order = sorted((i for i in range(len(probs)) if len(probs[i])), key=lambda i: len(probs[i]))
     group: List[int] = []
     for i in order:
-        longest = len(probs[i])
-        if group and (len(group) + 1) * longest > _GROUP_CELLS:
-            _decode_group(probs, group, start_pen, step_pen, results)
+        if group and (len(group) + 1) * len(probs[i]) > _GROUP_CELLS:
+            _decode_group(probs, group, start, free, inside, begin, results)
             group = []
         group.append(i)
     if group:
-        _decode_group(probs, group, start_pen, step_pen, results)
+        _decode_group(probs, group, start, free, inside, begin, results)
     return results
 
 
-def _decode_group(probs, group, start_pen, step_pen, results) -> None:
+def _bio_shape(step: numpy.ndarray) -> tuple:
+    """(free tags, restricted tags, the other predecessor of each restricted tag)."""
+    C = step.shape[0]
+    free, inside, begin = [], [], []
+    for j in range(C):
+        allowed = numpy.nonzero(step[:, j])[0]
+        if len(allowed) == C:
+            free.append(j)
+        elif len(allowed) == 2 and j in allowed:
+            inside.append(j)
+            begin.append(int(allowed[allowed != j][0]))
+        else:
+            raise ValueError(f"Transitions into tag {j} do not have the BIO shape.")
+    return numpy.array(free, dtype="int64"), numpy.array(inside, dtype="int64"), numpy.array(begin, dtype="int64")
+
+
+def _decode_group(probs, group, start, free, inside, begin, results) -> None:
+    """Docs of `group`, in ascending length: the docs still running at step t
+    are a suffix of the group, so each step only touches those rows."""
     lengths = numpy.array([len(probs[i]) for i in group])
-    D, T, C = len(group), int(lengths.max()), step_pen.shape[0]
+    D, T, C = len(group), int(lengths[-1]), len(start)
     emit = numpy.zeros((D, T, C))
     for row, i in enumerate(group):
         emit[row, : lengths[row]] = numpy.log(numpy.maximum(probs[i], _LOG_FLOOR))
     back = numpy.zeros((D, T, C), dtype="int64")
-    best = emit[:, 0] + start_pen
-    identity = numpy.broadcast_to(numpy.arange(C), (D, C))
+    best = emit[:, 0] + numpy.where(start, 0.0, -numpy.inf)
+    first_running = numpy.searchsorted(lengths, numpy.arange(T), side="right")  # rows with length > t
     for t in range(1, T):
-        through = best[:, :, None] + step_pen[None]  # [D, from, to]
-        prev = through.argmax(1)
-        score = numpy.take_along_axis(through, prev[:, None, :], 1)[:, 0] + emit[:, t]
-        done = (t >= lengths)[:, None]  # past a doc's end: carry its scores unchanged
-        best = numpy.where(done, best, score)
-        back[:, t] = numpy.where(done, identity, prev)
+        k = first_running[t]
+        run = best[k:]
+        top = run.argmax(1)
+        top_score = run[numpy.arange(len(run)), top]
+        stay = run[:, inside] >= run[:, begin]
+        score = numpy.empty_like(run)
+        score[:, free] = top_score[:, None]
+        score[:, inside] = numpy.where(stay, run[:, inside], run[:, begin])
+        best[k:] = score + emit[k:, t]
+        back[k:, t, free] = top[:, None]
+        back[k:, t, inside] = numpy.where(stay, inside, begin)
     path = numpy.zeros((D, T), dtype="int64")
-    path[:, T - 1] = best.argmax(1)
-    rows = numpy.arange(D)
+    path[numpy.arange(D), lengths - 1] = best.argmax(1)
     for t in range(T - 1, 0, -1):
-        path[:, t - 1] = back[rows, t, path[:, t]]
+        k = first_running[t]
+        path[k:, t - 1] = back[numpy.arange(k, D), t, path[k:, t]]
     for row, i in enumerate(group):
         results[i] = path[row, : lengths[row]]

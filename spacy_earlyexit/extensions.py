@@ -124,11 +124,20 @@ def record_exits(
     lengths = [max(1, n) for n in doc.to_array(LENGTH).tolist()] if len(doc) else []
     layers = [int(layer) for layer in exit_layers]
     if not _has_entries_of(user_data, component):
-        # the usual case: nothing of this component to replace, no stale entries
+        # the usual case: nothing of this component to replace, no stale entries.
+        # Tokens of the same layer and length share one entry (entries are never
+        # changed in place): far fewer objects for the garbage collector to visit
+        shared: Dict[tuple, dict] = {}
         for start, length, layer in zip(starts, lengths, layers):
-            key = _entry_key(start)
+            key = ("._.", TOKEN_EXITS_KEY, start, None)
             entry = user_data.get(key)
-            user_data[key] = {**entry, component: (layer, length)} if entry else {component: (layer, length)}
+            if entry:
+                user_data[key] = {**entry, component: (layer, length)}
+            else:
+                value = shared.get((layer, length))
+                if value is None:
+                    value = shared[(layer, length)] = {component: (layer, length)}
+                user_data[key] = value
     else:
         for start, length, layer in zip(starts, lengths, layers):
             # this component's entries inside the token are from an earlier run on

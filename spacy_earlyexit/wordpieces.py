@@ -12,10 +12,12 @@ from its first piece, so it still gets a label, and no sequence is ever longer
 than the limit.
 """
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Callable, List, Optional, Sequence
 
 import numpy
 import torch
+from spacy.attrs import ORTH
 from spacy.tokens import Doc, Span
 
 from .encoder import EncoderBatch
@@ -26,6 +28,7 @@ SpanGetter = Callable[[List[Doc]], List[List[Span]]]
 N_CASE_CLASSES = 6
 
 
+@lru_cache(maxsize=1 << 16)
 def case_class(text: str) -> int:
     """The casing class of a token's text (what an uncased tokenizer loses)."""
     letters = [c for c in text if c.isalpha()]
@@ -124,6 +127,12 @@ def _cut_points(sizes: List[int], budget: int) -> List[int]:
     return cuts
 
 
+def _span_texts(span: Span) -> List[str]:
+    """The texts of a span's tokens, looked up by their ORTH ids (no Token objects)."""
+    strings = span.doc.vocab.strings
+    return [strings[orth] for orth in span.doc.to_array(ORTH)[span.start : span.end].tolist()]
+
+
 def plan_sequences(
     docs: List[Doc],
     tokenizer,
@@ -138,7 +147,7 @@ def plan_sequences(
     if len(spans_per_doc) != len(docs):
         raise ValueError("The span getter returned spans for a different number of docs.")
     flat_spans = [(d, span) for d, spans in enumerate(spans_per_doc) for span in spans if len(span)]
-    words = [[token.text for token in span] for _, span in flat_spans]
+    words = [_span_texts(span) for _, span in flat_spans]
     cases = [[case_class(text) for text in span_words] for span_words in words]
     encoded = (
         tokenizer(words, is_split_into_words=True, add_special_tokens=False, verbose=False)
