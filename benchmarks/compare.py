@@ -14,10 +14,10 @@ project's own workflow, `training/ner-calibrated` and `training/tagger-calibrate
 - `spacy-cnn`: spaCy's CPU pipeline, `tok2vec` + `ner` / `tagger`
   (configs/compare/*-cnn.cfg);
 - `earlyexit-full`, `-2x`, `-3x`, `-4x`: the calibrated pipeline at its points;
-- `earlyexit-width-full`, `-4x`, `-4x-exit`, `-3x-width`: the pipeline after
-  the adaptive-width stages (`training/ner-width-calibrated`), when it exists,
-  at full width and depth, its joint 4x point, exit alone at 4x and width
-  alone (full depth at width 0.25).
+- `earlyexit-width-full`, `-4x`, `-5x`, `-4x-exit`, `-3x-width`: the pipeline
+  after the adaptive-width stages (`training/ner-width-calibrated`), when it
+  exists, at full width and depth, its joint 4x and 5x points, exit alone at
+  4x and width alone (full depth at width 0.25).
 
 `measure` feeds every system the same tokens (the corpus's own words), with
 the same `nlp.pipe` batch size and torch thread count, in two shapes: the
@@ -76,7 +76,7 @@ EARLYEXIT_TRAINING = {"ner": ("training/ner", "training/ner-selfsample"),
 WIDTH_PIPELINES = {"ner": "training/ner-width-calibrated", "tag": "training/tagger-width-calibrated"}
 WIDTH_TRAINING = {task: stages + (f"training/{name}-width-distill", f"training/{name}-width")
                   for (task, stages), name in zip(EARLYEXIT_TRAINING.items(), ("ner", "tagger"))}
-WIDTH_POINTS = ("full", "4x", "4x-exit", "3x-width")
+WIDTH_POINTS = ("full", "4x", "5x", "4x-exit", "3x-width")
 
 
 def baseline_dir(output: Path, task: str, name: str) -> Path:
