@@ -18,7 +18,8 @@ width, a width of its menu (the joint space of width and exit):
 Two guards keep dev noise from choosing the point: a speed-up target is
 sought at `margin` times the target on dev (unseen text is less certain than
 the dev set the thresholds were fitted on, so it exits later: on CoNLL-2003
-test the speed-ups came out 6-10% below dev), and candidates are ranked by
+test the speed-ups came out 6-10% below dev; a fixed depth, at any width,
+costs the same on any text and is held to the target itself), and candidates are ranked by
 their dev score less `tolerance` per doubling of speed-up beyond the target
 (a flat dev curve otherwise picks far more speed than was asked for, and that
 speed is not free on test), so extra speed is taken only when dev says it is
@@ -274,16 +275,21 @@ def _choose(nlp, name, examples, component, simulated: List[Candidate], point: C
     L = component.model.shims[0].encoder.n_layers
     floor = full_score - point.target / 100.0
     wanted = point.target * margin
+
+    def sought(candidate: Candidate) -> float:
+        # a fixed depth (at any width) costs the same on any text: no margin
+        return point.target if candidate.layer is not None else wanted
+
     if point.search != "joint":
         simulated = [c for c in simulated if c.family(L) == point.search]
     if point.kind == "speedup":
-        pool = sorted((c for c in simulated if c.speedup >= wanted),
-                      key=lambda c: (-overshoot_adjusted(c.score, c.speedup, wanted, tolerance), c.speedup))
+        pool = sorted((c for c in simulated if c.speedup >= sought(c) * 0.995),
+                      key=lambda c: (-overshoot_adjusted(c.score, c.speedup, sought(c), tolerance), c.speedup))
     else:
         pool = sorted((c for c in simulated if c.score >= floor), key=lambda c: (-c.speedup, -c.score))
 
-    def ok(score: float, speedup: float) -> bool:
-        return speedup >= wanted * 0.995 if point.kind == "speedup" else score >= floor
+    def ok(candidate: Candidate, score: float, speedup: float) -> bool:
+        return speedup >= sought(candidate) * 0.995 if point.kind == "speedup" else score >= floor
 
     def run(candidate: Candidate) -> Tuple[float, float]:
         spec = candidate.spec(L)
@@ -292,11 +298,11 @@ def _choose(nlp, name, examples, component, simulated: List[Candidate], point: C
         progress(f"  {point.name}: {candidate.describe()}: real {100 * score:.2f} at {speedup:.2f}x")
         return score, speedup
 
-    found: List[Tuple[float, float, Dict]] = []
+    found: List[Tuple[float, float, float, Dict]] = []  # score, speed-up, sought speed-up, spec
     for candidate in pool[:2]:
         score, speedup = run(candidate)
-        if ok(score, speedup):
-            found.append((score, speedup, candidate.spec(L)))
+        if ok(candidate, score, speedup):
+            found.append((score, speedup, sought(candidate), candidate.spec(L)))
     tokee = [c for c in pool if c.layer is None]
     if not found and tokee:
         # bisect the threshold of the best TOKEE family: speed-up rises and score falls with it
@@ -305,9 +311,9 @@ def _choose(nlp, name, examples, component, simulated: List[Candidate], point: C
         for _ in range(MAX_REAL_RUNS + 1):
             middle = Candidate(best.window, (lo + hi) / 2, best.upper_factor, width=best.width)
             score, speedup = run(middle)
-            if ok(score, speedup):
-                found.append((score, speedup, middle.spec(L)))
-            if (point.kind == "speedup") == ok(score, speedup):
+            if ok(middle, score, speedup):
+                found.append((score, speedup, wanted, middle.spec(L)))
+            if (point.kind == "speedup") == ok(middle, score, speedup):
                 hi = middle.threshold
             else:
                 lo = middle.threshold
@@ -324,10 +330,10 @@ def _choose(nlp, name, examples, component, simulated: List[Candidate], point: C
                           f"(last: {100 * last[0]:.2f} at {last[1]:.2f}x)")
         return
     if point.kind == "speedup":
-        chosen = max(found, key=lambda f: (overshoot_adjusted(f[0], f[1], wanted, tolerance), -f[1]))
+        chosen = max(found, key=lambda f: (overshoot_adjusted(f[0], f[1], f[2], tolerance), -f[1]))
     else:
         chosen = max(found, key=lambda f: (f[1], f[0]))
-    point.dev_score, point.flops_speedup, point.spec = chosen
+    point.dev_score, point.flops_speedup, _, point.spec = chosen
     point.reached = True
 
 

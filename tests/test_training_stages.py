@@ -213,3 +213,21 @@ def test_calibration_seeks_speedup_targets_with_a_margin(monkeypatch):
     assert point.reached and point.flops_speedup >= 2.2 and point.spec["threshold"] == 0.1
     unreachable = _choose_on_a_flat_curve(monkeypatch, margin=2.0, tolerance=0.001)
     assert not unreachable.reached and "margin 2" in unreachable.note
+
+
+def test_calibration_holds_fixed_depths_to_the_target_itself(monkeypatch):
+    """A fixed depth costs the same on any text: it needs no margin, while a
+    TOKEE setting at the same dev speed-up does."""
+    def real(nlp, name, examples, spec):
+        return (0.93, 3.0) if spec["policy"] == "fixed_depth" else (0.92, 3.0)
+
+    monkeypatch.setattr(calibrate, "_real", real)
+    simulated = [Candidate(layer=2, score=0.93, speedup=3.0), Candidate(1, 0.3, 1.0, score=0.92, speedup=3.0)]
+    point = CalibratedPoint("3x", 3.0, "speedup")
+    calibrate._choose(None, "tagger", [], _FakeComponent(), simulated, point, 0.94, lambda line: None,
+                      margin=1.05, tolerance=0.0025)
+    assert point.reached and point.spec == {"policy": "fixed_depth", "layer": 2}
+    tokee_only = CalibratedPoint("3x", 3.0, "speedup")
+    calibrate._choose(None, "tagger", [], _FakeComponent(), simulated[1:], tokee_only, 0.94, lambda line: None,
+                      margin=1.05, tolerance=0.0025)
+    assert not tokee_only.reached and "margin 1.05" in tokee_only.note
