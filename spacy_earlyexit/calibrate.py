@@ -19,11 +19,11 @@ Two guards keep dev noise from choosing the point: a speed-up target is
 sought at `margin` times the target on dev (unseen text is less certain than
 the dev set the thresholds were fitted on, so it exits later: on CoNLL-2003
 test the speed-ups came out 6-10% below dev; a fixed depth, at any width,
-costs the same on any text and is held to the target itself), and candidates are ranked by
-their dev score less `tolerance` per doubling of speed-up beyond the target
-(a flat dev curve otherwise picks far more speed than was asked for, and that
-speed is not free on test), so extra speed is taken only when dev says it is
-free by more than noise.
+costs the same on any text and is held to the target itself), and
+candidates are ranked by their dev score less `tolerance` per doubling of
+speed-up beyond the target (a flat dev curve otherwise picks far more speed
+than was asked for, and that speed is not free on test), so extra speed is
+taken only when dev says it is free by more than noise.
 
 With more than one width, each target also gets the best point of exit
 alone (full width) and of width alone (full depth), named "3x-exit" and

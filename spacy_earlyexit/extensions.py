@@ -129,7 +129,7 @@ def record_exits(
         # changed in place): far fewer objects for the garbage collector to visit
         shared: Dict[tuple, dict] = {}
         for start, length, layer in zip(starts, lengths, layers):
-            key = ("._.", TOKEN_EXITS_KEY, start, None)
+            key = _entry_key(start)
             entry = user_data.get(key)
             if entry:
                 user_data[key] = {**entry, component: (layer, length)}
