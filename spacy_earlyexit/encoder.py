@@ -446,16 +446,14 @@ class MultiExitEncoder(nn.Module):
             probs = self.heads[index](states).softmax(-1)
             run_unc[w_rows, w_cols] = policy.uncertainty(probs)
             cost[rows] += self.layer_cost.classifier(word_active.sum(1).double())
-            run_probs = probs.new_zeros(*word_starts.shape, probs.shape[-1])
-            run_probs[w_rows, w_cols] = probs
             if is_last:
                 leaving = word_active
             else:
                 leaving = word_active & policy.exits(index, self.n_layers, run_unc, word_active, word_mask)
             if bool(leaving.any()):
-                out_r, out_c = leaving.nonzero(as_tuple=True)
+                chosen = leaving[w_rows, w_cols]  # leaving words among the active ones, same order
+                out_r, out_c, leaving_probs = w_rows[chosen], w_cols[chosen], probs[chosen]
                 orig = rows[out_r]
-                leaving_probs = run_probs[out_r, out_c]
                 exit_probs[orig, out_c] = leaving_probs
                 labels[orig, out_c] = leaving_probs.argmax(-1)
                 exit_layers[orig, out_c] = index + 1

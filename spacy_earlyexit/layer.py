@@ -431,10 +431,12 @@ def predict_exits(
     max_sequences: int = 64,
     max_padded_pieces: int = 8192,
     width: float = 1.0,
+    keep_probs: bool = False,
 ) -> List[DocExits]:
     """Label docs with early exit: sequences sorted by length, batched, and
     each batch run through the encoder's own layer loop under `policy`, every
-    layer at `width`."""
+    layer at `width`; with `keep_probs`, each token's label distribution at
+    its exit too."""
     shim, encoder, plan = _plan(model, docs)
     encoder.eval()
     n_seq = len(plan.sequences)
@@ -450,7 +452,7 @@ def predict_exits(
         # width only when narrower: stand-ins for `predict` that predate widths keep working
         out = encoder.predict(batch, policy) if width == 1.0 else encoder.predict(batch, policy, width=width)
         labels, layers, unc = (t.cpu().numpy() for t in (out.labels, out.exit_layers, out.uncertainty))
-        probs = out.probs.cpu().numpy() if out.probs is not None else None
+        probs = out.probs.cpu().numpy() if keep_probs and out.probs is not None else None
         for row, index in enumerate(indices):
             n_words = len(plan.sequences[index].word_starts)
             seq_labels[index] = labels[row, :n_words]
@@ -463,7 +465,7 @@ def predict_exits(
     doc_of_seq = numpy.array([s.doc_index for s in plan.sequences], dtype="int64")
     offsets = numpy.cumsum([0] + [len(s.word_starts) for s in plan.sequences])[:-1]
     flat = [numpy.concatenate(x) if n_seq else numpy.zeros(0) for x in (seq_labels, seq_layers, seq_unc)]
-    has_probs = all(p is not None for p in seq_probs)
+    has_probs = keep_probs and all(p is not None for p in seq_probs)
     all_probs = numpy.concatenate(seq_probs) if n_seq and has_probs else numpy.zeros((0, encoder.n_labels), "float32")
     results = []
     for d in range(len(plan.n_tokens)):

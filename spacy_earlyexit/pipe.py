@@ -320,7 +320,8 @@ class EarlyExitLabeler(TrainablePipe):
 
     def predict(self, docs: Iterable[Doc]) -> List[DocExits]:
         docs = list(docs)
-        return predict_exits(self.model, docs, self.exit_policy, max_sequences=self.batch_sequences, width=self.width)
+        return predict_exits(self.model, docs, self.exit_policy, max_sequences=self.batch_sequences, width=self.width,
+                             keep_probs=self.decodes_from_probs)
 
     def set_annotations(self, docs: Iterable[Doc], predictions: List[DocExits]) -> None:
         classes = self.output_labels
