@@ -103,7 +103,14 @@ class EarlyExitShim(PyTorchShim):
             and not self._mixed_precision
         )
         if not plain_adam:
-            return super().finish_update(optimizer)
+            super().finish_update(optimizer)
+        else:
+            self._fused_adamw_step(optimizer)
+        if isinstance(self._model, MultiExitEncoder):
+            # neither update bumps the weights' versions: drop narrow widths' packed copies
+            self._model.forget_packed_weights()
+
+    def _fused_adamw_step(self, optimizer) -> None:
         params = [p for p in self._model.parameters() if p.requires_grad]
         owner = (id(optimizer), id(self._model))
         if self._torch_optimizer is None or self._optimizer_owner != owner:

@@ -119,7 +119,8 @@ class EarlyExitLabeler(TrainablePipe):
     def width(self) -> float:
         """The width multiplier `predict` runs at: every layer keeps its first
         heads and feed-forward neurons (see `rewire_for_width`). Assigning
-        one checks it against `width_multipliers`."""
+        one checks it against `width_multipliers` and leaves the named
+        operating point (`operating_point` becomes None)."""
         return self._width
 
     @width.setter
@@ -128,6 +129,7 @@ class EarlyExitLabeler(TrainablePipe):
             self._width = width_in_menu(value, self.width_multipliers)
         except ValueError as err:
             raise ValueError(f"'{self.name}': {err}") from err
+        self.operating_point = None
         if self.model.shims[0].is_ready:
             self._warn_if_not_rewired()
 
@@ -142,7 +144,8 @@ class EarlyExitLabeler(TrainablePipe):
     @property
     def exit_policy(self) -> ExitPolicy:
         """The exit policy used by `predict`. Assigning one checks it against
-        the encoder's depth as soon as the encoder is loaded."""
+        the encoder's depth as soon as the encoder is loaded, and leaves the
+        named operating point (`operating_point` becomes None)."""
         return self._exit_policy
 
     @exit_policy.setter
@@ -152,6 +155,7 @@ class EarlyExitLabeler(TrainablePipe):
         if self.model.shims[0].is_ready:
             self._check_policy_depth(policy)
         self._exit_policy = policy
+        self.operating_point = None
 
     def _check_policy_depth(self, policy: ExitPolicy) -> None:
         try:
@@ -289,14 +293,12 @@ class EarlyExitLabeler(TrainablePipe):
                 current = self.exit_policy if policy is None else self._set_policy(policy)
             if width is not None and width_in_menu(width, self.width_multipliers) != self.width:
                 self.width = width
-                self.operating_point = None
             yield current
         finally:
             self.exit_policy, self._width, self.operating_point = previous
 
     def _set_policy(self, policy: ExitPolicy) -> ExitPolicy:
         self.exit_policy = policy
-        self.operating_point = None
         return policy
 
     def _initialize_from(self, source: str) -> None:

@@ -2,6 +2,7 @@
 import json
 import warnings
 
+import numpy
 import pytest
 import spacy
 import torch
@@ -283,6 +284,43 @@ def test_operating_points_switch_width_and_policy_and_speedup_reflects_width(wid
     assert narrow["width"] == 0.25 and full["width"] == 1.0
     assert narrow["full_cost"] == full["full_cost"] and narrow["cost"] < full["cost"]
     assert narrow["speedup"] > full["speedup"] == pytest.approx(1.0)
+
+
+def test_setting_a_width_or_policy_by_hand_leaves_the_named_point(width_pipeline):
+    nlp = spacy.load(width_pipeline)
+    ner = nlp.get_pipe("earlyexit_ner")
+    ner.use("half")
+    ner.width = 1.0
+    assert ner.operating_point is None
+    ner.use("half")
+    ner.exit_policy = FullDepth()
+    assert ner.operating_point is None and ner.width == 0.5
+    ner.use("half")
+    with ner.using(FullDepth()):
+        assert ner.operating_point is None
+    assert ner.operating_point == "half" and isinstance(ner.exit_policy, TokenWindowExit)
+
+
+def test_narrow_predictions_follow_training_steps_of_the_components_optimizer(width_pipeline):
+    """Fused AdamW (the component's update) writes the weights without bumping
+    their versions: the packed copies of a narrow width must still follow."""
+    nlp = spacy.load(width_pipeline)
+    ner = nlp.get_pipe("earlyexit_ner")
+    ner.width = 0.5
+    texts = [text for text, _ in NER_DATA]
+    before = [d.label_probs for d in ner.predict([nlp.make_doc(t) for t in texts])]  # packs width 0.5
+    optimizer = nlp.resume_training()
+    optimizer.learn_rate = 0.02
+    for _ in range(5):
+        nlp.update(ner_examples(nlp), sgd=optimizer)
+    after = [d.label_probs for d in ner.predict([nlp.make_doc(t) for t in texts])]
+    fresh = spacy.util.load_model_from_config(nlp.config).from_bytes(nlp.to_bytes())
+    fresh_ner = fresh.get_pipe("earlyexit_ner")
+    fresh_ner.width = 0.5
+    expected = [d.label_probs for d in fresh_ner.predict([fresh.make_doc(t) for t in texts])]
+    assert any(not numpy.allclose(b, a, atol=1e-4) for b, a in zip(before, after))  # training changed them
+    for got, want in zip(after, expected):
+        numpy.testing.assert_allclose(got, want, atol=1e-5)
 
 
 def test_operating_point_with_width_round_trips_through_the_config(width_pipeline):
