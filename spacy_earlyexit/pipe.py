@@ -97,6 +97,11 @@ class EarlyExitLabeler(TrainablePipe):
         """Switch to a named operating point (calibrated, or "full"): its exit
         policy and its width (1.0 unless the point names one). Returns the
         policy. Nothing is retrained or reloaded."""
+        if not isinstance(operating_point, str):
+            raise TypeError(
+                f"'{self.name}': an operating point is a name such as 'full' or '2x', "
+                f"got {type(operating_point).__name__}."
+            )
         if operating_point == "full":
             policy: ExitPolicy = FullDepth()
             width = 1.0

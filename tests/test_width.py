@@ -343,6 +343,15 @@ def test_a_custom_width_menu_is_kept(width_pipeline, tmp_path):
         loaded.width = 0.25
 
 
+@pytest.mark.parametrize("bad", [["half"], None, 2])
+def test_an_operating_point_that_is_not_a_name_is_a_clear_error(width_pipeline, bad):
+    ner = spacy.load(width_pipeline).get_pipe("earlyexit_ner")
+    ner.use("half")
+    with pytest.raises(TypeError, match="operating point is a name"):
+        ner.use(bad)
+    assert ner.operating_point == "half" and ner.width == 0.5
+
+
 @pytest.mark.parametrize("bad", [0, 1.5, float("nan"), 0.3])
 def test_bad_widths_are_clear_errors_in_the_component(width_pipeline, bad):
     nlp = spacy.load(width_pipeline)
