@@ -76,7 +76,7 @@ EARLYEXIT_TRAINING = {"ner": ("training/ner", "training/ner-selfsample"),
 WIDTH_PIPELINES = {"ner": "training/ner-width-calibrated", "tag": "training/tagger-width-calibrated"}
 WIDTH_TRAINING = {task: stages + (f"training/{name}-width-distill", f"training/{name}-width")
                   for (task, stages), name in zip(EARLYEXIT_TRAINING.items(), ("ner", "tagger"))}
-WIDTH_POINTS = ("full", "4x", "5x", "4x-exit", "3x-width")
+WIDTH_POINTS = ("full", "4x", "5x", "6x", "4x-exit", "3x-width")
 
 
 def baseline_dir(output: Path, task: str, name: str) -> Path:
