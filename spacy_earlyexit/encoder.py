@@ -226,10 +226,10 @@ class MultiExitEncoder(nn.Module):
 
         Without autograd (inference), a narrower width runs on contiguous
         copies of its column slices (attention output, feed-forward output),
-        made once and kept until the weights change (a training step, which
-        calls `forget_packed_weights`, or any in-place change that bumps a
-        tensor's version): BLAS multiplies a strided slice about 1.5x slower
-        than a packed matrix."""
+        made once and kept until the weights change (an in-place change that
+        bumps a tensor's version, or the component's training step, which
+        calls `forget_packed_weights`): BLAS multiplies a strided slice about
+        1.5x slower than a packed matrix."""
         if width < 1.0 and not torch.is_grad_enabled():
             return self._packed_layer_weights(index, width)
         return self._sliced_layer_weights(index, width)
@@ -239,11 +239,6 @@ class MultiExitEncoder(nn.Module):
         weights without bumping their version (fused AdamW, Thinc's numpy
         update) must call this after every step."""
         self._packed.clear()
-
-    def train(self, mode: bool = True) -> "MultiExitEncoder":
-        if mode != self.training:  # entering or leaving training: the packed copies may be stale
-            self.forget_packed_weights()
-        return super().train(mode)
 
     def _packed_layer_weights(self, index: int, width: float) -> LayerWeights:
         view = self._views[index]

@@ -295,16 +295,14 @@ class EarlyExitLabeler(TrainablePipe):
             if isinstance(policy, str):
                 current = self.use(policy)
             else:
-                current = self.exit_policy if policy is None else self._set_policy(policy)
+                if policy is not None:
+                    self.exit_policy = policy
+                current = self.exit_policy
             if width is not None and width_in_menu(width, self.width_multipliers) != self.width:
                 self.width = width
             yield current
         finally:
             self.exit_policy, self._width, self.operating_point = previous
-
-    def _set_policy(self, policy: ExitPolicy) -> ExitPolicy:
-        self.exit_policy = policy
-        return policy
 
     def _initialize_from(self, source: str) -> None:
         import spacy

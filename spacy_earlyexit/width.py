@@ -157,4 +157,3 @@ def rewire(encoder: "MultiExitEncoder", importance: Importance) -> None:
         neuron_order = torch.argsort(importance.neurons[layer], descending=True, stable=True)
         permute_neurons(view, neuron_order.to(view.ff_in.weight.device))
     encoder.width_rewired = True
-    encoder.forget_packed_weights()
