@@ -244,6 +244,7 @@ def MultiExitTransformer(
     max_wordpieces: int = 256,
     case_features: bool = True,
     span_getter: Optional[SpanGetter] = None,
+    cut_context: int = 16,
     n_layers: Optional[int] = None,
     nO: Optional[int] = None,
 ) -> Model[List[Doc], Tuple[List[Floats3d], List[Ints1d]]]:
@@ -261,6 +262,11 @@ def MultiExitTransformer(
         casing (lower, Title, UPPER, mixed, none) to the encoder input, so that
         uncased encoders still see capitalization.
     span_getter: how docs are cut into context windows (whole docs by default).
+    cut_context: a span longer than max_wordpieces is read in windows that
+        overlap, so that every token is labelled with at least this many
+        wordpieces of context on each side (where its doc has them; capped at a
+        third of a sequence); 0 cuts it into disjoint windows (cheaper, but a
+        token next to a cut is read without context on that side).
     n_layers: keep only the first n layers of the pretrained encoder (static
         depth reduction, as DistilBERT-style truncation); None keeps them all.
     """
@@ -269,6 +275,8 @@ def MultiExitTransformer(
             f"max_wordpieces must be a whole number >= {MIN_WORDPIECES} (two special pieces "
             f"and one wordpiece), got {max_wordpieces!r}."
         )
+    if isinstance(cut_context, bool) or not isinstance(cut_context, int) or cut_context < 0:
+        raise ValueError(f"cut_context must be a whole number >= 0 (wordpieces), got {cut_context!r}.")
     if n_layers is not None and (isinstance(n_layers, bool) or not isinstance(n_layers, int) or n_layers < 1):
         raise ValueError(f"n_layers must be a whole number >= 1 or null (all layers), got {n_layers!r}.")
     shim = EarlyExitShim(head_dropout=head_dropout)
@@ -285,6 +293,7 @@ def MultiExitTransformer(
             "layer_weighting": layer_weighting,
             "max_wordpieces": max_wordpieces,
             "case_features": case_features,
+            "cut_context": cut_context,
             "n_layers": n_layers,
             # set by spaCy's `update(drop=...)` (thinc's set_dropout_rate);
             # None: the configured head dropout and the backbone's own
@@ -336,7 +345,10 @@ def check_wordpiece_budget(model: Model) -> None:
 def _plan(model: Model, docs: List[Doc]):
     shim: EarlyExitShim = model.shims[0]
     encoder = shim.encoder
-    return shim, encoder, plan_sequences(docs, shim.tokenizer, max_sequence_pieces(model), shim.span_getter)
+    plan = plan_sequences(
+        docs, shim.tokenizer, max_sequence_pieces(model), shim.span_getter, model.attrs.get("cut_context", 0)
+    )
+    return shim, encoder, plan
 
 
 def _sentence_groups(docs: List[Doc], plan, order: List[int]):

@@ -3,6 +3,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import numpy
 
+from spacy.attrs import ENT_IOB
 from spacy.language import Language
 from spacy.tokens import Doc, Span
 from spacy.training import Example
@@ -166,21 +167,16 @@ class EarlyExitNER(EarlyExitLabeler):
 
     def _annotate(self, doc: Doc, labels: List[str]) -> None:
         predicted = bio_tags_to_spans(doc, labels)
-        # tokens in an existing entity, or blocked (ent_iob B or I)
-        taken = [token.ent_iob in (1, 3) for token in doc]
-        if self.overwrite_ents or not any(taken):
+        # tokens in an existing entity, or blocked (ent_iob B or I); read as one
+        # array: a Token object per token costs more than the decoding itself
+        taken = numpy.isin(doc.to_array(ENT_IOB), (1, 3))
+        if self.overwrite_ents or not taken.any():
             doc.set_ents(predicted, default="outside")
             return
-        free = [span for span in predicted if not any(taken[span.start : span.end])]
+        free = [span for span in predicted if not taken[span.start : span.end].any()]
         doc.set_ents(free, default="unmodified")
-        missing: List[Span] = []
-        start = None
-        for token in doc:
-            if token.ent_iob == 0 and start is None:
-                start = token.i
-            elif token.ent_iob != 0 and start is not None:
-                missing.append(doc[start : token.i])
-                start = None
-        if start is not None:
-            missing.append(doc[start:])
+        # tokens that still have no annotation (ent_iob 0) are outside
+        unset = numpy.concatenate(([False], doc.to_array(ENT_IOB) == 0, [False])).astype("int8")
+        edges = numpy.flatnonzero(numpy.diff(unset))
+        missing = [doc[start:end] for start, end in zip(edges[::2].tolist(), edges[1::2].tolist())]
         doc.set_ents([], outside=missing, default="unmodified")

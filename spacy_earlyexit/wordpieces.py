@@ -13,7 +13,7 @@ than the limit.
 """
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy
 import torch
@@ -50,9 +50,9 @@ class EncoderSequence:
     doc_index: int
     tokens: numpy.ndarray  # doc token index of each word
     input_ids: List[int]  # with special pieces
-    piece_words: List[int]  # word index of each piece, -1 for specials
-    word_starts: List[int]  # position of each word's first piece
-    case_ids: List[int]  # casing class of each piece's word, 0 for specials
+    piece_words: numpy.ndarray  # word index of each piece, -1 for specials
+    word_starts: numpy.ndarray  # position of each word's first piece
+    case_ids: numpy.ndarray  # casing class of each piece's word, 0 for specials
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -127,10 +127,59 @@ def _cut_points(sizes: List[int], budget: int) -> List[int]:
     return cuts
 
 
+def _windows(sizes: numpy.ndarray, budget: int, context: int) -> List[Tuple[int, int]]:
+    """Windows (start, end) of consecutive words, each of at most `budget`
+    pieces, covering all words. Without `context`, balanced disjoint cuts;
+    with it, consecutive windows overlap by about 2 x `context` pieces, so a
+    token read from the window where it is most central has at least `context`
+    pieces on each side (capped at a third of the budget)."""
+    if not context or int(sizes.sum()) <= budget:
+        cuts = _cut_points(sizes.tolist(), budget)
+        return list(zip(cuts[:-1], cuts[1:]))
+    context = min(context, budget // 3)
+    ends = numpy.concatenate(([0], numpy.cumsum(sizes)))  # ends[w]: pieces before word w
+    n = len(sizes)
+    windows: List[Tuple[int, int]] = []
+    core, done = 0, 0  # the first word this window labels; words [0, done) are in a window
+    while done < n:
+        # start `context` pieces before the core (the last word boundary that far back)
+        start = max(0, min(core, int(numpy.searchsorted(ends, ends[core] - context, side="right")) - 1))
+        # but leave room for word `done`, the first one no window holds yet
+        start = max(start, int(numpy.searchsorted(ends, ends[done + 1] - budget, side="left")))
+        done = int(numpy.searchsorted(ends, ends[start] + budget, side="right")) - 1
+        windows.append((start, done))
+        # the next core: the words followed by fewer than `context` pieces here
+        core = max(core + 1, int(numpy.searchsorted(ends, ends[done] - context, side="right")) - 1)
+    return windows
+
+
 def _span_texts(span: Span) -> List[str]:
     """The texts of a span's tokens, looked up by their ORTH ids (no Token objects)."""
     strings = span.doc.vocab.strings
     return [strings[orth] for orth in span.doc.to_array(ORTH)[span.start : span.end].tolist()]
+
+
+def _word_pieces(encoded, index: int, n_words: int, unk: int, budget: int) -> Tuple[numpy.ndarray, numpy.ndarray]:
+    """The pieces of span `index`'s words, word after word, and each word's
+    count: a word the tokenizer maps to nothing gets the unknown piece, and one
+    with more than `budget` pieces keeps its first `budget`."""
+    ids = numpy.asarray(encoded["input_ids"][index], dtype="int64")
+    words = numpy.array(encoded.word_ids(index), dtype="float64")  # None (a special piece) -> nan
+    real = ~numpy.isnan(words)
+    ids, words = ids[real], words[real].astype("int64")
+    if len(words) > 1 and (numpy.diff(words) < 0).any():
+        order = numpy.argsort(words, kind="stable")
+        ids, words = ids[order], words[order]
+    sizes = numpy.bincount(words, minlength=n_words)
+    if (sizes > budget).any():
+        rank = numpy.arange(len(words)) - (numpy.cumsum(sizes) - sizes)[words]
+        ids = ids[rank < budget]
+        sizes = numpy.minimum(sizes, budget)
+    empty = numpy.flatnonzero(sizes == 0)
+    if len(empty):
+        ids = numpy.insert(ids, (numpy.cumsum(sizes) - sizes)[empty], unk)
+        sizes[empty] = 1
+    return ids, sizes
 
 
 def plan_sequences(
@@ -138,8 +187,13 @@ def plan_sequences(
     tokenizer,
     max_pieces: int,
     span_getter: Optional[SpanGetter] = None,
+    cut_context: int = 0,
 ) -> SequencePlan:
-    """Cut `docs` into wordpiece sequences of at most `max_pieces` pieces."""
+    """Cut `docs` into wordpiece sequences of at most `max_pieces` pieces: a
+    span longer than that is read in windows that overlap by about
+    2 x `cut_context` pieces (disjoint, balanced windows with 0), and each
+    token is labelled from the copy with the most context on its shorter side,
+    where a doc's own edges count as no missing context."""
     n_before, n_after = _special_layout(tokenizer)
     budget = piece_budget(tokenizer, max_pieces)
     unk = tokenizer.unk_token_id
@@ -159,33 +213,33 @@ def plan_sequences(
     plan.owner_sequence = [numpy.zeros(len(doc), dtype="int64") for doc in docs]
     plan.owner_word = [numpy.zeros(len(doc), dtype="int64") for doc in docs]
     for span_index, (doc_index, span) in enumerate(flat_spans):
-        pieces: List[List[int]] = [[] for _ in range(len(span))]
-        for piece, word in zip(encoded["input_ids"][span_index], encoded.word_ids(span_index)):
-            if word is not None:
-                pieces[word].append(piece)
-        pieces = [(p or [unk])[:budget] for p in pieces]
-        cuts = _cut_points([len(p) for p in pieces], budget)
-        for start, end in zip(cuts[:-1], cuts[1:]):
+        ids, sizes = _word_pieces(encoded, span_index, len(span), unk, budget)
+        offsets = numpy.concatenate(([0], numpy.cumsum(sizes)))
+        span_cases = numpy.asarray(cases[span_index], dtype="int64")
+        for start, end in _windows(sizes, budget, cut_context):
             seq_index = len(plan.sequences)
-            ids: List[int] = []
-            starts: List[int] = []
-            piece_words: List[int] = [-1] * n_before
-            piece_cases: List[int] = [0] * n_before
-            for w, word_pieces in enumerate(pieces[start:end]):
-                starts.append(n_before + len(ids))
-                ids.extend(word_pieces)
-                piece_words.extend([w] * len(word_pieces))
-                piece_cases.extend([cases[span_index][start + w]] * len(word_pieces))
-            piece_words.extend([-1] * n_after)
-            piece_cases.extend([0] * n_after)
+            first, last = int(offsets[start]), int(offsets[end])
+            word_sizes = sizes[start:end]
+            piece_words = numpy.concatenate(
+                (numpy.full(n_before, -1), numpy.repeat(numpy.arange(end - start), word_sizes), numpy.full(n_after, -1))
+            )
+            piece_cases = numpy.concatenate(
+                (numpy.zeros(n_before, "int64"), numpy.repeat(span_cases[start:end], word_sizes), numpy.zeros(n_after, "int64"))
+            )
             tokens = numpy.arange(span.start + start, span.start + end)
             plan.sequences.append(
                 EncoderSequence(
-                    doc_index, tokens, tokenizer.build_inputs_with_special_tokens(ids), piece_words, starts, piece_cases
+                    doc_index, tokens, tokenizer.build_inputs_with_special_tokens(ids[first:last].tolist()),
+                    piece_words, n_before + offsets[start:end] - first, piece_cases,
                 )
             )
             # the copy of a token with the most context in its sequence labels it
-            centrality = numpy.minimum(tokens - tokens[0], tokens[-1] - tokens)
+            # (pieces on its shorter side; a doc's own edge is no missing context)
+            window_ends = offsets[start : end + 1] - first
+            no_edge = numpy.full(len(tokens), max_pieces)
+            left = window_ends[:-1] if tokens[0] > 0 else no_edge
+            right = window_ends[-1] - window_ends[1:] if tokens[-1] < plan.n_tokens[doc_index] - 1 else no_edge
+            centrality = numpy.minimum(left, right)
             better = centrality > best_centrality[doc_index][tokens]
             chosen = tokens[better]
             best_centrality[doc_index][chosen] = centrality[better]
