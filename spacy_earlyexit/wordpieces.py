@@ -3,7 +3,9 @@
 Each doc is cut into spans by a span getter (spacy-transformers' getters work),
 each span's tokens are tokenized as pre-split words by the fast tokenizer (its
 `word_ids` give an exact token-to-wordpiece alignment), and spans longer than
-the encoder allows are cut at token boundaries into balanced pieces. Every
+the encoder allows are read in windows cut at token boundaries: windows that
+overlap, so that each token is labelled from a copy with context on both
+sides, or disjoint balanced ones (`cut_context` 0). Every
 token gets at least one wordpiece: one the tokenizer maps to nothing
 (whitespace, some control characters) is given the unknown-token piece, so no
 token is ever without a label or an exit layer. A single token with more
