@@ -134,7 +134,8 @@ def _windows(sizes: numpy.ndarray, budget: int, context: int) -> List[Tuple[int,
     pieces, covering all words. Without `context`, balanced disjoint cuts;
     with it, consecutive windows overlap by about 2 x `context` pieces, so a
     token read from the window where it is most central has at least `context`
-    pieces on each side (capped at a third of the budget)."""
+    pieces on each side (about: cuts fall on word boundaries; capped at a
+    third of the budget)."""
     if not context or int(sizes.sum()) <= budget:
         cuts = _cut_points(sizes.tolist(), budget)
         return list(zip(cuts[:-1], cuts[1:]))
