@@ -345,9 +345,7 @@ def check_wordpiece_budget(model: Model) -> None:
 def _plan(model: Model, docs: List[Doc]):
     shim: EarlyExitShim = model.shims[0]
     encoder = shim.encoder
-    plan = plan_sequences(
-        docs, shim.tokenizer, max_sequence_pieces(model), shim.span_getter, model.attrs.get("cut_context", 0)
-    )
+    plan = plan_sequences(docs, shim.tokenizer, max_sequence_pieces(model), shim.span_getter, model.attrs["cut_context"])
     return shim, encoder, plan
 
 

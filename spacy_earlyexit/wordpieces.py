@@ -223,12 +223,9 @@ def plan_sequences(
             seq_index = len(plan.sequences)
             first, last = int(offsets[start]), int(offsets[end])
             word_sizes = sizes[start:end]
-            piece_words = numpy.concatenate(
-                (numpy.full(n_before, -1), numpy.repeat(numpy.arange(end - start), word_sizes), numpy.full(n_after, -1))
-            )
-            piece_cases = numpy.concatenate(
-                (numpy.zeros(n_before, "int64"), numpy.repeat(span_cases[start:end], word_sizes), numpy.zeros(n_after, "int64"))
-            )
+            before, after = numpy.zeros(n_before, "int64"), numpy.zeros(n_after, "int64")
+            piece_words = numpy.concatenate((before - 1, numpy.repeat(numpy.arange(end - start), word_sizes), after - 1))
+            piece_cases = numpy.concatenate((before, numpy.repeat(span_cases[start:end], word_sizes), after))
             tokens = numpy.arange(span.start + start, span.start + end)
             plan.sequences.append(
                 EncoderSequence(
