@@ -7,6 +7,7 @@ import pytest
 import spacy
 
 from spacy_earlyexit.calibrate import simulate, simulated_score, trace, Candidate
+from spacy_earlyexit import decoding
 from spacy_earlyexit.decoding import bio_transitions, viterbi
 from spacy_earlyexit.layer import DocExits
 
@@ -65,6 +66,46 @@ def test_viterbi_keeps_a_valid_argmax():
     probs = numpy.array([[0.1, 0.8, 0.05, 0.03, 0.02], [0.1, 0.1, 0.7, 0.05, 0.05], [0.9, 0.02, 0.04, 0.02, 0.02]])
     start, step = bio_transitions(LABELS)
     assert viterbi([probs], start, step)[0].tolist() == probs.argmax(1).tolist()
+
+
+def _whole_doc_viterbi(probs: numpy.ndarray) -> numpy.ndarray:
+    start, step = bio_transitions(LABELS)
+    return decoding._decode_all([probs], [start], decoding._bio_shape(step))[0]
+
+
+@pytest.mark.parametrize("margin", [0, 1, 4])
+def test_region_decoding_equals_whole_doc_viterbi(monkeypatch, margin):
+    """Decoding only around forbidden moves gives the whole-doc optimum, for
+    docs from nearly certain (few forbidden moves) to diffuse (many, and
+    regions that do not join their neighbours, decoded whole)."""
+    monkeypatch.setattr(decoding, "_REGION_MARGIN", margin)
+    rng = numpy.random.default_rng(margin)
+    start, step = bio_transitions(LABELS)
+    docs = [rng.dirichlet(numpy.full(len(LABELS), alpha), size=n)
+            for alpha in (0.05, 0.3, 1.0, 3.0) for n in rng.integers(1, 80, size=60)]
+    decoded = viterbi(docs, start, step)
+    changed = 0
+    for probs, ids in zip(docs, decoded):
+        assert _valid(ids)
+        assert ids.tolist() == _whole_doc_viterbi(probs).tolist()
+        changed += ids.tolist() != probs.argmax(1).tolist()
+    assert changed > 50  # the check covers docs that decoding changes
+
+
+def test_a_region_that_does_not_join_its_neighbours_falls_back_to_the_whole_doc():
+    # argmax: O I-LOC I-LOC I-LOC I-LOC I-LOC I-LOC: forbidden only at the
+    # start; cheapest inside [0, 6) is to turn the weak I-LOCs into O, which
+    # leaves I-LOC after O at the region's right edge
+    o, b_loc, i_loc = LABELS.index("O"), LABELS.index("B-LOC"), LABELS.index("I-LOC")
+    probs = numpy.full((7, len(LABELS)), 0.05)
+    probs[0, [o, b_loc]] = [0.75, 0.05]
+    probs[1:, [o, i_loc]] = [0.38, 0.42]
+    probs[:, b_loc] = [0.05, 0.02, 0.02, 0.02, 0.02, 0.02, 0.02]
+    probs /= probs.sum(1, keepdims=True)
+    start, step = bio_transitions(LABELS)
+    region = decoding._decode_all([probs[:6]], [start], decoding._bio_shape(step))[0]
+    assert not step[region[-1], i_loc]  # the region alone would not join
+    assert viterbi([probs], start, step)[0].tolist() == _brute_force(probs).tolist()
 
 
 def _exits(probs: numpy.ndarray) -> DocExits:
