@@ -322,6 +322,13 @@ class MultiExitEncoder(nn.Module):
 
     def _attention_output_and_ffn(self, view: LayerView, w: LayerWeights, states: Tensor, context: Tensor) -> Tensor:
         """Output projection, residual + LayerNorm, feed-forward, residual + LayerNorm."""
+        if not (self.training or torch.is_grad_enabled()):
+            # inference: residuals added in place into the fresh products (the
+            # same sums; two fewer [q, d] tensors to allocate and write per layer)
+            attn = F.linear(context, *w.o)
+            attn = view.attn_norm(attn.add_(states))
+            ff = F.linear(view.act(F.linear(attn, *w.ff_in)), *w.ff_out)
+            return view.ff_norm(ff.add_(attn))
         attn = F.linear(context, *w.o)
         if view.attn_output_dropout:
             attn = F.dropout(attn, self.hidden_dropout, self.training)
