@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from .cost import LayerCost
 from .objective import SampledExits, layer_loss_weights  # noqa: F401  (layer_loss_weights: import path kept)
 from .policies import ExitPolicy, FullDepth
+from .projections import InferenceLayer, inference_layer
 from .width import check_width, kept
 
 
@@ -146,6 +147,14 @@ def _masked_heads(context: Tensor, head_mask: Optional[Tensor]) -> Tensor:
     return context if head_mask is None else context * head_mask[None, :, None, None]
 
 
+def _inference_output_and_ffn(view: LayerView, layer: InferenceLayer, states: Tensor, context: Tensor) -> Tensor:
+    """`_attention_output_and_ffn` without dropout, on the packed projections:
+    residuals (and GELU, where oneDNN fuses it) inside the products."""
+    attn = view.attn_norm(layer.o.plus(context, states))
+    inner = layer.ff_in(attn, gelu=True) if layer.fused_gelu else view.act(layer.ff_in(attn))
+    return view.ff_norm(layer.ff_out.plus(inner, attn))
+
+
 def _config_value(config, *names, default=None):
     for name in names:
         value = getattr(config, name, None)
@@ -199,8 +208,10 @@ class MultiExitEncoder(nn.Module):
         self.layer_cost = LayerCost(self.hidden_size, self.ff_size, n_labels, self.n_heads)
         #: whether heads and neurons were permuted by importance (width.rewire)
         self.width_rewired = False
-        #: (layer, width) -> (weights' identity and version, packed LayerWeights), see layer_weights
-        self._packed: Dict[Tuple[int, float], Tuple[tuple, "LayerWeights"]] = {}
+        #: whether inference fuses its products with oneDNN where torch can (projections.py)
+        self.use_onednn = True
+        #: (layer, width) -> (weights' identity and version, InferenceLayer), see inference_layer
+        self._packed: Dict[Tuple[int, float], Tuple[tuple, InferenceLayer]] = {}
         # Uncased encoders cannot see capitalization: a small embedding of each
         # word's casing class is added to the embedding output. It starts at
         # zero, so training starts from the unchanged pretrained model.
@@ -221,39 +232,39 @@ class MultiExitEncoder(nn.Module):
         return list(self._views)
 
     def layer_weights(self, index: int, width: float = 1.0) -> LayerWeights:
-        """The weights layer `index` runs with at `width`: its first heads and
-        neurons (all of them, the parameters themselves, at width 1).
-
-        Without autograd (inference), a narrower width runs on contiguous
-        copies of its column slices (attention output, feed-forward output),
-        made once and kept until the weights change (an in-place change that
-        bumps a tensor's version, or the component's training step, which
-        calls `forget_packed_weights`): BLAS multiplies a strided slice about
-        1.5x slower than a packed matrix."""
-        if width < 1.0 and not torch.is_grad_enabled():
-            return self._packed_layer_weights(index, width)
+        """The weights layer `index` runs with at `width` in training: its
+        first heads and neurons, as views of the parameters (no copies)."""
         return self._sliced_layer_weights(index, width)
 
-    def forget_packed_weights(self) -> None:
-        """Drop the packed copies of narrow widths. Optimizers that write the
-        weights without bumping their version (fused AdamW, Thinc's numpy
-        update) must call this after every step."""
-        self._packed.clear()
-
-    def _packed_layer_weights(self, index: int, width: float) -> LayerWeights:
+    def inference_layer(self, index: int, width: float = 1.0) -> InferenceLayer:
+        """The projections layer `index` runs with at `width` without autograd:
+        packed (and on oneDNN CPUs prepacked and fused) once, and kept until
+        the weights change (a new tensor or an in-place change that bumps its
+        version; optimizers that write without bumping it call
+        `forget_packed_weights`)."""
         view = self._views[index]
-        sources = (view.o.weight, view.ff_out.weight)
-        stamp = tuple((p.data_ptr(), p._version) for p in sources)
+        linears = (view.q, view.k, view.v, view.o, view.ff_in, view.ff_out)
+        stamp = (self.use_onednn,) + tuple(
+            (p.data_ptr(), p._version) for linear in linears for p in (linear.weight, linear.bias) if p is not None
+        )
         cached = self._packed.get((index, width))
         if cached is not None and cached[0] == stamp:
             return cached[1]
-        sliced = self._sliced_layer_weights(index, width)
-        packed = LayerWeights(
-            sliced.n_heads, sliced.q, sliced.k, sliced.v,
-            (sliced.o[0].contiguous(), sliced.o[1]), sliced.ff_in, (sliced.ff_out[0].contiguous(), sliced.ff_out[1]),
-        )
-        self._packed[(index, width)] = (stamp, packed)
-        return packed
+        w = self._sliced_layer_weights(index, width)
+        layer = inference_layer(w.n_heads, w.q, w.k, w.v, w.o, w.ff_in, w.ff_out, view.act, self.use_onednn)
+        self._packed[(index, width)] = (stamp, layer)
+        return layer
+
+    def forget_packed_weights(self) -> None:
+        """Drop the packed inference copies. Optimizers that write the weights
+        without bumping their version (fused AdamW, Thinc's numpy update) must
+        call this after every step."""
+        self._packed.clear()
+
+    def __getstate__(self):
+        state = dict(super().__getstate__())
+        state["_packed"] = {}  # copies and pickles carry the weights, not their packed forms
+        return state
 
     def _sliced_layer_weights(self, index: int, width: float) -> LayerWeights:
         view = self._views[index]
@@ -285,12 +296,29 @@ class MultiExitEncoder(nn.Module):
         saves and the layer runs densely, keeping inactive pieces unchanged.
         Returns a new hidden tensor in training (autograd), else updates in place."""
         view = self._views[index]
-        w = self.layer_weights(index, width)
         B, T, d = hidden.shape
-        H, dh = w.n_heads, self.head_size
+        inference = not (self.training or torch.is_grad_enabled())
+        if inference:
+            layer = self.inference_layer(index, width)
+            H, project_queries = layer.n_heads, layer.q
+            keys, values = layer.kv(hidden).chunk(2, dim=-1)
+
+            def finish(states: Tensor, context: Tensor) -> Tensor:
+                return _inference_output_and_ffn(view, layer, states, context)
+        else:
+            w = self.layer_weights(index, width)
+            H = w.n_heads
+            keys, values = F.linear(hidden, *w.k), F.linear(hidden, *w.v)
+
+            def project_queries(states: Tensor) -> Tensor:
+                return F.linear(states, *w.q)
+
+            def finish(states: Tensor, context: Tensor) -> Tensor:
+                return self._attention_output_and_ffn(view, w, states, context)
+        dh = self.head_size
         inner = H * dh
-        keys = F.linear(hidden, *w.k).view(B, T, H, dh).transpose(1, 2)
-        values = F.linear(hidden, *w.v).view(B, T, H, dh).transpose(1, 2)
+        keys = keys.view(B, T, H, dh).transpose(1, 2)
+        values = values.view(B, T, H, dh).transpose(1, 2)
         n_real = int(piece_mask.sum())
         # without padding, no mask: SDPA can take its fastest kernel
         mask = None if n_real == B * T else piece_mask[:, None, None, :]
@@ -298,15 +326,15 @@ class MultiExitEncoder(nn.Module):
         n_active = int(active.sum())
         if n_active >= self.DENSE_FRACTION * B * T:
             # (nearly) everything active: one dense pass, as Hugging Face does
-            queries = F.linear(hidden, *w.q).view(B, T, H, dh).transpose(1, 2)
+            queries = project_queries(hidden).view(B, T, H, dh).transpose(1, 2)
             context = F.scaled_dot_product_attention(queries, keys, values, attn_mask=mask, dropout_p=dropout)
             context = _masked_heads(context, head_mask).transpose(1, 2).reshape(B, T, inner)
-            out = self._attention_output_and_ffn(view, w, hidden, context)
+            out = finish(hidden, context)
             # padding states are never read (masked as keys, never a word's state)
             return out if n_active == n_real else torch.where(active[..., None], out, hidden)
         rows, cols = active.nonzero(as_tuple=True)
         packed = hidden[rows, cols]  # [q, d]
-        queries = F.linear(packed, *w.q)
+        queries = project_queries(packed)
         ranks = (active.cumsum(1) - 1)[rows, cols]
         q_len = int(active.sum(1).max())
         padded_q = queries.new_zeros(B, q_len, inner)
@@ -314,21 +342,15 @@ class MultiExitEncoder(nn.Module):
         padded_q = padded_q.view(B, q_len, H, dh).transpose(1, 2)
         context = F.scaled_dot_product_attention(padded_q, keys, values, attn_mask=mask, dropout_p=dropout)
         context = _masked_heads(context, head_mask).transpose(1, 2).reshape(B, q_len, inner)[rows, ranks]
-        out = self._attention_output_and_ffn(view, w, packed, context)
+        out = finish(packed, context)
         if torch.is_grad_enabled():
             return hidden.index_put((rows, cols), out)
-        hidden[rows, cols] = out  # inference: update in place
+        hidden[rows, cols] = out  # no autograd: update in place
         return hidden
 
     def _attention_output_and_ffn(self, view: LayerView, w: LayerWeights, states: Tensor, context: Tensor) -> Tensor:
-        """Output projection, residual + LayerNorm, feed-forward, residual + LayerNorm."""
-        if not (self.training or torch.is_grad_enabled()):
-            # inference: residuals added in place into the fresh products (the
-            # same sums; two fewer [q, d] tensors to allocate and write per layer)
-            attn = F.linear(context, *w.o)
-            attn = view.attn_norm(attn.add_(states))
-            ff = F.linear(view.act(F.linear(attn, *w.ff_in)), *w.ff_out)
-            return view.ff_norm(ff.add_(attn))
+        """Output projection, residual + LayerNorm, feed-forward, residual +
+        LayerNorm, with dropout (training)."""
         attn = F.linear(context, *w.o)
         if view.attn_output_dropout:
             attn = F.dropout(attn, self.hidden_dropout, self.training)
@@ -481,7 +503,7 @@ class MultiExitEncoder(nn.Module):
                 keep = running.nonzero(as_tuple=True)[0]
                 t_len = int(piece_mask[keep].sum(1).max())
                 w_len = int(word_mask[keep].sum(1).max())
-                rows, hidden = rows[keep], hidden[keep, :t_len]
+                rows, hidden = rows[keep], hidden[keep, :t_len].contiguous()
                 piece_mask, piece_words = piece_mask[keep, :t_len], piece_words[keep, :t_len]
                 word_starts, word_mask = word_starts[keep, :w_len], word_mask[keep, :w_len]
                 word_active, run_unc = word_active[keep, :w_len], run_unc[keep, :w_len]

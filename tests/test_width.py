@@ -1,5 +1,7 @@
 """Adaptive width (DynaBERT): rewiring, width slicing, cost, the component's menu."""
+import copy
 import json
+import pickle
 import warnings
 
 import numpy
@@ -117,29 +119,37 @@ def test_a_width_equals_the_full_model_with_the_rest_switched_off(width):
         assert torch.allclose(narrow, encoder(batch), atol=1e-5)
 
 
-def test_inference_at_a_width_packs_its_slices_and_follows_weight_changes():
+@pytest.mark.parametrize("width", [0.5, 1.0])
+def test_inference_packs_each_width_once_and_follows_weight_changes(width):
     encoder = four_head_encoder()
     batch = random_batch([7, 3, 5])
     with torch.no_grad():
-        packed = encoder.layer_weights(0, 0.5)
-        assert packed.o[0].is_contiguous() and packed.ff_out[0].is_contiguous()
-        assert torch.equal(packed.o[0], encoder.layer_views[0].o.weight[:, :12])
-        assert encoder.layer_weights(0, 0.5) is packed  # made once
-        first = encoder.predict(batch, FullDepth(), width=0.5).labels
+        packed = encoder.inference_layer(0, width)
+        assert packed.n_heads == kept(width, 4)
+        assert encoder.inference_layer(0, width) is packed  # made once
+        first = encoder.predict(batch, FullDepth(), width=width).labels
     # a training step changes the weights in place: the packed copies follow
     encoder.train()
     optimizer = torch.optim.SGD(encoder.parameters(), lr=10.0)
-    encoder(batch, width=0.5).pow(2).sum().backward()
+    encoder(batch, width=width).pow(2).sum().backward()
     optimizer.step()
     encoder.eval()
     with torch.no_grad():
-        assert encoder.layer_weights(0, 0.5) is not packed
-        assert torch.equal(encoder.layer_weights(0, 0.5).ff_out[0], encoder.layer_views[0].ff_out.weight[:, :24])
-        expected = encoder(batch, width=0.5)
+        assert encoder.inference_layer(0, width) is not packed
+        expected = encoder(batch, width=width)
     with torch.enable_grad():
-        unpacked = encoder(batch, width=0.5)  # autograd: the plain slices
+        unpacked = encoder(batch, width=width)  # autograd: the plain slices
     assert torch.allclose(expected, unpacked, atol=1e-5)
-    assert first.shape == encoder.predict(batch, FullDepth(), width=0.5).labels.shape
+    assert first.shape == encoder.predict(batch, FullDepth(), width=width).labels.shape
+
+
+def test_copies_of_an_encoder_leave_packed_weights_behind():
+    encoder = four_head_encoder()
+    with torch.no_grad():
+        encoder.predict(random_batch([4, 2]), FullDepth(), width=0.5)
+    assert encoder._packed
+    assert copy.deepcopy(encoder)._packed == {}
+    assert pickle.loads(pickle.dumps(encoder))._packed == {}
 
 
 def test_training_at_a_width_updates_only_what_it_keeps():
