@@ -59,8 +59,7 @@ def main(argv=None) -> None:
                 docs = list(nlp.pipe(docs, batch_size=args.batch_size))
                 seconds[run].append(time.perf_counter() - start)
             if round_index == 0:
-                attr = "ENT_IOB" if name.endswith("ner") else "TAG"
-                labels[run] = [[t.ent_type_ + t.ent_iob_ if attr == "ENT_IOB" else t.tag_ for t in doc] for doc in docs]
+                labels[run] = [[(t.ent_iob_, t.ent_type_, t.tag_) for t in doc] for doc in docs]
             print(f"[round {round_index + 1}/{args.rounds}] {_label(run)}: {n_words / seconds[run][-1]:,.0f} words/s",
                   flush=True)
     full_fused, full_plain = ("full", None, True), ("full", None, False)

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import spacy
 import torch
-from spacy.training import Example
 from transformers import AutoTokenizer, BertConfig, BertModel
 
 from spacy_earlyexit.benchmark import corpus_examples, fresh_copy
@@ -60,9 +59,7 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for shape in args.shapes.split(","):
             layers, hidden = (int(v) for v in shape.split("x"))
-            blank = spacy.blank("en")
-            examples = corpus_examples(blank, args.corpus, args.limit)
-            examples = [Example(fresh_copy(eg.predicted), eg.reference) for eg in examples]
+            examples = corpus_examples(spacy.blank("en"), args.corpus, args.limit)  # unannotated inputs
             nlp = build_pipeline(Path(tmp) / shape, layers, hidden, examples)
             component = nlp.get_pipe("earlyexit_ner")
             docs = [fresh_copy(eg.predicted, nlp.vocab) for eg in examples]

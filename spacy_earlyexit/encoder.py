@@ -234,7 +234,13 @@ class MultiExitEncoder(nn.Module):
     def layer_weights(self, index: int, width: float = 1.0) -> LayerWeights:
         """The weights layer `index` runs with at `width` in training: its
         first heads and neurons, as views of the parameters (no copies)."""
-        return self._sliced_layer_weights(index, width)
+        view = self._views[index]
+        heads, neurons = kept(width, self.n_heads), kept(width, self.ff_size)
+        inner = heads * self.head_size
+        return LayerWeights(
+            heads, _rows(view.q, inner), _rows(view.k, inner), _rows(view.v, inner),
+            _columns(view.o, inner), _rows(view.ff_in, neurons), _columns(view.ff_out, neurons),
+        )
 
     def inference_layer(self, index: int, width: float = 1.0) -> InferenceLayer:
         """The projections layer `index` runs with at `width` without autograd:
@@ -250,7 +256,7 @@ class MultiExitEncoder(nn.Module):
         cached = self._packed.get((index, width))
         if cached is not None and cached[0] == stamp:
             return cached[1]
-        w = self._sliced_layer_weights(index, width)
+        w = self.layer_weights(index, width)
         layer = inference_layer(w.n_heads, w.q, w.k, w.v, w.o, w.ff_in, w.ff_out, view.act, self.use_onednn)
         self._packed[(index, width)] = (stamp, layer)
         return layer
@@ -265,15 +271,6 @@ class MultiExitEncoder(nn.Module):
         state = dict(super().__getstate__())
         state["_packed"] = {}  # copies and pickles carry the weights, not their packed forms
         return state
-
-    def _sliced_layer_weights(self, index: int, width: float) -> LayerWeights:
-        view = self._views[index]
-        heads, neurons = kept(width, self.n_heads), kept(width, self.ff_size)
-        inner = heads * self.head_size
-        return LayerWeights(
-            heads, _rows(view.q, inner), _rows(view.k, inner), _rows(view.v, inner),
-            _columns(view.o, inner), _rows(view.ff_in, neurons), _columns(view.ff_out, neurons),
-        )
 
     # -- one layer over the active pieces -------------------------------------
     def _run_layer(

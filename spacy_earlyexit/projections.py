@@ -96,8 +96,13 @@ class InferenceLayer:
     fused_gelu: bool  # whether ff_in applies the layer's activation itself
 
 
-def _cat(parts):
-    return None if any(p is None for p in parts) else torch.cat(parts)
+def _stacked(*pairs):
+    """One (weight, bias) from several stacked by rows; a missing bias is
+    zeros beside a present one, and None only when every bias is missing."""
+    weight = torch.cat([w for w, _ in pairs])
+    if all(b is None for _, b in pairs):
+        return weight, None
+    return weight, torch.cat([w.new_zeros(w.shape[0]) if b is None else b for w, b in pairs])
 
 
 def inference_layer(n_heads: int, q, k, v, o, ff_in, ff_out, activation, onednn: bool = True) -> InferenceLayer:
@@ -107,7 +112,7 @@ def inference_layer(n_heads: int, q, k, v, o, ff_in, ff_out, activation, onednn:
     return InferenceLayer(
         n_heads,
         Projection(*q, onednn),
-        Projection(torch.cat([k[0], v[0]]), _cat([k[1], v[1]]), onednn),
+        Projection(*_stacked(k, v), onednn),
         Projection(*o, onednn),
         Projection(*ff_in, onednn),
         Projection(*ff_out, onednn),

@@ -68,3 +68,17 @@ def test_switching_onednn_off_by_environment(monkeypatch):
     monkeypatch.setattr(projections, "_onednn", None)
     monkeypatch.delenv("SPACY_EARLYEXIT_ONEDNN")
     assert projections.onednn_available() == projections._onednn_matches_linear()
+
+
+@pytest.mark.parametrize("onednn", ONEDNN)
+def test_keys_and_values_keep_a_bias_only_one_of_them_has(onednn):
+    torch.manual_seed(0)
+    d, inner = 8, 4
+    k, v = (torch.randn(inner, d), torch.randn(inner)), (torch.randn(inner, d), None)
+    layer = projections.inference_layer(1, (k[0], None), k, v, (torch.randn(d, inner), None),
+                                        (torch.randn(6, d), None), (torch.randn(d, 6), None), F.gelu, onednn)
+    x = torch.randn(3, d)
+    with torch.inference_mode():
+        keys, values = layer.kv(x).chunk(2, dim=-1)
+    assert torch.allclose(keys, F.linear(x, *k), atol=1e-5)
+    assert torch.allclose(values, F.linear(x, v[0]), atol=1e-5)
