@@ -4,6 +4,7 @@ mixed-length docs? Counts the tokens that differ, on real sentences.
     python benchmarks/batch_invariance.py PIPELINE CORPUS.spacy [--sentences 500]
         [--policy token_window] [--threshold 0.3] [--window 2]
 """
+
 import argparse
 import random
 
@@ -11,7 +12,7 @@ import spacy
 from spacy.tokens import DocBin
 
 from spacy_earlyexit import make_policy
-from spacy_earlyexit.pipe import EarlyExitLabeler
+from spacy_earlyexit.pipeline.labeler import EarlyExitLabeler
 
 
 def main() -> None:
@@ -41,9 +42,11 @@ def main() -> None:
         for a, b in zip(a_doc, b_doc):
             differ["labels"] += (a.ent_iob_, a.ent_type_, a.tag_) != (b.ent_iob_, b.ent_type_, b.tag_)
             differ["exit_layers"] += a._.exit_layer != b._.exit_layer
-    print(f"{len(texts)} sentences, {n_tokens} tokens, policy {args.policy} {params}: "
-          f"{differ['labels']} tokens with a different label, {differ['exit_layers']} with a different exit layer "
-          "(alone vs. batches of 64)")
+    print(
+        f"{len(texts)} sentences, {n_tokens} tokens, policy {args.policy} {params}: "
+        f"{differ['labels']} tokens with a different label, {differ['exit_layers']} with a different exit layer "
+        "(alone vs. batches of 64)"
+    )
 
 
 if __name__ == "__main__":

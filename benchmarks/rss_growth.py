@@ -13,6 +13,7 @@ the end, the growth in % (goal: under 5 %), the trend after the warm-up (the
 least-squares slope, MiB per 10,000 docs: one sample is noisy, as the allocator
 holds more or less memory after batches of different shapes), and words/s.
 """
+
 import argparse
 import json
 import math
@@ -27,7 +28,7 @@ import spacy
 import spacy_earlyexit  # noqa: F401  registers the factories
 
 SYLLABLES = ["ka", "lo", "mi", "ren", "to", "sa", "vu", "el", "dan", "ri", "os", "bel", "ta", "ne", "gor", "lin"]
-PUNCT = [",", ".", "(", ")", "-", ":", "'s", "\""]
+PUNCT = [",", ".", "(", ")", "-", ":", "'s", '"']
 
 
 def rss_mb() -> float:
@@ -90,9 +91,9 @@ def stream_texts(sentences: List[List[str]], n_docs: int, heaps_k: float, seed: 
         words = list(sentences[order[i % len(order)]])
         while len(words) < length:
             start = rng.randrange(len(pool))
-            words += pool[start:start + length - len(words)]
+            words += pool[start : start + length - len(words)]
         start = rng.randint(0, len(words) - length)
-        words = words[start:start + length]
+        words = words[start : start + length]
         n_tokens += length
         while n_new < heaps_k * math.sqrt(n_tokens):
             word = pseudo_word(100_000 + n_new)
@@ -119,17 +120,30 @@ def main() -> None:
     warmup -= warmup % args.every  # on a sample
     nlp = spacy.load(args.pipeline)
     sentences = base_sentences(args.corpus, random.Random(0))
-    samples: List[Dict[str, Any]] = [{"docs": 0, "words": 0, "seconds": 0.0, "rss_mb": rss_mb(),
-                                      "n_strings": len(nlp.vocab.strings)}]
+    samples: List[Dict[str, Any]] = [
+        {"docs": 0, "words": 0, "seconds": 0.0, "rss_mb": rss_mb(), "n_strings": len(nlp.vocab.strings)}
+    ]
     n_words = 0
     start = time.perf_counter()
-    for i, doc in enumerate(nlp.pipe(stream_texts(sentences, args.docs, args.heaps_k), batch_size=args.batch_size), start=1):
+    for i, doc in enumerate(
+        nlp.pipe(stream_texts(sentences, args.docs, args.heaps_k), batch_size=args.batch_size), start=1
+    ):
         n_words += len(doc)
         if i % args.every == 0 or i == args.docs:
-            samples.append({"docs": i, "words": n_words, "seconds": time.perf_counter() - start, "rss_mb": rss_mb(),
-                            "n_strings": len(nlp.vocab.strings)})
-            print(f"{i:>7} docs  {samples[-1]['rss_mb']:8.1f} MiB  {samples[-1]['n_strings']:>8} strings  "
-                  f"{n_words / samples[-1]['seconds']:,.0f} words/s", flush=True)
+            samples.append(
+                {
+                    "docs": i,
+                    "words": n_words,
+                    "seconds": time.perf_counter() - start,
+                    "rss_mb": rss_mb(),
+                    "n_strings": len(nlp.vocab.strings),
+                }
+            )
+            print(
+                f"{i:>7} docs  {samples[-1]['rss_mb']:8.1f} MiB  {samples[-1]['n_strings']:>8} strings  "
+                f"{n_words / samples[-1]['seconds']:,.0f} words/s",
+                flush=True,
+            )
     base = next(s for s in samples if s["docs"] >= warmup)
     end = samples[-1]
     growth = 100 * (end["rss_mb"] - base["rss_mb"]) / base["rss_mb"]
@@ -139,20 +153,33 @@ def main() -> None:
     slope = 1e4 * sum((x - mean_x) * (y - mean_y) for x, y in after) / var_x if var_x else None
     steady_wps = (end["words"] - base["words"]) / (end["seconds"] - base["seconds"]) if end is not base else None
     result = {
-        "pipeline": args.pipeline, "corpus": str(args.corpus) if args.corpus else None, "docs": args.docs,
-        "words": n_words, "batch_size": args.batch_size, "heaps_k": args.heaps_k, "warmup_docs": base["docs"],
-        "cores": len(os.sched_getaffinity(0)), "torch_threads": torch.get_num_threads(),
-        "rss_start_mb": samples[0]["rss_mb"], "rss_after_warmup_mb": base["rss_mb"], "rss_end_mb": end["rss_mb"],
-        "rss_peak_mb": max(s["rss_mb"] for s in samples), "growth_pct": growth, "under_5pct": growth < 5,
+        "pipeline": args.pipeline,
+        "corpus": str(args.corpus) if args.corpus else None,
+        "docs": args.docs,
+        "words": n_words,
+        "batch_size": args.batch_size,
+        "heaps_k": args.heaps_k,
+        "warmup_docs": base["docs"],
+        "cores": len(os.sched_getaffinity(0)),
+        "torch_threads": torch.get_num_threads(),
+        "rss_start_mb": samples[0]["rss_mb"],
+        "rss_after_warmup_mb": base["rss_mb"],
+        "rss_end_mb": end["rss_mb"],
+        "rss_peak_mb": max(s["rss_mb"] for s in samples),
+        "growth_pct": growth,
+        "under_5pct": growth < 5,
         "slope_mb_per_10k_docs_after_warmup": slope,
-        "words_per_second": n_words / end["seconds"], "words_per_second_after_warmup": steady_wps,
+        "words_per_second": n_words / end["seconds"],
+        "words_per_second_after_warmup": steady_wps,
         "samples": samples,
     }
-    print(f"\nRSS after {base['docs']} docs (warm-up): {base['rss_mb']:.1f} MiB; after {end['docs']}: "
-          f"{end['rss_mb']:.1f} MiB; growth {growth:+.2f} % ({'under' if growth < 5 else 'NOT under'} 5 %); "
-          f"trend {'n/a' if slope is None else format(slope, '+.1f')} MiB per 10k docs; "
-          f"strings {base['n_strings']} -> {end['n_strings']}; {result['words_per_second']:,.0f} words/s "
-          f"({n_words:,} words, {args.docs} docs, torch threads {result['torch_threads']})")
+    print(
+        f"\nRSS after {base['docs']} docs (warm-up): {base['rss_mb']:.1f} MiB; after {end['docs']}: "
+        f"{end['rss_mb']:.1f} MiB; growth {growth:+.2f} % ({'under' if growth < 5 else 'NOT under'} 5 %); "
+        f"trend {'n/a' if slope is None else format(slope, '+.1f')} MiB per 10k docs; "
+        f"strings {base['n_strings']} -> {end['n_strings']}; {result['words_per_second']:,.0f} words/s "
+        f"({n_words:,} words, {args.docs} docs, torch threads {result['torch_threads']})"
+    )
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(result, indent=2) + "\n", encoding="utf8")

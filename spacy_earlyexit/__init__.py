@@ -1,28 +1,34 @@
 """spacy-earlyexit: transformer sequence labelling for spaCy where each token
-leaves the network as soon as its label is certain."""
-import os
+leaves the network as soon as its label is certain.
 
-# oneDNN (torch's CPU kernels) compiles and caches one kernel per tensor shape,
-# 1,024 of them by default. Early exit keeps changing the shapes (packed active
-# pieces, finished rows dropped), so that cache kept growing the resident
-# memory by about 190 MiB per 10,000 docs; 8 entries keep it flat (measured by
-# benchmarks/rss_growth.py). Set before any oneDNN kernel runs; a value the
-# user set wins.
-os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "8")
+Importing the package registers its components, architectures, policies,
+schedule and extensions, and does nothing else: transformers loads when an
+encoder is loaded, and a model's process settings (oneDNN's kernel cache,
+torch threads in forked workers) are made when a model is built.
+"""
 
-from .encoder import EncoderBatch, ExitOutput, MultiExitEncoder
-from .extensions import register_extensions
-from .layer import MultiExitTransformer
-from .ner import EarlyExitNER, make_earlyexit_ner
-from .policies import ExitPolicy, FixedDepth, FullDepth, SentenceExit, TokenWindowExit
-from .registrations import make_policy
-from .render import render, serve
-from . import training_plan  # noqa: F401  registers the schedule
-from .tagger import EarlyExitTagger, make_earlyexit_tagger
+from .core.batch import EncoderBatch, ExitOutput
+from .core.encoder import MultiExitEncoder
+from .core.policies import ExitPolicy, FixedDepth, FullDepth, SentenceExit, TokenWindowExit, make_policy
+from .pipeline import architectures  # noqa: F401  registers every function
+from .pipeline.architectures import MultiExitTransformer
+from .pipeline.extensions import register_extensions
+from .pipeline.ner import EarlyExitNER, make_earlyexit_ner
+from .pipeline.tagger import EarlyExitTagger, make_earlyexit_tagger
 
 __version__ = "0.1.0"
 
 register_extensions()
+
+
+def __getattr__(name: str):
+    # the exit view is a tool: imported when asked for
+    if name in ("render", "serve"):
+        from .tools import render as view
+
+        return getattr(view, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "EarlyExitNER",

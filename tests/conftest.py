@@ -1,4 +1,5 @@
 """Fixtures: tiny randomly initialized encoders saved as local model directories."""
+
 import string
 from pathlib import Path
 
@@ -23,8 +24,13 @@ def make_tiny_bert_dir(path: Path, hidden: int = 32, layers: int = 3, heads: int
     tokenizer = BertTokenizerFast(vocab_file=str(path / "vocab.txt"), do_lower_case=True, model_max_length=64)
     tokenizer.save_pretrained(str(path))
     config = BertConfig(
-        vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-        intermediate_size=hidden * 2, max_position_embeddings=64, hidden_dropout_prob=0.0,
+        vocab_size=len(vocab),
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=hidden * 2,
+        max_position_embeddings=64,
+        hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
     )
     torch.manual_seed(seed)
@@ -57,8 +63,14 @@ def tag_examples(nlp):
 
 
 def model_config(model_dir: Path, **extra) -> dict:
-    return {"model": {"@architectures": "spacy-earlyexit.MultiExitTransformer.v1", "name": str(model_dir),
-                      "max_wordpieces": 64, **extra}}
+    return {
+        "model": {
+            "@architectures": "spacy-earlyexit.MultiExitTransformer.v1",
+            "name": str(model_dir),
+            "max_wordpieces": 64,
+            **extra,
+        }
+    }
 
 
 def train(nlp, examples, steps: int = 60):

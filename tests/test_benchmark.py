@@ -1,11 +1,13 @@
 """The benchmark command on a tiny trained pipeline."""
+
 import json
 import subprocess
 import sys
 
 from spacy.tokens import DocBin
 
-from spacy_earlyexit.benchmark import OperatingPoint, run_benchmark
+from spacy_earlyexit.tools.benchmark import run_benchmark
+from spacy_earlyexit.tools.evaluation import OperatingPoint
 
 from .conftest import ner_examples
 
@@ -20,8 +22,10 @@ def test_run_benchmark_reports_every_point(trained_ner, tmp_path):
     corpus = _corpus(trained_ner, tmp_path / "dev.spacy")
 
     def points(n_layers):
-        return [OperatingPoint("token_window", {"threshold": 0.0, "window": 2}),
-                OperatingPoint("token_window", {"threshold": 1.01, "window": 1})]
+        return [
+            OperatingPoint("token_window", {"threshold": 0.0, "window": 2}),
+            OperatingPoint("token_window", {"threshold": 1.01, "window": 1}),
+        ]
 
     result = run_benchmark(str(tmp_path / "p"), str(corpus), points=points, batch_size=4, progress=lambda s: None)
     by_policy = {(p["policy"], p["params"].get("threshold")): p for p in result["points"]}
@@ -44,10 +48,24 @@ def test_benchmark_command_writes_json(trained_tagger, tmp_path):
     from .conftest import TAG_DATA
 
     DocBin(docs=[Example.from_dict(trained_tagger.make_doc(t), {"tags": g}).reference for t, g in TAG_DATA]).to_disk(
-        tmp_path / "c.spacy")
+        tmp_path / "c.spacy"
+    )
     out = tmp_path / "r.json"
-    cmd = [sys.executable, "-m", "spacy_earlyexit", "benchmark", str(tmp_path / "p"), str(tmp_path / "c.spacy"),
-           "--output", str(out), "--thresholds", "0.1,0.5", "--sentence-thresholds", "0.2", "--no-hf"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "spacy_earlyexit",
+        "benchmark",
+        str(tmp_path / "p"),
+        str(tmp_path / "c.spacy"),
+        "--output",
+        str(out),
+        "--thresholds",
+        "0.1,0.5",
+        "--sentence-thresholds",
+        "0.2",
+        "--no-hf",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "tag_acc" in proc.stdout and "token_window" in proc.stdout

@@ -1,12 +1,13 @@
 """The spaCy components: training, annotation, exit info, serialization, odd input."""
+
 import pickle
 
 import pytest
 import spacy
 from spacy.training import Example
 
-from spacy_earlyexit.hf_loading import EncoderLoadError
-from spacy_earlyexit.policies import FullDepth, TokenWindowExit
+from spacy_earlyexit.core.hf import EncoderLoadError
+from spacy_earlyexit.core.policies import FullDepth, TokenWindowExit
 
 from .conftest import NER_DATA, TAG_DATA, model_config, ner_examples, tag_examples, train
 
@@ -104,7 +105,9 @@ def test_both_components_keep_their_own_exit_information(tiny_model_dir):
 
 def _predictions(nlp, texts):
     docs = list(nlp.pipe(texts))
-    return [([(e.start, e.end, e.label_) for e in d.ents], [t.tag_ for t in d], [t._.exit_layer for t in d]) for d in docs]
+    return [
+        ([(e.start, e.end, e.label_) for e in d.ents], [t.tag_ for t in d], [t._.exit_layer for t in d]) for d in docs
+    ]
 
 
 def test_disk_round_trip_gives_identical_predictions(trained_ner, tmp_path):
@@ -136,7 +139,9 @@ def test_bytes_round_trip_gives_identical_predictions(trained_tagger, tiny_model
 
 def test_policy_can_be_changed_when_loading(trained_ner, tmp_path):
     trained_ner.to_disk(tmp_path / "p")
-    override = {"components.earlyexit_ner.exit_policy": {"@misc": "spacy-earlyexit.token_window_exit.v1", "threshold": 1.01}}
+    override = {
+        "components.earlyexit_ner.exit_policy": {"@misc": "spacy-earlyexit.token_window_exit.v1", "threshold": 1.01}
+    }
     nlp = spacy.load(tmp_path / "p", config=override)
     doc = nlp(NER_DATA[0][0])
     assert [t._.exit_layer for t in doc] == [1] * len(doc)
@@ -219,7 +224,8 @@ def test_batch_invariance_over_hundreds_of_sentences(trained_ner):
     n_tokens = sum(len(doc) for doc in alone)
     differing = sum(
         (a.ent_iob_ != b.ent_iob_) or (a.ent_type_ != b.ent_type_) or (a._.exit_layer != b._.exit_layer)
-        for da, db in zip(alone, batched) for a, b in zip(da, db)
+        for da, db in zip(alone, batched)
+        for a, b in zip(da, db)
     )
     print(f"batch invariance: {differing} of {n_tokens} tokens differ")
     assert len({len(doc) for doc in alone}) > 30  # really mixed lengths
@@ -245,9 +251,10 @@ def test_entry_points_make_everything_available_without_import():
 
 
 @pytest.mark.parametrize("preset,expected", [(None, "8"), ("64", "64")])
-def test_onednn_kernel_cache_is_bounded_unless_the_user_sets_it(preset, expected):
+def test_onednn_kernel_cache_is_bounded_when_a_model_is_built_unless_the_user_sets_it(preset, expected):
     """Regression: oneDNN's per-shape kernel cache (1,024 entries) grew RSS by
-    ~190 MiB per 10,000 docs under early exit's changing shapes."""
+    ~190 MiB per 10,000 docs under early exit's changing shapes. Importing the
+    package leaves the environment alone; building a component bounds it."""
     import os
     import subprocess
     import sys
@@ -255,23 +262,30 @@ def test_onednn_kernel_cache_is_bounded_unless_the_user_sets_it(preset, expected
     env = {k: v for k, v in os.environ.items() if k != "ONEDNN_PRIMITIVE_CACHE_CAPACITY"}
     if preset:
         env["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = preset
-    code = "import spacy_earlyexit, os; print(os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY'])"
+    code = (
+        "import os, spacy, spacy_earlyexit\n"
+        "print(os.environ.get('ONEDNN_PRIMITIVE_CACHE_CAPACITY'))\n"
+        "spacy.blank('en').add_pipe('earlyexit_ner')\n"
+        "print(os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY'])"
+    )
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == expected
+    after_import, after_build = out.stdout.split()
+    assert after_import == (preset or "None")
+    assert after_build == expected
 
 
 def test_n_layers_keeps_the_first_layers_and_survives_a_round_trip(tiny_model_dir, tmp_path):
     nlp = spacy.blank("en")
     nlp.add_pipe("earlyexit_ner", config=model_config(tiny_model_dir, n_layers=2))
     train(nlp, ner_examples(nlp), steps=20)
-    encoder = nlp.get_pipe("earlyexit_ner").model.shims[0].encoder
+    encoder = nlp.get_pipe("earlyexit_ner").encoder
     assert encoder.n_layers == 2 and len(encoder.heads) == 2
     texts = [text for text, _ in NER_DATA]
     expected = _predictions(nlp, texts)
     assert max(layer for _, _, layers in expected for layer in layers) == 2
     nlp.to_disk(tmp_path / "short")
     loaded = spacy.load(tmp_path / "short")
-    assert loaded.get_pipe("earlyexit_ner").model.shims[0].encoder.n_layers == 2
+    assert loaded.get_pipe("earlyexit_ner").encoder.n_layers == 2
     assert _predictions(loaded, texts) == expected
 
 

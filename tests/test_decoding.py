@@ -1,15 +1,16 @@
 """Constrained BIO decoding: valid sequences, exact Viterbi, and its use by
 the NER component and by calibration's simulation."""
+
 import itertools
 
 import numpy
 import pytest
 import spacy
 
-from spacy_earlyexit.calibrate import simulate, simulated_score, trace, Candidate
-from spacy_earlyexit import decoding
-from spacy_earlyexit.decoding import bio_transitions, viterbi
-from spacy_earlyexit.layer import DocExits
+from spacy_earlyexit.core import decoding
+from spacy_earlyexit.core.decoding import bio_transitions, viterbi
+from spacy_earlyexit.pipeline.model import DocExits
+from spacy_earlyexit.tools.calibrate import Candidate, simulate, simulated_score, trace
 
 from .conftest import model_config, ner_examples
 
@@ -81,8 +82,11 @@ def test_region_decoding_equals_whole_doc_viterbi(monkeypatch, margin):
     monkeypatch.setattr(decoding, "_REGION_MARGIN", margin)
     rng = numpy.random.default_rng(margin)
     start, step = bio_transitions(LABELS)
-    docs = [rng.dirichlet(numpy.full(len(LABELS), alpha), size=n)
-            for alpha in (0.05, 0.3, 1.0, 3.0) for n in rng.integers(1, 80, size=60)]
+    docs = [
+        rng.dirichlet(numpy.full(len(LABELS), alpha), size=n)
+        for alpha in (0.05, 0.3, 1.0, 3.0)
+        for n in rng.integers(1, 80, size=60)
+    ]
     decoded = viterbi(docs, start, step)
     changed = 0
     for probs, ids in zip(docs, decoded):
@@ -110,8 +114,15 @@ def test_a_region_that_does_not_join_its_neighbours_falls_back_to_the_whole_doc(
 
 def _exits(probs: numpy.ndarray) -> DocExits:
     n = len(probs)
-    return DocExits(label_ids=probs.argmax(1), exit_layers=numpy.ones(n, "int64"), uncertainty=numpy.zeros(n, "float32"),
-                    cost=0.0, full_cost=0.0, n_layers=1, label_probs=probs.astype("float32"))
+    return DocExits(
+        label_ids=probs.argmax(1),
+        exit_layers=numpy.ones(n, "int64"),
+        uncertainty=numpy.zeros(n, "float32"),
+        cost=0.0,
+        full_cost=0.0,
+        n_layers=1,
+        label_probs=probs.astype("float32"),
+    )
 
 
 @pytest.mark.parametrize("constrained", [True, False])
@@ -140,8 +151,12 @@ def test_constrained_decoding_is_a_saved_setting(tiny_model_dir, tmp_path):
     nlp.to_disk(tmp_path / "p")
     loaded = spacy.load(tmp_path / "p")
     assert loaded.get_pipe("earlyexit_ner").constrained_decoding is False
-    assert spacy.load(tmp_path / "p", config={"components.earlyexit_ner.constrained_decoding": True}).get_pipe(
-        "earlyexit_ner").constrained_decoding is True
+    assert (
+        spacy.load(tmp_path / "p", config={"components.earlyexit_ner.constrained_decoding": True})
+        .get_pipe("earlyexit_ner")
+        .constrained_decoding
+        is True
+    )
 
 
 def test_predictions_are_valid_bio_and_simulation_decodes_like_the_component(trained_ner):
@@ -149,12 +164,12 @@ def test_predictions_are_valid_bio_and_simulation_decodes_like_the_component(tra
     examples = ner_examples(trained_ner)
     preds = ner.predict([eg.predicted for eg in examples])
     classes = ner.output_labels
-    for ids in ner._decode(preds):
+    for ids in ner.decode(preds):
         assert _valid(ids, classes)
     # the calibration simulation at full depth scores what the component does
     with ner.using("full"):
         tr = trace(trained_ner, ner, examples)
-    exits, _ = simulate(tr, ner, Candidate(layer=ner.model.shims[0].encoder.n_layers))
+    exits, _ = simulate(tr, ner, Candidate(layer=ner.encoder.n_layers))
     simulated = simulated_score(tr, ner, examples, exits)
     real = trained_ner.evaluate(examples)["ents_f"]
     assert simulated == pytest.approx(real)

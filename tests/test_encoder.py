@@ -1,18 +1,32 @@
 """The PyTorch layer: own layer loop, exits, loss weights."""
+
 import pytest
 import torch
 from transformers import BertConfig, BertModel, DistilBertConfig, DistilBertModel, RobertaConfig, RobertaModel
 
-from spacy_earlyexit.encoder import EncoderBatch, MultiExitEncoder, layer_loss_weights
-from spacy_earlyexit.policies import FixedDepth, FullDepth
+from spacy_earlyexit.core.batch import EncoderBatch
+from spacy_earlyexit.core.encoder import MultiExitEncoder
+from spacy_earlyexit.core.objective import layer_loss_weights
+from spacy_earlyexit.core.policies import FixedDepth, FullDepth
 
 
 def tiny_backbone(kind: str):
     common = dict(vocab_size=50, max_position_embeddings=40)
     if kind == "bert":
-        return BertModel(BertConfig(hidden_size=24, num_hidden_layers=3, num_attention_heads=2, intermediate_size=48, **common))
+        return BertModel(
+            BertConfig(hidden_size=24, num_hidden_layers=3, num_attention_heads=2, intermediate_size=48, **common)
+        )
     if kind == "roberta":
-        return RobertaModel(RobertaConfig(hidden_size=24, num_hidden_layers=3, num_attention_heads=2, intermediate_size=48, pad_token_id=1, **common))
+        return RobertaModel(
+            RobertaConfig(
+                hidden_size=24,
+                num_hidden_layers=3,
+                num_attention_heads=2,
+                intermediate_size=48,
+                pad_token_id=1,
+                **common,
+            )
+        )
     return DistilBertModel(DistilBertConfig(dim=24, n_layers=3, n_heads=2, hidden_dim=48, **common))
 
 
@@ -137,7 +151,7 @@ def test_case_embedding_starts_neutral_and_changes_states_once_trained():
 
 
 def test_case_classes():
-    from spacy_earlyexit.wordpieces import case_class
+    from spacy_earlyexit.pipeline.wordpieces import case_class
 
     assert [case_class(t) for t in ["1996", "paris", "Paris", "EU", "McDonald", "I", "."]] == [1, 2, 3, 4, 5, 3, 1]
 
@@ -146,8 +160,15 @@ def test_electra_with_a_projected_embedding_runs():
     from transformers import ElectraConfig, ElectraModel
 
     torch.manual_seed(0)
-    config = ElectraConfig(vocab_size=50, embedding_size=8, hidden_size=16, num_hidden_layers=2,
-                           num_attention_heads=2, intermediate_size=32, max_position_embeddings=40)
+    config = ElectraConfig(
+        vocab_size=50,
+        embedding_size=8,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=40,
+    )
     backbone = ElectraModel(config).eval()
     assert_own_loop_matches_hugging_face(backbone, random_batch([5, 3]))
 

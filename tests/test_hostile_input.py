@@ -1,6 +1,7 @@
 """Regression tests for defects found by hostile testing: crafted serialized
 encoders, code planted in a model directory, broken model files, entities set
 by earlier components, retokenized docs and settings that can never work."""
+
 import builtins
 import io
 import json
@@ -17,11 +18,11 @@ import srsly
 import torch
 from spacy.tokens import Doc, DocBin
 
-from spacy_earlyexit.extensions import record_exits
-from spacy_earlyexit.hf_loading import EncoderLoadError
-from spacy_earlyexit.layer import EarlyExitShim
-from spacy_earlyexit.policies import ExitPolicy, FixedDepth, FullDepth, SentenceExit, TokenWindowExit
-from spacy_earlyexit.wordpieces import piece_budget, plan_sequences
+from spacy_earlyexit.core.hf import EncoderLoadError
+from spacy_earlyexit.core.policies import ExitPolicy, FixedDepth, FullDepth, SentenceExit, TokenWindowExit
+from spacy_earlyexit.pipeline.extensions import record_exits
+from spacy_earlyexit.pipeline.model import EarlyExitShim
+from spacy_earlyexit.pipeline.wordpieces import piece_budget, plan_sequences
 
 from .conftest import NER_DATA, model_config, ner_examples
 
@@ -42,6 +43,7 @@ def _copy_pipeline(saved: Path, tmp_path: Path) -> Path:
 
 
 # -- 1. crafted file names in a serialized encoder ----------------------------
+
 
 def _shim_bytes_with(trained_ner, name: str) -> bytes:
     msg = srsly.msgpack_loads(trained_ner.get_pipe("earlyexit_ner").model.shims[0].to_bytes())
@@ -75,6 +77,7 @@ def test_from_bytes_rejects_a_blob_without_a_file_table():
 
 
 # -- 2. code planted in a model directory -------------------------------------
+
 
 def _plant_remote_code(model_dir: Path, marker: Path, tokenizer_class: str = None) -> None:
     (model_dir / "evil.py").write_text(
@@ -144,6 +147,7 @@ def test_planted_remote_code_never_runs_at_initialize(tiny_model_dir, tmp_path, 
 
 # -- 3. broken model files are named ------------------------------------------
 
+
 def _remove_tokenizer_files(model_dir: Path) -> None:
     for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         (model_dir / name).unlink(missing_ok=True)
@@ -176,6 +180,7 @@ def test_config_json_that_is_not_an_object_is_a_clear_error_from_bytes(trained_n
 
 
 # -- 4. entities set by earlier components ------------------------------------
+
 
 @pytest.fixture
 def ner_after_ruler(trained_ner):
@@ -236,6 +241,7 @@ def test_ner_predicts_over_preset_outside_and_missing_tokens_and_respects_blocke
 
 
 # -- 5. exit information follows the tokens -------------------------------------
+
 
 def _doc_with_exits(nlp, text, layers, component="earlyexit_ner"):
     doc = nlp.make_doc(text)
@@ -340,6 +346,7 @@ def test_exit_layers_come_back_from_other_processes(trained_ner):
 
 # -- 6. settings that can never work are refused early ---------------------------
 
+
 @pytest.mark.parametrize(
     "make",
     [
@@ -425,7 +432,7 @@ def test_max_wordpieces_is_checked_against_the_tokenizer_at_initialize_and_load(
 
 
 def test_token_longer_than_the_wordpiece_limit_keeps_its_first_pieces(trained_ner):
-    tokenizer = trained_ner.get_pipe("earlyexit_ner").model.shims[0].tokenizer
+    tokenizer = trained_ner.get_pipe("earlyexit_ner").tokenizer
     with pytest.raises(ValueError, match="at least 3"):
         piece_budget(tokenizer, 2)
     doc = trained_ner.make_doc("Paris " + "x" * 40 + " Berlin")

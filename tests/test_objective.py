@@ -1,9 +1,10 @@
 """The training objective: masked layer-weighted loss, sampled exits, self-sampling forward."""
+
 import pytest
 import torch
 
-from spacy_earlyexit.encoder import MultiExitEncoder
-from spacy_earlyexit.objective import SampledExits, SelfSampling, exit_loss, layer_loss_weights
+from spacy_earlyexit.core.encoder import MultiExitEncoder
+from spacy_earlyexit.core.objective import SampledExits, SelfSampling, exit_loss, layer_loss_weights
 
 from .test_encoder import random_batch, tiny_backbone
 
@@ -15,8 +16,9 @@ def test_exit_loss_gradient_matches_autograd_and_skips_exited_words():
     weights = torch.tensor(layer_loss_weights(3))
     exits = torch.tensor([1, 3, 3, 2, 3])
     loss, grad = exit_loss(logits.detach(), gold, weights, exits)
-    reference = torch.nn.functional.cross_entropy(logits.reshape(-1, 4), gold.repeat(3), reduction="none",
-                                                  ignore_index=-1).reshape(3, 5)
+    reference = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, 4), gold.repeat(3), reduction="none", ignore_index=-1
+    ).reshape(3, 5)
     counted = (torch.arange(1, 4)[:, None] <= exits[None, :]).float()
     expected = (weights[:, None] * reference * counted).sum() / 4  # 4 words with known gold
     expected.backward()

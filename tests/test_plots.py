@@ -1,5 +1,6 @@
 """Figures: the trade-off plot from benchmark JSON, the exit-layer histogram data
 from a tiny trained pipeline, the `plot` command, and matplotlib as an optional extra."""
+
 import builtins
 import importlib.util
 import json
@@ -12,15 +13,21 @@ import typer
 from spacy.tokens import Doc, DocBin
 from typer.testing import CliRunner
 
-from spacy_earlyexit.plots import (
-    MatplotlibMissing, _stages, exit_layers_by_label, plot, plot_exit_layers, plot_tradeoff,
+from spacy_earlyexit.core.policies import make_policy
+from spacy_earlyexit.tools.plots import (
+    MatplotlibMissing,
+    _stages,
+    exit_layers_by_label,
+    plot,
+    plot_exit_layers,
+    plot_tradeoff,
 )
-from spacy_earlyexit.registrations import make_policy
 
 from .conftest import TAG_DATA, ner_examples, tag_examples
 
-needs_matplotlib = pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None,
-                                      reason="matplotlib is an optional extra")
+needs_matplotlib = pytest.mark.skipif(
+    importlib.util.find_spec("matplotlib") is None, reason="matplotlib is an optional extra"
+)
 
 
 def png_size(path: Path):
@@ -37,13 +44,23 @@ def assert_sensible_png(path: Path, min_width: int = 800, min_height: int = 300)
 
 
 def point(policy, score, speedup, wps, **params):
-    return {"policy": policy, "params": params, "score": score, "flops_speedup": speedup, "words_per_second": wps,
-            "wps_ratio_vs_full": None if wps is None else wps / 1000, "mean_exit_layer": None}
+    return {
+        "policy": policy,
+        "params": params,
+        "score": score,
+        "flops_speedup": speedup,
+        "words_per_second": wps,
+        "wps_ratio_vs_full": None if wps is None else wps / 1000,
+        "mean_exit_layer": None,
+    }
 
 
 def benchmark_json(stage=None, shift=0.0, component="earlyexit_ner"):
     result = {
-        "pipeline": "training/ner/model-best", "component": component, "metric": "ents_f", "n_layers": 3,
+        "pipeline": "training/ner/model-best",
+        "component": component,
+        "metric": "ents_f",
+        "n_layers": 3,
         "points": [
             point("full", 0.90, 1.0, 1000.0),
             point("fixed_depth", 0.60 - shift, 2.6, 2500.0, layer=1),
@@ -62,9 +79,18 @@ def benchmark_json(stage=None, shift=0.0, component="earlyexit_ner"):
 
 def operating_points_json():
     def op(name, target, dev, test, speedup, wps, reached=True):
-        return {"name": name, "target": target, "policy": "token_window", "params": {"threshold": 0.2, "window": 2},
-                "dev_score": dev, "test_score": test, "flops_speedup": speedup, "words_per_second": wps,
-                "wps_ratio_vs_full": None, "reached": reached}
+        return {
+            "name": name,
+            "target": target,
+            "policy": "token_window",
+            "params": {"threshold": 0.2, "window": 2},
+            "dev_score": dev,
+            "test_score": test,
+            "flops_speedup": speedup,
+            "words_per_second": wps,
+            "wps_ratio_vs_full": None,
+            "reached": reached,
+        }
 
     return {
         "full": {"dev_score": 0.92, "test_score": 0.90},
@@ -82,8 +108,9 @@ def test_stages_follow_key_then_position():
 
 @needs_matplotlib
 def test_tradeoff_png_with_both_stages_nulls_and_points(tmp_path):
-    out = plot_tradeoff([benchmark_json(), benchmark_json(shift=0.03)], tmp_path / "fig" / "ner-tradeoff.png",
-                        operating_points_json())
+    out = plot_tradeoff(
+        [benchmark_json(), benchmark_json(shift=0.03)], tmp_path / "fig" / "ner-tradeoff.png", operating_points_json()
+    )
     assert out == tmp_path / "fig" / "ner-tradeoff.png"
     assert_sensible_png(out)
     # dev scores of the points, one benchmark with its own stage key, no points at all
@@ -142,8 +169,9 @@ def test_exit_layers_by_tag_follow_the_tokens(trained_tagger, policy):
     assert {label: sum(c.values()) for label, c in counts.items()} == expected
     assert all(1 <= layer <= 3 for c in counts.values() for layer in c)
     # per-label exit layers are those of token._.exit_layer on the same words
-    docs = trained_tagger.pipe(Doc(trained_tagger.vocab, words=[t.text for t in g], spaces=[bool(t.whitespace_) for t in g])
-                              for g in gold)
+    docs = trained_tagger.pipe(
+        Doc(trained_tagger.vocab, words=[t.text for t in g], spaces=[bool(t.whitespace_) for t in g]) for g in gold
+    )
     layers = Counter(t._.exit_layer for doc in docs for t in doc)
     assert sum(counts.values(), Counter()) == layers
 
@@ -185,10 +213,22 @@ def test_plot_command_writes_both_figures(trained_ner, tmp_path):
     stage1 = _write(tmp_path / "stage1.json", benchmark_json(shift=0.02))
     points = _write(tmp_path / "points.json", operating_points_json())
     prefix = tmp_path / "figures" / "ner"
-    result = CliRunner().invoke(_app(), [
-        "plot", stage2, stage1, "--points", points, "--pipeline", str(tmp_path / "pipeline"),
-        "--corpus", str(tmp_path / "dev.spacy"), "--output", str(prefix),
-    ])
+    result = CliRunner().invoke(
+        _app(),
+        [
+            "plot",
+            stage2,
+            stage1,
+            "--points",
+            points,
+            "--pipeline",
+            str(tmp_path / "pipeline"),
+            "--corpus",
+            str(tmp_path / "dev.spacy"),
+            "--output",
+            str(prefix),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert_sensible_png(tmp_path / "figures" / "ner-tradeoff.png")
     assert_sensible_png(tmp_path / "figures" / "ner-exit-layers.png", min_height=200)

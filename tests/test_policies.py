@@ -1,12 +1,18 @@
 """Exit policies on the encoder: equivalence, monotone cost, windows, invariance."""
+
 import pytest
 import torch
 
-from spacy_earlyexit.encoder import MultiExitEncoder
-from spacy_earlyexit.policies import (
-    FixedDepth, FullDepth, SentenceExit, TokenWindowExit, max_prob_uncertainty, normalized_entropy,
+from spacy_earlyexit.core.encoder import MultiExitEncoder
+from spacy_earlyexit.core.policies import (
+    FixedDepth,
+    FullDepth,
+    SentenceExit,
+    TokenWindowExit,
+    make_policy,
+    max_prob_uncertainty,
+    normalized_entropy,
 )
-from spacy_earlyexit.registrations import make_policy
 
 from .test_encoder import random_batch, tiny_backbone
 

@@ -1,13 +1,14 @@
 """Packed inference projections: the same products as F.linear, with or
 without oneDNN, and the same predictions as the autograd path."""
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spacy_earlyexit import projections
-from spacy_earlyexit.policies import FullDepth, TokenWindowExit
-from spacy_earlyexit.projections import Projection, is_exact_gelu
+from spacy_earlyexit.core import projections
+from spacy_earlyexit.core.policies import FullDepth, TokenWindowExit
+from spacy_earlyexit.core.projections import Projection, is_exact_gelu
 
 from .test_encoder import random_batch
 from .test_width import four_head_encoder
@@ -30,7 +31,9 @@ def test_projection_equals_linear(onednn, shape):
         assert torch.allclose(projection.plus(x, residual), expected + residual, atol=1e-5)
         # a strided (non-contiguous) input and residual give the same products
         wide = torch.randn(*shape[:-1], 16)[..., ::2]
-        assert torch.allclose(projection.plus(wide, residual.clone()), F.linear(wide, weight, bias) + residual, atol=1e-5)
+        assert torch.allclose(
+            projection.plus(wide, residual.clone()), F.linear(wide, weight, bias) + residual, atol=1e-5
+        )
 
 
 def test_projection_without_bias():
@@ -42,7 +45,11 @@ def test_projection_without_bias():
 
 def test_only_the_erf_gelu_is_fused():
     assert is_exact_gelu(F.gelu) and is_exact_gelu(nn.GELU())
-    assert not is_exact_gelu(nn.GELU(approximate="tanh")) and not is_exact_gelu(nn.ReLU()) and not is_exact_gelu(torch.tanh)
+    assert (
+        not is_exact_gelu(nn.GELU(approximate="tanh"))
+        and not is_exact_gelu(nn.ReLU())
+        and not is_exact_gelu(torch.tanh)
+    )
 
 
 @pytest.mark.parametrize("width", [0.25, 0.5, 1.0])
@@ -75,8 +82,17 @@ def test_keys_and_values_keep_a_bias_only_one_of_them_has(onednn):
     torch.manual_seed(0)
     d, inner = 8, 4
     k, v = (torch.randn(inner, d), torch.randn(inner)), (torch.randn(inner, d), None)
-    layer = projections.inference_layer(1, (k[0], None), k, v, (torch.randn(d, inner), None),
-                                        (torch.randn(6, d), None), (torch.randn(d, 6), None), F.gelu, onednn)
+    layer = projections.inference_layer(
+        1,
+        (k[0], None),
+        k,
+        v,
+        (torch.randn(d, inner), None),
+        (torch.randn(6, d), None),
+        (torch.randn(d, 6), None),
+        F.gelu,
+        onednn,
+    )
     x = torch.randn(3, d)
     with torch.inference_mode():
         keys, values = layer.kv(x).chunk(2, dim=-1)

@@ -2,6 +2,7 @@
 
 Ray is an optional extra; CI installs it. Without it these tests fail with
 the install command rather than skip."""
+
 import os
 import signal
 import time
@@ -9,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from spacy_earlyexit.annotate import annotate_corpus
-from spacy_earlyexit.ray_annotate import RAY_MISSING, RayAnnotator, annotate_with_ray, require_ray
+from spacy_earlyexit.tools.annotate import BadRecordError, annotate_corpus
+from spacy_earlyexit.tools.ray_annotate import RAY_MISSING, RayAnnotator, annotate_with_ray, require_ray
 
-from .test_annotate import write_corpus
+from .test_annotate import write_corpus, write_mixed
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -28,9 +29,14 @@ def local_ray():
         pytest.fail(RAY_MISSING + " CI installs it; these tests must run.", pytrace=False)
     # workers import this checkout's package and these tests (the crashing annotator)
     python_path = os.pathsep.join(p for p in [str(REPO), os.environ.get("PYTHONPATH", "")] if p)
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024 * 1024,
-             runtime_env={"env_vars": {"PYTHONPATH": python_path}}, log_to_driver=False,
-             configure_logging=False)
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        object_store_memory=200 * 1024 * 1024,
+        runtime_env={"env_vars": {"PYTHONPATH": python_path}},
+        log_to_driver=False,
+        configure_logging=False,
+    )
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray
     ray.shutdown()
@@ -77,9 +83,17 @@ def test_ray_spreads_one_file_over_every_actor(local_ray, saved_pipeline, corpus
     one_file.write_text("\n".join(f"Angela Merkel visited Paris {i} ." for i in range(40)) + "\n")
     records = tmp_path / "records"
     records.mkdir()
-    annotate_with_ray(str(saved_pipeline), one_file, tmp_path / "out.jsonl", num_actors=2, batch_size=2,
-                      num_cpus_per_actor=1, annotator=RecordingAnnotator,
-                      annotator_kwargs={"record_dir": str(records)}, lines_per_task=4)
+    annotate_with_ray(
+        str(saved_pipeline),
+        one_file,
+        tmp_path / "out.jsonl",
+        num_actors=2,
+        batch_size=2,
+        num_cpus_per_actor=1,
+        annotator=RecordingAnnotator,
+        annotator_kwargs={"record_dir": str(records)},
+        lines_per_task=4,
+    )
     assert len({path.name.split("-")[0] for path in records.iterdir()}) == 2
     assert len((tmp_path / "out.jsonl").read_text().splitlines()) == 40
 
@@ -89,8 +103,9 @@ def test_ray_output_is_the_single_process_output(local_ray, saved_pipeline, corp
     output = tmp_path / "ray.jsonl"
     lines = []
     # two one-CPU actors fill the two-CPU cluster: reading must not wait for a CPU (it once hung)
-    summary = annotate_with_ray(str(saved_pipeline), corpus, output, num_actors=2, batch_size=2,
-                                num_cpus_per_actor=1, progress=lines.append)
+    summary = annotate_with_ray(
+        str(saved_pipeline), corpus, output, num_actors=2, batch_size=2, num_cpus_per_actor=1, progress=lines.append
+    )
     assert summary.docs_total == 10 and summary.words_this_run > 0
     assert output.read_bytes() == reference.read_bytes()
     assert lines and "words/s" in lines[-1]
@@ -101,8 +116,16 @@ def test_a_killed_ray_worker_loses_nothing(local_ray, saved_pipeline, corpus_and
     corpus, reference = corpus_and_reference
     marker = tmp_path / "killed-once"
     output = tmp_path / "ray.jsonl"
-    annotate_with_ray(str(saved_pipeline), corpus, output, num_actors=2, batch_size=2, num_cpus_per_actor=0.5,
-                      annotator=CrashOnceAnnotator, annotator_kwargs={"marker": str(marker)})
+    annotate_with_ray(
+        str(saved_pipeline),
+        corpus,
+        output,
+        num_actors=2,
+        batch_size=2,
+        num_cpus_per_actor=0.5,
+        annotator=CrashOnceAnnotator,
+        annotator_kwargs={"marker": str(marker)},
+    )
     assert marker.exists()  # a worker did die mid-run
     assert output.read_bytes() == reference.read_bytes()
 
@@ -114,3 +137,31 @@ def test_ray_is_optional_and_says_how_to_get_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(ImportError, match=r"pip install \"spacy-earlyexit\[ray\]\""):
         require_ray()
+
+
+def test_ray_treats_bad_records_and_long_documents_as_a_single_process_does(local_ray, saved_pipeline, tmp_path):
+    corpus = write_mixed(tmp_path / "corpus")
+    # over spaCy's default max_length of 1,000,000 characters (long words keep it fast)
+    (corpus / "long.txt").write_text("John sat .\n" + ("Paris " + "x" * 4000 + " ") * 260 + "\n", encoding="utf8")
+    reference = tmp_path / "single.jsonl"
+    annotate_corpus(str(saved_pipeline), corpus, reference, on_error="skip")
+    output = tmp_path / "ray.jsonl"
+    summary = annotate_with_ray(
+        str(saved_pipeline),
+        corpus,
+        output,
+        num_actors=2,
+        batch_size=2,
+        num_cpus_per_actor=1,
+        on_error="skip",
+        lines_per_task=3,
+    )
+    assert (summary.docs_this_run, summary.rejects_this_run) == (8, 6)
+    assert output.read_bytes() == reference.read_bytes()
+    rejects = output.with_name("ray.jsonl.rejects.jsonl")
+    assert rejects.read_bytes() == reference.with_name("single.jsonl.rejects.jsonl").read_bytes()
+    # on_error="fail" names the first bad record and leaves no output behind
+    failed = tmp_path / "failed.jsonl"
+    with pytest.raises(BadRecordError, match=r"^a.txt:2: not valid UTF-8"):
+        annotate_with_ray(str(saved_pipeline), corpus, failed, num_actors=2, batch_size=2, num_cpus_per_actor=1)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("failed")) == []

@@ -2,6 +2,7 @@
 
 The browser test needs Selenium and Debian's chromium + chromium-driver, which
 CI installs: without them it fails saying what to install, it does not skip."""
+
 import io
 import threading
 from html.parser import HTMLParser
@@ -11,8 +12,8 @@ import spacy
 from spacy.tokens import Span
 
 from spacy_earlyexit import render
-from spacy_earlyexit.render import layer_colour, make_server
-from spacy_earlyexit.screenshot import BrowserUnavailable, chromium_driver, screenshot_page
+from spacy_earlyexit.tools.render import layer_colour, make_server
+from spacy_earlyexit.tools.screenshot import BrowserUnavailable, chromium_driver, screenshot_page
 
 TEXTS = [
     "Angela Merkel visited Paris on Tuesday .",
@@ -63,7 +64,8 @@ def test_every_token_is_one_element_with_its_exit_layer_tag_and_shade(docs):
     assert [a["data-exit-layer"] for a in page.with_class("ee-swatch")] == ["1", "2", "3"]
     assert [a["data-label"] for a in page.with_class("ee-ent")] == [e.label_ for doc in docs for e in doc.ents]
     assert [float(a["data-speedup"]) for a in page.with_class("ee-doc")] == [
-        pytest.approx(doc._.earlyexit_speedup, abs=1e-4) for doc in docs]
+        pytest.approx(doc._.earlyexit_speedup, abs=1e-4) for doc in docs
+    ]
     assert any(t.startswith("speed-up ") for t in page.text)
     assert {tag for tag, _ in page.tags} <= ALLOWED_TAGS
 
@@ -73,7 +75,8 @@ def test_one_component_and_a_fragment(docs):
     assert not html.startswith("<!DOCTYPE") and html.startswith("<style>")
     page = Elements(html)
     assert [a["data-exit-layer"] for a in page.with_class("ee-token")] == [
-        str(t._.exit_layers["earlyexit_tagger"]) for t in docs[0]]
+        str(t._.exit_layers["earlyexit_tagger"]) for t in docs[0]
+    ]
     assert not page.with_class("ee-tag")
 
 
@@ -135,8 +138,10 @@ def test_the_served_page_in_headless_chromium(browser, nlp, docs):
         texts = [el.text for el in browser.find_elements(By.CSS_SELECTOR, ".ee-token .ee-text")]
         assert texts == [t.text for t in expected] and "<script" in "".join(texts)  # shown, not run
         assert browser.execute_script("return window.pwned === undefined;")
-        swatches = [(el.rect, el.get_attribute("data-exit-layer"))
-                    for el in browser.find_elements(By.CSS_SELECTOR, ".ee-swatch")]
+        swatches = [
+            (el.rect, el.get_attribute("data-exit-layer"))
+            for el in browser.find_elements(By.CSS_SELECTOR, ".ee-swatch")
+        ]
     finally:
         server.shutdown()
         server.server_close()

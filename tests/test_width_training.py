@@ -1,12 +1,13 @@
 """Width-adaptive training stages: distillation across widths, self-sampling
 across width and exit (tiny models)."""
+
 import pytest
 import spacy
 import torch
 from thinc.api import Config
 
-from spacy_earlyexit.objective import SelfSampling, distillation_loss, sample_widths
-from spacy_earlyexit.width_training import WidthTraining
+from spacy_earlyexit.core.objective import SelfSampling, distillation_loss, sample_widths
+from spacy_earlyexit.core.width_training import WidthTraining
 
 from .conftest import make_tiny_bert_dir, model_config, ner_examples, train
 from .test_encoder import random_batch
@@ -67,10 +68,10 @@ def _stage(model_dir, source, phase):
 
 def _distillation_gap(ner, examples, width):
     """The distillation loss of `width` against the teacher on the examples."""
-    from spacy_earlyexit.layer import training_batch
+    from spacy_earlyexit.pipeline.model import training_batch
 
     batch, _ = training_batch(ner.model, [eg.predicted for eg in examples])
-    encoder = ner.model.shims[0].encoder.eval()
+    encoder = ner.encoder.eval()
     weights = torch.ones(encoder.n_layers) / encoder.n_layers
     with torch.no_grad():
         teacher = ner._teacher(batch, return_hidden=True)
@@ -109,7 +110,9 @@ def test_the_width_sandwich_puts_the_narrowest_at_the_most_aggressive_setting():
     sampled = sampling.sample(groups, words, generator, sandwich=False)
     widths = sample_widths(sampled, sampling, groups, words, (0.25, 0.5, 1.0), generator)
     assert set(widths.tolist()) <= {0.25, 0.5, 1.0}
-    aggressive = (sampled.thresholds == sampling.max_threshold).all(1) & (sampled.half_windows == sampling.min_window // 2).all(1)
+    aggressive = (sampled.thresholds == sampling.max_threshold).all(1) & (
+        sampled.half_windows == sampling.min_window // 2
+    ).all(1)
     full = (sampled.thresholds == 0).all(1)
     assert int(aggressive.sum()) == 2 and bool((widths[aggressive] == 0.25).all())
     assert int(full.sum()) == 2 and bool((widths[full] == 1.0).all())
@@ -119,7 +122,7 @@ def test_distillation_stage_rewires_keeps_its_teacher_and_narrows_the_gap(four_h
     model_dir, source = four_head_stage
     nlp, examples, optimizer = _stage(model_dir, source, "distill")
     ner = nlp.get_pipe("earlyexit_ner")
-    encoder = ner.model.shims[0].encoder
+    encoder = ner.encoder
     assert encoder.width_rewired  # ranked on the training examples before distilling
     teacher_before = {k: v.clone() for k, v in ner._teacher.state_dict().items()}
     # the teacher is the starting model at full width
@@ -136,7 +139,7 @@ def test_distillation_stage_rewires_keeps_its_teacher_and_narrows_the_gap(four_h
     nlp.to_disk(tmp_path / "distilled")
     loaded = spacy.load(tmp_path / "distilled")
     loaded_ner = loaded.get_pipe("earlyexit_ner")
-    assert loaded_ner.model.shims[0].encoder.width_rewired and loaded_ner._teacher is None
+    assert loaded_ner.encoder.width_rewired and loaded_ner._teacher is None
     with loaded_ner.using(width=0.25):
         assert len(loaded("Angela Merkel visited Paris .")) == 5
 
@@ -145,8 +148,8 @@ def test_width_self_sampling_stage_trains_every_width_with_sampled_exits(four_he
     model_dir, source = four_head_stage
     nlp, examples, optimizer = _stage(model_dir, source, "self_sampling")
     ner = nlp.get_pipe("earlyexit_ner")
-    assert ner._teacher is None and ner.model.shims[0].encoder.width_rewired
-    encoder = ner.model.shims[0].encoder
+    assert ner._teacher is None and ner.encoder.width_rewired
+    encoder = ner.encoder
     encoder.zero_grad(set_to_none=True)
     torch.manual_seed(0)
     losses = ner.update(examples)  # no optimizer: gradients stay on the parameters
@@ -158,12 +161,15 @@ def test_width_self_sampling_stage_trains_every_width_with_sampled_exits(four_he
     assert not torch.equal(before["heads.0.weight"], encoder.state_dict()["heads.0.weight"])
 
 
-@pytest.mark.parametrize("settings, message", [
-    ({"phase": "prune"}, "phase must be one of"),
-    ({"phase": "distill", "widths": [0.5]}, "must include 1.0"),
-    ({"phase": "distill", "logits_weight": 0.0, "hidden_weight": 0.0}, "not both 0"),
-    ({"phase": "distill", "temperature": 0}, "temperature"),
-])
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"phase": "prune"}, "phase must be one of"),
+        ({"phase": "distill", "widths": [0.5]}, "must include 1.0"),
+        ({"phase": "distill", "logits_weight": 0.0, "hidden_weight": 0.0}, "not both 0"),
+        ({"phase": "distill", "temperature": 0}, "temperature"),
+    ],
+)
 def test_bad_width_training_settings_are_clear_errors(settings, message):
     with pytest.raises(ValueError, match=message):
         WidthTraining(**settings)
@@ -171,8 +177,10 @@ def test_bad_width_training_settings_are_clear_errors(settings, message):
 
 def test_width_self_sampling_needs_self_sampling_settings(tiny_model_dir):
     nlp = spacy.blank("en")
-    config = {**model_config(tiny_model_dir),
-              "width_training": {"@misc": "spacy-earlyexit.width_training.v1", "phase": "self_sampling"}}
+    config = {
+        **model_config(tiny_model_dir),
+        "width_training": {"@misc": "spacy-earlyexit.width_training.v1", "phase": "self_sampling"},
+    }
     with pytest.raises(ValueError, match="needs the self_sampling settings"):
         nlp.add_pipe("earlyexit_ner", config=config)
 
@@ -190,8 +198,8 @@ def test_trained_widths_must_be_in_the_menu(four_head_stage, tmp_path):
 def test_calibration_searches_width_and_exit_jointly_and_alone(four_head_stage, tmp_path):
     from spacy.tokens import DocBin
 
-    from spacy_earlyexit.calibrate import run_calibration
-    from spacy_earlyexit.benchmark import evaluate_operating_points
+    from spacy_earlyexit.tools.calibrate import run_calibration
+    from spacy_earlyexit.tools.evaluate_points import evaluate_operating_points
 
     _, source = four_head_stage
     nlp = spacy.load(source)
@@ -200,8 +208,15 @@ def test_calibration_searches_width_and_exit_jointly_and_alone(four_head_stage, 
     nlp.to_disk(tmp_path / "rewired")
     dev = tmp_path / "dev.spacy"
     DocBin(docs=[eg.reference for eg in ner_examples(nlp)] * 4).to_disk(dev)
-    result = run_calibration(str(tmp_path / "rewired"), str(dev), tmp_path / "calibrated", targets=(1.5,),
-                             max_drop=None, progress=lambda line: None, margin=1.0)
+    result = run_calibration(
+        str(tmp_path / "rewired"),
+        str(dev),
+        tmp_path / "calibrated",
+        targets=(1.5,),
+        max_drop=None,
+        progress=lambda line: None,
+        margin=1.0,
+    )
     assert result["widths"] == [1.0, 0.75, 0.5, 0.25]
     by_name = {p["name"]: p for p in result["points"]}
     assert set(by_name) == {"1_5x", "1_5x-exit", "1_5x-width"}
@@ -225,8 +240,14 @@ def test_calibration_searches_width_and_exit_jointly_and_alone(four_head_stage, 
 
 
 def _point(policy, width, score, speedup, wps, **params):
-    return {"policy": policy, "params": params, "width": width, "score": score, "flops_speedup": speedup,
-            "words_per_second": wps}
+    return {
+        "policy": policy,
+        "params": params,
+        "width": width,
+        "score": score,
+        "flops_speedup": speedup,
+        "words_per_second": wps,
+    }
 
 
 SWEEP = [
@@ -242,7 +263,7 @@ SWEEP = [
 
 
 def test_the_three_fronts_hold_their_families_and_drop_dominated_points():
-    from spacy_earlyexit.width_plots import fronts
+    from spacy_earlyexit.tools.width_plots import fronts
 
     by_name = fronts(SWEEP, "flops_speedup")
     assert [p["width"] for p in by_name["width"]] == [1.0, 0.5, 0.25]
@@ -256,7 +277,7 @@ def test_the_three_fronts_hold_their_families_and_drop_dominated_points():
 
 def test_plot_width_writes_a_png(tmp_path):
     pytest.importorskip("matplotlib")
-    from spacy_earlyexit.width_plots import plot_width_fronts
+    from spacy_earlyexit.tools.width_plots import plot_width_fronts
 
     points = {"points": [{"name": "3x", "flops_speedup": 3.7, "words_per_second": 3300, "test_score": 0.84}]}
     path = plot_width_fronts({"metric": "ents_f", "points": SWEEP}, tmp_path / "fronts.png", points)
@@ -264,7 +285,7 @@ def test_plot_width_writes_a_png(tmp_path):
 
 
 def test_a_distillation_step_keeps_the_narrowest_and_the_full_width():
-    from spacy_earlyexit.width_training import step_widths
+    from spacy_earlyexit.core.width_training import step_widths
 
     generator = torch.Generator().manual_seed(0)
     seen = set()
@@ -281,7 +302,7 @@ def test_a_distillation_step_keeps_the_narrowest_and_the_full_width():
 def test_the_benchmark_sweeps_every_policy_at_every_width(four_head_stage, tmp_path):
     from spacy.tokens import DocBin
 
-    from spacy_earlyexit.benchmark import default_sweep, run_benchmark
+    from spacy_earlyexit.tools.benchmark import default_sweep, run_benchmark
 
     sweep = default_sweep(3, token_thresholds=(0.1,), sentence_thresholds=(), widths=(0.5, 1.0))
     assert [(p.policy, p.width) for p in sweep][:2] == [("full", 1.0), ("fixed_depth", 1.0)]
@@ -291,8 +312,15 @@ def test_the_benchmark_sweeps_every_policy_at_every_width(four_head_stage, tmp_p
     corpus = tmp_path / "test.spacy"
     DocBin(docs=[eg.reference for eg in ner_examples(spacy.blank("en"))]).to_disk(corpus)
     with pytest.warns(UserWarning, match="never ranked"):
-        result = run_benchmark(str(source), str(corpus), points=lambda n: default_sweep(
-            n, token_thresholds=(), sentence_thresholds=(), fixed_depths=False, widths=(0.5, 1.0)),
-            compare_huggingface=False, rounds=1, progress=lambda line: None)
+        result = run_benchmark(
+            str(source),
+            str(corpus),
+            points=lambda n: default_sweep(
+                n, token_thresholds=(), sentence_thresholds=(), fixed_depths=False, widths=(0.5, 1.0)
+            ),
+            compare_huggingface=False,
+            rounds=1,
+            progress=lambda line: None,
+        )
     by_width = {p["width"]: p for p in result["points"]}
     assert by_width[0.5]["flops_speedup"] > 1.5 and by_width[1.0]["flops_speedup"] == pytest.approx(1.0)

@@ -1,9 +1,10 @@
 """Cutting long docs into wordpiece windows: coverage, budget, context at cuts."""
+
 import numpy
 import pytest
 import spacy
 
-from spacy_earlyexit.wordpieces import _windows, plan_sequences
+from spacy_earlyexit.pipeline.wordpieces import _windows, plan_sequences
 
 from .conftest import WORDS, model_config
 
@@ -40,7 +41,7 @@ def _context_of_owners(plan, doc_index):
 
 
 def test_every_token_of_a_long_doc_is_labelled_with_context_on_both_sides(trained_ner):
-    tokenizer = trained_ner.get_pipe("earlyexit_ner").model.shims[0].tokenizer
+    tokenizer = trained_ner.get_pipe("earlyexit_ner").tokenizer
     rng = numpy.random.default_rng(0)
     words = [WORDS[i] if i < len(WORDS) else "x" * (i - len(WORDS) + 2) for i in rng.integers(0, len(WORDS) + 4, 300)]
     doc = spacy.tokens.Doc(trained_ner.vocab, words=words)
@@ -61,7 +62,7 @@ def test_every_token_of_a_long_doc_is_labelled_with_context_on_both_sides(traine
 
 
 def test_short_docs_are_one_window_whatever_the_context(trained_ner):
-    tokenizer = trained_ner.get_pipe("earlyexit_ner").model.shims[0].tokenizer
+    tokenizer = trained_ner.get_pipe("earlyexit_ner").tokenizer
     doc = trained_ner.make_doc("Angela Merkel visited Paris on Tuesday .")
     plan = plan_sequences([doc], tokenizer, 64, cut_context=16)
     assert len(plan.sequences) == 1 and list(plan.sequences[0].tokens) == list(range(len(doc)))

@@ -1,0 +1,280 @@
+"""Peers of the early-exit loop on the same trained network, for benchmarks/compare.py.
+
+Each peer replaces `encoder.predict` of an early-exit pipeline (at full depth)
+by another way of running the same weights, all layers, and the last exit's
+classifier, so that tokenization, batching, alignment and annotation stay the
+pipeline's own and only the network's engine differs:
+
+- `hf-forward-fp32`, `hf-forward-bf16`: Hugging Face's own `forward`
+  (`tools/evaluation.huggingface_forward`), in fp32, or through a bf16 copy of
+  the backbone (the component runs at precision bf16);
+- `onnxruntime-fp32`, `onnxruntime-int8`: the backbone, with the casing
+  embedding added after the embeddings as the pipeline does, exported to ONNX
+  (dynamic batch and sequence axes) and run by ONNX Runtime; int8 is ONNX
+  Runtime's dynamic quantization with per-channel int8 weights (the usual
+  Optimum recipe). The exit head and its softmax run in torch fp32 on the
+  word states. Needs the benchmark extra: `pip install onnxruntime onnx`.
+
+A peer is installed once on a pipeline of its own (`install`), and stays.
+torch is imported when a peer is used, not with this module.
+"""
+
+import contextlib
+from functools import cache
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+#: peer name -> (engine, precision the network runs in)
+PEERS: Dict[str, Tuple[str, str]] = {
+    "hf-forward-fp32": ("hf", "fp32"),
+    "hf-forward-bf16": ("hf", "bf16"),
+    "onnxruntime-fp32": ("onnxruntime", "fp32"),
+    "onnxruntime-int8": ("onnxruntime", "int8"),
+}
+ONNX_OPSET = 17
+
+
+def precision_of(name: str) -> str:
+    """The precision peer `name` runs its network in."""
+    return PEERS[name][1]
+
+
+def unavailable(name: str) -> Optional[str]:
+    """Why peer `name` cannot run here (None if it can)."""
+    if name not in PEERS:
+        return f"unknown peer '{name}' (known: {', '.join(PEERS)})"
+    if PEERS[name][0] == "onnxruntime":
+        missing = []
+        for module in ("onnxruntime", "onnx"):
+            try:
+                __import__(module)
+            except ImportError:
+                missing.append(module)
+        if missing:
+            return f"{' and '.join(missing)} not installed (the benchmark extra: pip install onnxruntime onnx)"
+    return None
+
+
+def install(name: str, component, directory: Path, threads: Optional[int] = None):
+    """Put peer `name` in place of `component.encoder.predict` for good (the
+    pipeline is the peer's own); returns the stand-in (an `OnnxRuntimeForward`
+    for ONNX Runtime peers, whose `min_cosine_to_fp32` is known after its
+    first batch), or None for Hugging Face's forward."""
+    engine, _ = PEERS[name]
+    encoder = component.encoder
+    if engine == "hf":
+        from spacy_earlyexit.tools.evaluation import huggingface_forward
+
+        stack = contextlib.ExitStack()
+        stack.enter_context(huggingface_forward(encoder))  # entered once, left in place: its bf16 copy is kept
+        encoder._peer_stack = stack  # keep the context alive with the encoder
+        return None
+    stand_in = OnnxRuntimeForward(encoder, Path(directory), quantized=name.endswith("int8"), threads=threads)
+    encoder.predict = stand_in.predict
+    return stand_in
+
+
+@cache
+def _backbone_with_case_class():
+    import torch
+
+    class BackboneWithCase(torch.nn.Module):
+        """What ONNX receives: input_ids, attention_mask (and case_ids) ->
+        last_hidden_state, with the casing embedding added to the embedding
+        output, as the pipeline's own loop and `huggingface_forward` do."""
+
+        def __init__(self, encoder):
+            super().__init__()
+            self.backbone = encoder.backbone
+            self.case_embedding = encoder.case_embedding
+
+        def forward(self, input_ids, attention_mask, case_ids=None):
+            def add_case(module, inputs, out):
+                return out if case_ids is None else out + self.case_embedding(case_ids).to(out.dtype)
+
+            hook = self.backbone.embeddings.register_forward_hook(add_case)
+            try:
+                return self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            finally:
+                hook.remove()
+
+    return BackboneWithCase
+
+
+def backbone_with_case(encoder):
+    """The encoder's backbone with its casing embedding, as one module
+    (sharing the encoder's weights): input_ids, attention_mask, case_ids ->
+    last_hidden_state."""
+    return _backbone_with_case_class()(encoder)
+
+
+def _uses_case(encoder, batch) -> bool:
+    return encoder.case_embedding is not None and batch.case_ids is not None
+
+
+def export_onnx(encoder, path: Path, with_case: bool) -> Path:
+    """The encoder's backbone (+ casing embedding) as an ONNX model at `path`,
+    with dynamic batch and sequence axes."""
+    import torch
+
+    module = backbone_with_case(encoder)
+    names = ["input_ids", "attention_mask"] + (["case_ids"] if with_case else [])
+    # a padded example, so that the traced graph keeps the attention mask
+    input_ids = torch.ones(2, 8, dtype=torch.long)
+    attention_mask = torch.ones(2, 8, dtype=torch.long)
+    attention_mask[1, 5:] = 0
+    args = (input_ids, attention_mask) + ((torch.zeros(2, 8, dtype=torch.long),) if with_case else ())
+    axes = {n: {0: "batch", 1: "sequence"} for n in names + ["last_hidden_state"]}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _evaluating(encoder), torch.no_grad(), _quiet():
+        kwargs = dict(
+            input_names=names,
+            output_names=["last_hidden_state"],
+            dynamic_axes=axes,
+            opset_version=ONNX_OPSET,
+            do_constant_folding=True,
+        )
+        try:
+            torch.onnx.export(module, args, str(path), dynamo=False, **kwargs)
+        except TypeError:  # a torch without the `dynamo` switch: its default is the TorchScript exporter
+            torch.onnx.export(module, args, str(path), **kwargs)
+    return path
+
+
+@contextlib.contextmanager
+def _evaluating(encoder):
+    """The encoder without dropout for the block, its mode restored after."""
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        yield
+    finally:
+        encoder.train(was_training)
+
+
+def quantize_int8(source: Path, target: Path) -> Path:
+    """ONNX Runtime's dynamic quantization: int8 weights per output channel,
+    activations quantized per call (Optimum's usual CPU recipe)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(source), str(target), per_channel=True, weight_type=QuantType.QInt8)
+    return target
+
+
+@contextlib.contextmanager
+def _quiet():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def cosine_to_reference(states, reference, mask) -> float:
+    """The smallest cosine similarity between `states` and `reference`
+    [B, T, d] over the real pieces of `mask` [B, T]."""
+    import torch
+
+    return float(torch.nn.functional.cosine_similarity(states[mask].float(), reference[mask].float(), dim=-1).min())
+
+
+class OnnxRuntimeForward:
+    """The encoder's backbone through ONNX Runtime, as a stand-in for
+    `MultiExitEncoder.predict` at full depth. Exported (and quantized) on the
+    first batch into `directory`, reused from there when the files exist."""
+
+    def __init__(self, encoder, directory: Path, quantized: bool = False, threads: Optional[int] = None):
+        import torch
+
+        self.encoder = encoder
+        self.directory = Path(directory)
+        self.quantized = quantized
+        self.threads = threads or torch.get_num_threads()
+        self.sessions: Dict[bool, object] = {}
+        #: smallest cosine of the last hidden states to torch fp32, on the first batch
+        self.min_cosine_to_fp32: Optional[float] = None
+
+    def model_path(self, with_case: bool) -> Path:
+        stem = "backbone-case" if with_case else "backbone"
+        fp32 = self.directory / f"{stem}-fp32.onnx"
+        if not fp32.is_file():
+            export_onnx(self.encoder, fp32, with_case)
+        if not self.quantized:
+            return fp32
+        int8 = self.directory / f"{stem}-int8.onnx"
+        if not int8.is_file():
+            quantize_int8(fp32, int8)
+        return int8
+
+    def session(self, with_case: bool):
+        if with_case not in self.sessions:
+            import onnxruntime
+
+            options = onnxruntime.SessionOptions()
+            options.intra_op_num_threads = self.threads
+            options.inter_op_num_threads = 1
+            options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+            self.sessions[with_case] = onnxruntime.InferenceSession(
+                str(self.model_path(with_case)), options, providers=["CPUExecutionProvider"]
+            )
+        return self.sessions[with_case]
+
+    @property
+    def size_mb(self) -> Optional[float]:
+        files = [self.directory / f for f in self._names()]
+        files = [f for f in files if f.is_file()]
+        return round(sum(f.stat().st_size for f in files) / 2**20, 1) if files else None
+
+    def _names(self) -> List[str]:
+        kind = "int8" if self.quantized else "fp32"
+        return [f"backbone-case-{kind}.onnx", f"backbone-{kind}.onnx"]
+
+    def hidden_states(self, batch):
+        """Last hidden states [B, T, d] (float32) of `batch`."""
+        import torch
+
+        with_case = _uses_case(self.encoder, batch)
+        feed = {
+            "input_ids": batch.input_ids.cpu().numpy(),
+            "attention_mask": batch.piece_mask.long().cpu().numpy(),
+        }
+        if with_case:
+            feed["case_ids"] = batch.case_ids.cpu().numpy()
+        (hidden,) = self.session(with_case).run(["last_hidden_state"], feed)
+        return torch.from_numpy(hidden)
+
+    def torch_hidden_states(self, batch):
+        """The same, from torch in fp32 (the reference)."""
+        import torch
+
+        module = backbone_with_case(self.encoder)
+        case_ids = batch.case_ids if _uses_case(self.encoder, batch) else None
+        with _evaluating(self.encoder), torch.inference_mode():
+            return module(batch.input_ids, batch.piece_mask.long(), case_ids).float()
+
+    def predict(self, batch, policy=None, width: float = 1.0, precision: str = "fp32"):
+        """Every word labelled by the last exit, after every layer (as
+        `huggingface_forward`); `policy`, `width` and `precision` are ignored:
+        the engine and its model decide."""
+        import torch
+
+        self.session(_uses_case(self.encoder, batch))  # exported, quantized and loaded once, outside inference mode
+        with torch.inference_mode():
+            return self._predict(batch)
+
+    def _predict(self, batch):
+        import torch
+
+        from spacy_earlyexit.core.batch import ExitOutput
+
+        encoder = self.encoder
+        hidden = self.hidden_states(batch).to(batch.input_ids.device)
+        if self.min_cosine_to_fp32 is None:
+            self.min_cosine_to_fp32 = cosine_to_reference(hidden, self.torch_hidden_states(batch), batch.piece_mask)
+        states = hidden.gather(1, batch.word_starts.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+        probs = encoder.heads[-1](states).softmax(-1)
+        labels = probs.argmax(-1)
+        n = batch.piece_mask.sum(1).double()
+        full = encoder.layer_cost.full(n, batch.word_mask.sum(1).double(), encoder.n_layers)
+        layers = torch.full_like(labels, encoder.n_layers)
+        return ExitOutput(labels, layers, torch.zeros(labels.shape), full, full, probs)

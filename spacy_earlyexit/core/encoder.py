@@ -1,0 +1,435 @@
+"""Multi-exit transformer encoder: a BERT-style backbone with one classifier per
+layer and a layer loop of its own that can skip work for exited tokens.
+
+Plain PyTorch: nothing in this module imports spaCy or Thinc.
+"""
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .batch import EncoderBatch, ExitOutput
+from .cost import LayerCost
+from .hf import LayerView, config_value, layer_views
+from .objective import SampledExits
+from .policies import ExitPolicy, FullDepth
+from .precision import RESOLVED, compute_dtype
+from .projections import InferenceLayer, inference_layer
+from .width import check_width, kept
+
+
+@dataclass
+class LayerWeights:
+    """The weights one layer runs with at some width: q/k/v and intermediate
+    rows, attention-output and output columns, as views (no copies; BLAS
+    reads a column slice in place through its leading dimension)."""
+
+    n_heads: int
+    q: Tuple[Tensor, Optional[Tensor]]
+    k: Tuple[Tensor, Optional[Tensor]]
+    v: Tuple[Tensor, Optional[Tensor]]
+    o: Tuple[Tensor, Optional[Tensor]]
+    ff_in: Tuple[Tensor, Optional[Tensor]]
+    ff_out: Tuple[Tensor, Optional[Tensor]]
+
+
+def _rows(linear: nn.Linear, n: int) -> Tuple[Tensor, Optional[Tensor]]:
+    if n == linear.out_features:
+        return linear.weight, linear.bias
+    return linear.weight[:n], (linear.bias[:n] if linear.bias is not None else None)
+
+
+def _columns(linear: nn.Linear, n: int) -> Tuple[Tensor, Optional[Tensor]]:
+    if n == linear.in_features:
+        return linear.weight, linear.bias
+    return linear.weight[:, :n], linear.bias
+
+
+def _masked_heads(context: Tensor, head_mask: Optional[Tensor]) -> Tensor:
+    """Scale each head of `context` [B, H, T, dh] by `head_mask` [H]."""
+    return context if head_mask is None else context * head_mask[None, :, None, None]
+
+
+def _inference_output_and_ffn(view: LayerView, layer: InferenceLayer, states: Tensor, context: Tensor) -> Tensor:
+    """`_attention_output_and_ffn` without dropout, on the packed projections:
+    residuals (and GELU, where oneDNN fuses it) inside the products."""
+    attn = view.attn_norm(layer.o.plus(context, states))
+    inner = layer.ff_in(attn, gelu=True) if layer.fused_gelu else view.act(layer.ff_in(attn))
+    return view.ff_norm(layer.ff_out.plus(inner, attn))
+
+
+class MultiExitEncoder(nn.Module):
+    """A Hugging Face BERT-family encoder with a classifier after every layer."""
+
+    #: share of active pieces in a padded batch above which a layer runs densely
+    DENSE_FRACTION = 0.9
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        n_labels: int,
+        head_dropout: float = 0.1,
+        attention_dropout: Optional[float] = None,
+        case_classes: int = 0,
+    ):
+        super().__init__()
+        if n_labels < 1:
+            raise ValueError("MultiExitEncoder needs at least one label.")
+        if getattr(backbone, "pooler", None) is not None:
+            backbone.pooler = None  # never used: keep it out of the weights
+        self.backbone = backbone
+        config = backbone.config
+        self.hidden_size = int(config_value(config, "hidden_size", "dim"))
+        self.ff_size = int(config_value(config, "intermediate_size", "hidden_dim"))
+        self.n_heads = int(config_value(config, "num_attention_heads", "n_heads"))
+        self.head_size = self.hidden_size // self.n_heads
+        self.hidden_dropout = float(config_value(config, "hidden_dropout_prob", "dropout", default=0.0))
+        if attention_dropout is None:
+            attention_dropout = config_value(config, "attention_probs_dropout_prob", "attention_dropout", default=0.0)
+        self.attention_dropout = float(attention_dropout)
+        self.max_length = int(config_value(config, "max_position_embeddings", default=512))
+        self._views = layer_views(backbone)
+        self.n_layers = len(self._views)
+        self.n_labels = n_labels
+        self.head_dropout = nn.Dropout(head_dropout)
+        self._configured_dropout = (self.hidden_dropout, float(head_dropout))
+        self.heads = nn.ModuleList(nn.Linear(self.hidden_size, n_labels) for _ in range(self.n_layers))
+        self.layer_cost = LayerCost(self.hidden_size, self.ff_size, n_labels, self.n_heads)
+        #: whether heads and neurons were permuted by importance (width.rewire)
+        self.width_rewired = False
+        #: whether inference fuses its products with oneDNN where torch can (projections.py)
+        self.use_onednn = True
+        #: (layer, width, precision) -> (weights' identity and version, InferenceLayer), see inference_layer
+        self._packed: Dict[Tuple[int, float, str], Tuple[tuple, InferenceLayer]] = {}
+        # Uncased encoders cannot see capitalization: a small embedding of each
+        # word's casing class is added to the embedding output. It starts at
+        # zero, so training starts from the unchanged pretrained model.
+        self.case_embedding: Optional[nn.Embedding] = None
+        if case_classes:
+            self.case_embedding = nn.Embedding(case_classes, self.hidden_size)
+            nn.init.zeros_(self.case_embedding.weight)
+
+    def set_dropout(self, rate: Optional[float]) -> None:
+        """Use `rate` for hidden-state and classifier dropout while training
+        (spaCy's `drop`); None restores the configured rates."""
+        hidden, head = self._configured_dropout if rate is None else (float(rate), float(rate))
+        self.hidden_dropout = hidden
+        self.head_dropout.p = head
+
+    @property
+    def layer_views(self) -> List[LayerView]:
+        return list(self._views)
+
+    def layer_weights(self, index: int, width: float = 1.0) -> LayerWeights:
+        """The weights layer `index` runs with at `width` in training: its
+        first heads and neurons, as views of the parameters (no copies)."""
+        view = self._views[index]
+        heads, neurons = kept(width, self.n_heads), kept(width, self.ff_size)
+        inner = heads * self.head_size
+        return LayerWeights(
+            heads,
+            _rows(view.q, inner),
+            _rows(view.k, inner),
+            _rows(view.v, inner),
+            _columns(view.o, inner),
+            _rows(view.ff_in, neurons),
+            _columns(view.ff_out, neurons),
+        )
+
+    def inference_layer(self, index: int, width: float = 1.0, precision: str = "fp32") -> InferenceLayer:
+        """The projections layer `index` runs with at `width` and a resolved
+        `precision` (fp32, bf16, int8) without autograd: packed (and on
+        oneDNN CPUs prepacked and fused) once per precision, and kept until
+        the weights change (a new tensor or an in-place change that bumps its
+        version; optimizers that write without bumping it call
+        `forget_packed_weights`)."""
+        view = self._views[index]
+        linears = (view.q, view.k, view.v, view.o, view.ff_in, view.ff_out)
+        stamp = (self.use_onednn,) + tuple(
+            (p.data_ptr(), p._version) for linear in linears for p in (linear.weight, linear.bias) if p is not None
+        )
+        key = (index, width, precision)
+        cached = self._packed.get(key)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        w = self.layer_weights(index, width)
+        layer = inference_layer(w.n_heads, w.q, w.k, w.v, w.o, w.ff_in, w.ff_out, view.act, self.use_onednn, precision)
+        self._packed[key] = (stamp, layer)
+        return layer
+
+    def forget_packed_weights(self) -> None:
+        """Drop the packed inference copies. Optimizers that write the weights
+        without bumping their version (fused AdamW, Thinc's numpy update) must
+        call this after every step."""
+        self._packed.clear()
+
+    def __getstate__(self):
+        state = dict(super().__getstate__())
+        state["_packed"] = {}  # copies and pickles carry the weights, not their packed forms
+        return state
+
+    # -- one layer over the active pieces -------------------------------------
+    def _run_layer(
+        self,
+        index: int,
+        hidden: Tensor,
+        piece_mask: Tensor,
+        active: Tensor,
+        width: float = 1.0,
+        head_mask: Optional[Tensor] = None,
+        precision: str = "fp32",
+    ) -> Tensor:
+        """Update the active pieces of `hidden` [B, T, d] through layer `index`
+        at `width` (its first heads and feed-forward neurons) and, without
+        autograd, a resolved `precision` (`hidden`'s dtype follows it);
+        `head_mask` [kept heads] scales each head's attention output.
+
+        Keys and values come from every real piece; queries, the output
+        projection, residuals, LayerNorms and the feed-forward network run only
+        on the active pieces, packed into one [q, d] tensor. When at least
+        DENSE_FRACTION of the [B, T] grid is active, packing costs more than it
+        saves and the layer runs densely, keeping inactive pieces unchanged.
+        Returns a new hidden tensor in training (autograd), else updates in place."""
+        view = self._views[index]
+        B, T, d = hidden.shape
+        inference = not (self.training or torch.is_grad_enabled())
+        if inference:
+            layer = self.inference_layer(index, width, precision)
+            H, project_queries = layer.n_heads, layer.q
+            keys, values = layer.kv(hidden).chunk(2, dim=-1)
+
+            def finish(states: Tensor, context: Tensor) -> Tensor:
+                return _inference_output_and_ffn(view, layer, states, context)
+        else:
+            w = self.layer_weights(index, width)
+            H = w.n_heads
+            keys, values = F.linear(hidden, *w.k), F.linear(hidden, *w.v)
+
+            def project_queries(states: Tensor) -> Tensor:
+                return F.linear(states, *w.q)
+
+            def finish(states: Tensor, context: Tensor) -> Tensor:
+                return self._attention_output_and_ffn(view, w, states, context)
+
+        dh = self.head_size
+        inner = H * dh
+        keys = keys.view(B, T, H, dh).transpose(1, 2)
+        values = values.view(B, T, H, dh).transpose(1, 2)
+        n_real = int(piece_mask.sum())
+        # without padding, no mask: SDPA can take its fastest kernel
+        mask = None if n_real == B * T else piece_mask[:, None, None, :]
+        dropout = self.attention_dropout if self.training else 0.0
+        n_active = int(active.sum())
+        if n_active >= self.DENSE_FRACTION * B * T:
+            # (nearly) everything active: one dense pass, as Hugging Face does
+            queries = project_queries(hidden).view(B, T, H, dh).transpose(1, 2)
+            context = F.scaled_dot_product_attention(queries, keys, values, attn_mask=mask, dropout_p=dropout)
+            context = _masked_heads(context, head_mask).transpose(1, 2).reshape(B, T, inner)
+            out = finish(hidden, context)
+            # padding states are never read (masked as keys, never a word's state)
+            return out if n_active == n_real else torch.where(active[..., None], out, hidden)
+        rows, cols = active.nonzero(as_tuple=True)
+        packed = hidden[rows, cols]  # [q, d]
+        queries = project_queries(packed)
+        ranks = (active.cumsum(1) - 1)[rows, cols]
+        q_len = int(active.sum(1).max())
+        padded_q = queries.new_zeros(B, q_len, inner)
+        padded_q[rows, ranks] = queries
+        padded_q = padded_q.view(B, q_len, H, dh).transpose(1, 2)
+        context = F.scaled_dot_product_attention(padded_q, keys, values, attn_mask=mask, dropout_p=dropout)
+        context = _masked_heads(context, head_mask).transpose(1, 2).reshape(B, q_len, inner)[rows, ranks]
+        out = finish(packed, context)
+        if torch.is_grad_enabled():
+            return hidden.index_put((rows, cols), out)
+        hidden[rows, cols] = out  # no autograd: update in place
+        return hidden
+
+    def _attention_output_and_ffn(self, view: LayerView, w: LayerWeights, states: Tensor, context: Tensor) -> Tensor:
+        """Output projection, residual + LayerNorm, feed-forward, residual +
+        LayerNorm, with dropout (training)."""
+        attn = F.linear(context, *w.o)
+        if view.attn_output_dropout:
+            attn = F.dropout(attn, self.hidden_dropout, self.training)
+        attn = view.attn_norm(states + attn)
+        ff = F.linear(view.act(F.linear(attn, *w.ff_in)), *w.ff_out)
+        ff = F.dropout(ff, self.hidden_dropout, self.training)
+        return view.ff_norm(attn + ff)
+
+    def _word_states(self, hidden: Tensor, batch: EncoderBatch) -> Tensor:
+        """States of every word's first piece: [B, W, d]."""
+        index = batch.word_starts.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
+        return hidden.gather(1, index)
+
+    def embed(self, batch: EncoderBatch) -> Tensor:
+        hidden = self.backbone.embeddings(input_ids=batch.input_ids)
+        project = getattr(self.backbone, "embeddings_project", None)  # ELECTRA-small style
+        if project is not None:
+            hidden = project(hidden)
+        return self.add_case(hidden, batch)
+
+    def add_case(self, hidden: Tensor, batch: EncoderBatch) -> Tensor:
+        if self.case_embedding is None or batch.case_ids is None:
+            return hidden
+        return hidden + self.case_embedding(batch.case_ids)
+
+    # -- training: every exit's logits ----------------------------------------
+    def forward(
+        self,
+        batch: EncoderBatch,
+        word_exit_layers: Optional[Tensor] = None,
+        sampled_exits: Optional[SampledExits] = None,
+        width: float = 1.0,
+        head_mask: Optional[Tensor] = None,
+        return_hidden: bool = False,
+        precision: str = "fp32",
+    ):
+        """Logits of every exit for every real word: [L, n_words, C]; with
+        `return_hidden`, also every layer's states of the real pieces,
+        [L, n_pieces, d] (width distillation matches them).
+
+        `word_exit_layers` ([B, W], 1-based) freezes each word's pieces after
+        its exit layer, as at inference; frozen pieces keep serving as keys
+        and values. `sampled_exits` (self-sampling) instead decides exits
+        layer by layer from the model's own dropout-free predictions, as
+        inference does, and records them in `sampled_exits.exit_layers`.
+        `width` runs every layer with its first heads and neurons only;
+        `head_mask` [L, kept heads] scales each head's attention output
+        (importance is its gradient). Without autograd, `precision` (resolved:
+        fp32, bf16, int8) runs the layers as `predict` runs them (calibration
+        traces every exit this way); with autograd, fp32 only."""
+        width = check_width(width)
+        if precision != "fp32" and (self.training or torch.is_grad_enabled()):
+            raise ValueError("Only fp32 trains: reduced precision is for inference (no autograd).")
+        hidden = self.embed(batch).to(compute_dtype(precision))
+        B, W = batch.word_mask.shape
+        word_active = batch.word_mask.clone()
+        if word_exit_layers is not None:
+            exits = word_exit_layers.clamp(1, self.n_layers)
+        else:
+            exits = torch.full((B, W), self.n_layers, dtype=torch.long, device=hidden.device)
+        outputs, states = [], []
+        for index in range(self.n_layers):
+            if word_exit_layers is not None:
+                word_active = batch.word_mask & (exits > index)
+            if word_exit_layers is None and sampled_exits is None:
+                active = batch.piece_mask
+            else:
+                piece_word_active = word_active.gather(1, batch.piece_words.clamp(min=0))
+                active = batch.piece_mask & ((batch.piece_words < 0) | piece_word_active)
+            if bool(active.any()):
+                layer_mask = head_mask[index] if head_mask is not None else None
+                hidden = self._run_layer(index, hidden, batch.piece_mask, active, width, layer_mask, precision)
+            if return_hidden:
+                states.append(hidden[batch.piece_mask].float())
+            word_states = self._word_states(hidden, batch)
+            outputs.append(self.heads[index](self.head_dropout(word_states[batch.word_mask].float())))
+            if sampled_exits is not None and index < self.n_layers - 1:
+                with torch.no_grad():
+                    probs = self.heads[index](word_states.detach()).softmax(-1)
+                    leaving = sampled_exits.exits(index, self.n_layers, probs, word_active, batch.word_mask)
+                exits = torch.where(leaving, index + 1, exits)
+                word_active = word_active & ~leaving
+        if sampled_exits is not None:
+            sampled_exits.exit_layers = exits
+        if return_hidden:
+            return torch.stack(outputs), torch.stack(states)
+        return torch.stack(outputs)
+
+    # -- inference: early exit --------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @torch.inference_mode()
+    def predict(
+        self, batch: EncoderBatch, policy: Optional[ExitPolicy] = None, width: float = 1.0, precision: str = "fp32"
+    ) -> ExitOutput:
+        """Label every word, letting it leave as soon as `policy` allows, with
+        every layer at `width` (its first heads and neurons), in a resolved
+        `precision` (fp32, bf16 or int8; see `precision.py`): the layers run
+        in it, the exit classifiers, their softmax and the uncertainties in
+        float32. An autocast region the caller opened does not apply here:
+        the precision alone decides, so exits do not change under it.
+
+        Finished sequences are dropped from the batch; within a running
+        sequence only the still-active pieces pay for queries and feed-forward.
+        `cost` counts the kept heads and neurons; `full_cost` is always the
+        full-width, full-depth pass."""
+        width = check_width(width)
+        if precision not in RESOLVED:
+            raise ValueError(f"predict needs a resolved precision ({', '.join(RESOLVED)}), got {precision!r}.")
+        policy = policy or FullDepth()
+        with torch.autocast(batch.input_ids.device.type, enabled=False):
+            return self._predict(batch, policy, width, precision)
+
+    def _predict(self, batch: EncoderBatch, policy: ExitPolicy, width: float, precision: str) -> ExitOutput:
+        B, W = batch.word_mask.shape
+        device = batch.input_ids.device
+        last = policy.last_layer(self.n_layers) - 1
+        labels = torch.zeros(B, W, dtype=torch.long, device=device)
+        exit_probs = torch.zeros(B, W, self.n_labels, device=device)
+        exit_layers = torch.full((B, W), last + 1, dtype=torch.long, device=device)
+        uncertainty = torch.zeros(B, W, device=device)
+
+        rows = torch.arange(B, device=device)  # original row of each running sequence
+        hidden = self.embed(batch).to(compute_dtype(precision))
+        piece_mask, piece_words = batch.piece_mask, batch.piece_words
+        word_starts, word_mask = batch.word_starts, batch.word_mask
+        word_active = word_mask.clone()
+        run_unc = uncertainty.clone()
+        for index in range(last + 1):
+            piece_active = piece_mask & ((piece_words < 0) | word_active.gather(1, piece_words.clamp(min=0)))
+            hidden = self._run_layer(index, hidden, piece_mask, piece_active, width, precision=precision)
+            is_last = index == last
+            if not (is_last or policy.needs_every_exit):
+                continue
+            w_rows, w_cols = word_active.nonzero(as_tuple=True)
+            states = hidden[w_rows, word_starts[w_rows, w_cols]].float()
+            probs = self.heads[index](states).softmax(-1)
+            run_unc[w_rows, w_cols] = policy.uncertainty(probs)
+            if is_last:
+                leaving = word_active
+            else:
+                leaving = word_active & policy.exits(index, self.n_layers, run_unc, word_active, word_mask)
+            if bool(leaving.any()):
+                chosen = leaving[w_rows, w_cols]  # leaving words among the active ones, same order
+                out_r, out_c, leaving_probs = w_rows[chosen], w_cols[chosen], probs[chosen]
+                orig = rows[out_r]
+                exit_probs[orig, out_c] = leaving_probs
+                labels[orig, out_c] = leaving_probs.argmax(-1)
+                exit_layers[orig, out_c] = index + 1
+                uncertainty[orig, out_c] = run_unc[out_r, out_c]
+                word_active = word_active & ~leaving
+            running = word_active.any(1)
+            if not bool(running.any()):
+                break
+            if not bool(running.all()):
+                keep = running.nonzero(as_tuple=True)[0]
+                t_len = int(piece_mask[keep].sum(1).max())
+                w_len = int(word_mask[keep].sum(1).max())
+                rows, hidden = rows[keep], hidden[keep, :t_len].contiguous()
+                piece_mask, piece_words = piece_mask[keep, :t_len], piece_words[keep, :t_len]
+                word_starts, word_mask = word_starts[keep, :w_len], word_mask[keep, :w_len]
+                word_active, run_unc = word_active[keep, :w_len], run_unc[keep, :w_len]
+        cost, full_cost = self.batch_cost(batch, exit_layers, width, policy.needs_every_exit)
+        return ExitOutput(labels, exit_layers, uncertainty, cost, full_cost, exit_probs)
+
+    def batch_cost(
+        self, batch: EncoderBatch, exit_layers: Tensor, width: float = 1.0, every_exit: bool = True
+    ) -> Tuple[Tensor, Tensor]:
+        """Analytic cost of each sequence of `batch` when its words leave at
+        `exit_layers` [B, W] (1-based), and of a full-depth, full-width pass:
+        two [B] float64 tensors (see `LayerCost.of_exits`)."""
+        piece_mask, piece_words = batch.piece_mask, batch.piece_words
+        n_pieces = piece_mask.sum(1)
+        n_special = (piece_mask & (piece_words < 0)).sum(1)
+        word_pieces = torch.zeros(batch.word_mask.shape, dtype=torch.float64, device=piece_words.device)
+        real = piece_mask & (piece_words >= 0)
+        word_pieces.scatter_add_(1, piece_words.clamp(min=0), real.double())
+        word_pieces = word_pieces * batch.word_mask
+        cost = self.layer_cost.of_exits(n_pieces, n_special, word_pieces, exit_layers, self.n_layers, width, every_exit)
+        full_cost = self.layer_cost.full(n_pieces.double(), batch.word_mask.sum(1).double(), self.n_layers)
+        return cost, full_cost

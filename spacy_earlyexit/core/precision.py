@@ -1,0 +1,120 @@
+"""Numeric precision of inference: fp32, bf16, int8, or auto.
+
+Plain PyTorch, no spaCy. The precision decides how the layer loop's
+projections multiply (`projections.Projection`) and in which dtype the hidden
+states travel between layers:
+
+- `fp32`: everything in float32 (training always runs here);
+- `bf16`: weights packed once in bfloat16, hidden states, attention and the
+  products in bfloat16 (oneDNN's bf16 kernels: AMX or AVX512-BF16 on x86);
+  LayerNorm statistics (computed in float32 inside torch's bf16 kernel), the
+  exit classifiers, their softmax, the uncertainty that decides exits and the
+  decoding stay in float32;
+- `int8`: weights quantized per output channel to int8, activations quantized
+  per call (dynamic quantization, as ONNX Runtime's and Optimum's usual
+  recipe); hidden states in float32;
+- `auto`: bf16 where the CPU multiplies bf16 natively (AMX-BF16 or
+  AVX512-BF16) or on a CUDA device that supports it, else fp32.
+
+Where bf16 is not native (older x86, most Arm builds) oneDNN emulates it and
+it is slower than fp32: asking for `bf16` there falls back to fp32 with one
+warning. `SPACY_EARLYEXIT_NATIVE_BF16=0` (or `1`) overrides the detection.
+"""
+
+import os
+import warnings
+from functools import lru_cache
+from typing import Optional
+
+import torch
+
+PRECISIONS = ("auto", "fp32", "bf16", "int8")
+#: what `auto` and fallbacks resolve to
+RESOLVED = ("fp32", "bf16", "int8")
+
+
+def check_precision(value) -> str:
+    """`value` as a precision name; a ValueError for anything else."""
+    if not isinstance(value, str) or value not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {value!r}.")
+    return value
+
+
+def _cpu_flags() -> frozenset:
+    try:
+        with open("/proc/cpuinfo", encoding="utf8") as info:
+            for line in info:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+@lru_cache(maxsize=1)
+def _detected_native_bf16() -> bool:
+    cpu = getattr(torch, "cpu", None)
+    checks = [getattr(cpu, "_is_amx_tile_supported", None), getattr(cpu, "_is_avx512_bf16_supported", None)]
+    known = [check for check in checks if callable(check)]
+    if known:
+        try:
+            return any(bool(check()) for check in known)
+        except Exception:  # a build without cpuinfo: read the flags instead
+            pass
+    flags = _cpu_flags()
+    return bool(flags & {"amx_bf16", "avx512_bf16"})
+
+
+def native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices natively: AMX-BF16 or
+    AVX512-BF16, as torch's cpuinfo reports them (else /proc/cpuinfo's
+    flags). `SPACY_EARLYEXIT_NATIVE_BF16` set to 0 or 1 overrides it."""
+    forced = os.environ.get("SPACY_EARLYEXIT_NATIVE_BF16")
+    if forced in ("0", "1"):
+        return forced == "1"
+    return _detected_native_bf16()
+
+
+_warned: set = set()
+
+
+def _warn_once(key: str, message: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(message, UserWarning, stacklevel=3)
+
+
+def resolve_precision(precision: str, device: Optional[torch.device] = None) -> str:
+    """The precision inference runs in on `device` (default CPU) for the
+    setting `precision`: `fp32`, `bf16` or `int8`. A setting the device
+    cannot run well falls back to fp32 with one warning per process."""
+    precision = check_precision(precision)
+    kind = torch.device(device).type if device is not None else "cpu"
+    if kind == "cuda":
+        bf16_ok = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        if precision == "auto":
+            return "bf16" if bf16_ok else "fp32"
+        if precision == "int8":
+            _warn_once("int8-cuda", "spacy-earlyexit: int8 runs on the CPU only; running fp32 on the GPU.")
+            return "fp32"
+        if precision == "bf16" and not bf16_ok:
+            _warn_once("bf16-cuda", "spacy-earlyexit: this GPU has no bf16 support; running fp32.")
+            return "fp32"
+        return precision
+    if kind != "cpu":
+        return "fp32" if precision in ("auto", "int8", "bf16") else precision
+    if precision == "auto":
+        return "bf16" if native_bf16() else "fp32"
+    if precision == "bf16" and not native_bf16():
+        _warn_once(
+            "bf16-cpu",
+            "spacy-earlyexit: this CPU has no native bf16 (AMX-BF16 or AVX512-BF16), where bf16 is slower "
+            "than fp32; running fp32 instead (set precision='fp32' or 'auto' to silence this).",
+        )
+        return "fp32"
+    return precision
+
+
+def compute_dtype(resolved: str) -> torch.dtype:
+    """The dtype hidden states travel in at a resolved precision."""
+    return torch.bfloat16 if resolved == "bf16" else torch.float32

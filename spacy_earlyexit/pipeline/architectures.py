@@ -1,0 +1,173 @@
+"""Every registered function of spacy-earlyexit, in one place: the model
+architecture, exit policies, training settings, the learning-rate schedule
+and span getters. Names are namespaced and versioned
+(`spacy-earlyexit.X.v1`); a v2 keeps its v1 registered beside it.
+
+Importing this module registers them (the package's `__init__` does); the
+package's entry points name them too, so a config that uses one loads
+without importing the package first.
+"""
+
+from typing import Callable, List, Optional
+
+from spacy.tokens import Doc, Span
+from spacy.util import registry
+from thinc.api import Model
+
+from ..core.objective import SelfSampling
+from ..core.policies import ExitPolicy, FixedDepth, FullDepth, SentenceExit, TokenWindowExit
+from ..core.width_training import WidthTraining
+from .model import DEFAULT_ENCODER
+from .model import MultiExitTransformer as build_multi_exit_transformer
+from .schedules import warmup_linear_epochs as build_warmup_linear_epochs
+from .wordpieces import SpanGetter
+
+# -- model ---------------------------------------------------------------------
+
+
+@registry.architectures("spacy-earlyexit.MultiExitTransformer.v1")
+def MultiExitTransformer(
+    name: str = DEFAULT_ENCODER,
+    head_dropout: float = 0.1,
+    attention_dropout: float = 0.0,
+    layer_weighting: str = "linear",
+    max_wordpieces: int = 256,
+    case_features: bool = True,
+    span_getter: Optional[SpanGetter] = None,
+    cut_context: int = 16,
+    n_layers: Optional[int] = None,
+    nO: Optional[int] = None,
+) -> Model[List[Doc], tuple]:
+    """A Hugging Face encoder with a classifier after every layer; see
+    `pipeline.model.MultiExitTransformer` for the settings."""
+    return build_multi_exit_transformer(
+        name,
+        head_dropout,
+        attention_dropout,
+        layer_weighting,
+        max_wordpieces,
+        case_features,
+        span_getter,
+        cut_context,
+        n_layers,
+        nO,
+    )
+
+
+MultiExitTransformer.__doc__ = build_multi_exit_transformer.__doc__
+
+# -- exit policies ---------------------------------------------------------------
+
+
+@registry.misc("spacy-earlyexit.full_depth.v1")
+def make_full_depth() -> ExitPolicy:
+    """Every token runs every layer."""
+    return FullDepth()
+
+
+@registry.misc("spacy-earlyexit.fixed_depth.v1")
+def make_fixed_depth(layer: int) -> ExitPolicy:
+    """Every token leaves after `layer` layers (static depth reduction)."""
+    return FixedDepth(layer)
+
+
+@registry.misc("spacy-earlyexit.sentence_exit.v1")
+def make_sentence_exit(
+    threshold: float, uncertainty: str = "entropy", layer_thresholds: Optional[List[float]] = None
+) -> ExitPolicy:
+    """SENTEE: a sequence leaves once its most uncertain word is below threshold."""
+    return SentenceExit(threshold, uncertainty, layer_thresholds)
+
+
+@registry.misc("spacy-earlyexit.token_window_exit.v1")
+def make_token_window_exit(
+    threshold: float,
+    window: int = 2,
+    uncertainty: str = "entropy",
+    layer_thresholds: Optional[List[float]] = None,
+) -> ExitPolicy:
+    """TOKEE: a word leaves once its window's maximum uncertainty is below threshold."""
+    return TokenWindowExit(threshold, window, uncertainty, layer_thresholds)
+
+
+# -- training ----------------------------------------------------------------------
+
+
+@registry.misc("spacy-earlyexit.self_sampling.v1")
+def make_self_sampling(
+    min_window: int = 5,
+    max_window: int = 15,
+    min_threshold: float = 0.01,
+    max_threshold: float = 0.25,
+    upper_factor: float = 2.0,
+    aggressive_share: float = 0.2,
+    full_depth_share: float = 0.4,
+) -> SelfSampling:
+    """Self-sampling fine-tuning (stage 2): exits sampled per sentence in training."""
+    return SelfSampling(
+        min_window, max_window, min_threshold, max_threshold, upper_factor, aggressive_share, full_depth_share
+    )
+
+
+@registry.misc("spacy-earlyexit.width_training.v1")
+def make_width_training(
+    phase: str = "distill",
+    widths: Optional[List[float]] = None,
+    widths_per_step: Optional[int] = None,
+    logits_weight: float = 1.0,
+    hidden_weight: float = 1.0,
+    temperature: float = 1.0,
+    importance_examples: int = 200,
+) -> WidthTraining:
+    """A width-adaptive training stage (DynaBERT): `distill` every width from
+    the full-width model, or `self_sampling` across width and exit."""
+    return WidthTraining(phase, widths, widths_per_step, logits_weight, hidden_weight, temperature, importance_examples)
+
+
+@registry.schedules("spacy-earlyexit.warmup_linear_epochs.v1")
+def warmup_linear_epochs(
+    initial_rate: float,
+    train_path: Optional[str],
+    max_epochs: int = 0,
+    max_steps: int = 0,
+    batch_size: int = 1000,
+    warmup_fraction: float = 0.1,
+):
+    """Warm-up then linear decay over the whole run: `max_steps` when it is set,
+    else `max_epochs` x the batches of one epoch of `train_path`."""
+    return build_warmup_linear_epochs(initial_rate, train_path, max_epochs, max_steps, batch_size, warmup_fraction)
+
+
+# -- span getters (spacy-transformers', imported when one is built) -----------------
+
+
+@registry.misc("spacy-earlyexit.sent_spans.v1")
+def make_sent_spans() -> Callable[[List[Doc]], List[List[Span]]]:
+    """Read each sentence as its own context window (spacy-transformers'
+    `sent_spans`). Needs sentence boundaries on the docs."""
+    from spacy_transformers.span_getters import configure_get_sent_spans
+
+    return configure_get_sent_spans()
+
+
+@registry.misc("spacy-earlyexit.strided_spans.v1")
+def make_strided_spans(window: int = 128, stride: int = 96) -> Callable[[List[Doc]], List[List[Span]]]:
+    """Read docs in windows of `window` tokens every `stride` tokens
+    (spacy-transformers' `strided_spans`)."""
+    from spacy_transformers.span_getters import configure_strided_spans
+
+    return configure_strided_spans(window, stride)
+
+
+__all__ = [
+    "MultiExitTransformer",
+    "make_full_depth",
+    "make_fixed_depth",
+    "make_sentence_exit",
+    "make_token_window_exit",
+    "make_self_sampling",
+    "make_width_training",
+    "warmup_linear_epochs",
+    "make_sent_spans",
+    "make_strided_spans",
+]

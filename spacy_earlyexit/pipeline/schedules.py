@@ -1,0 +1,70 @@
+"""Learning-rate schedules whose length follows the training corpus.
+
+A learning-rate schedule tuned to one corpus (a fixed number of steps) trains
+a smaller corpus for too many epochs and a larger one for too few. Here the
+number of optimizer steps per epoch is counted with spaCy's own padded batcher
+on the training corpus, so the schedule, the evaluation frequency and the end
+of training all follow the corpus:
+
+- `spacy-earlyexit.warmup_linear_epochs.v1` is a registered schedule: linear
+  warm-up over a fraction of the run, then linear decay to zero at the last
+  step, with the run's length taken from the corpus (or `max_steps`).
+- `tools.train.plan_training` turns `max_epochs` into `max_steps` and an
+  evaluation frequency with the same count.
+"""
+
+from pathlib import Path
+from typing import Optional
+
+from spacy.tokens import DocBin
+from spacy.training.batchers import minibatch_by_padded_size
+from spacy.vocab import Vocab
+from thinc.api import warmup_linear
+
+
+def corpus_lengths(path: str) -> list:
+    """Token count of every non-empty doc of a `.spacy` corpus."""
+    docbin = DocBin().from_disk(Path(path))
+
+    return [len(doc) for doc in docbin.get_docs(Vocab()) if len(doc)]
+
+
+def steps_per_epoch(path: str, size: int, buffer: int = 256, discard_oversize: bool = False) -> int:
+    """Batches of one epoch, as `spacy.batch_by_padded.v1` makes them."""
+    lengths = corpus_lengths(path)
+    if not lengths:
+        raise ValueError(f"The training corpus '{path}' has no non-empty docs.")
+    # stand-ins with the docs' lengths (the batcher calls len() on its items)
+    batches = minibatch_by_padded_size(
+        [range(n) for n in lengths], size, buffer=buffer, discard_oversize=discard_oversize
+    )
+    return max(1, sum(1 for _ in batches))
+
+
+def warmup_linear_epochs(
+    initial_rate: float,
+    train_path: Optional[str],
+    max_epochs: int = 0,
+    max_steps: int = 0,
+    batch_size: int = 1000,
+    warmup_fraction: float = 0.1,
+):
+    """Warm-up then linear decay over the whole run: `max_steps` when it is set,
+    else `max_epochs` x the batches of one epoch of `train_path`."""
+    if not 0.0 <= warmup_fraction < 1.0:
+        raise ValueError(f"warmup_fraction must be in [0, 1), got {warmup_fraction}.")
+    if max_steps and max_steps > 0:
+        total = int(max_steps)
+    elif max_epochs and max_epochs > 0:
+        if not train_path:
+            raise ValueError(
+                "spacy-earlyexit.warmup_linear_epochs.v1 needs the training corpus "
+                "(train_path = ${paths.train}) to count the steps of an epoch."
+            )
+        total = int(max_epochs) * steps_per_epoch(str(train_path), int(batch_size))
+    else:
+        raise ValueError(
+            "spacy-earlyexit.warmup_linear_epochs.v1 needs max_epochs > 0 or max_steps > 0 to know where the run ends."
+        )
+    warmup = int(round(warmup_fraction * total))
+    return warmup_linear(initial_rate=initial_rate, warmup_steps=warmup, total_steps=total)

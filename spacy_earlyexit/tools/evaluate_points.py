@@ -1,0 +1,172 @@
+"""`python -m spacy_earlyexit evaluate-points`: test figures of every
+calibrated operating point beside its dev figures."""
+
+from pathlib import Path
+from typing import Callable, Dict, Optional
+
+import spacy
+import torch
+import typer
+
+from .evaluation import (
+    OperatingPoint,
+    corpus_examples,
+    early_exit_component,
+    fmt_value,
+    format_rows,
+    fresh_copy,
+    measure_interleaved,
+    set_ratios,
+    write_result,
+)
+from .options import CODE, GPU_ID, PRECISION, prepare
+
+
+def evaluate_operating_points(
+    pipeline: str,
+    corpus: str,
+    stage1: Optional[str] = None,
+    batch_size: int = 64,
+    rounds: int = 3,
+    progress: Callable[[str], None] = print,
+    precision: Optional[str] = None,
+) -> Dict:
+    """Test figures of a calibrated pipeline's operating points (and of a
+    stage-1 pipeline calibrated the same way): score, analytic speed-up and
+    words per second relative to full depth, measured in interleaved rounds.
+    Dev figures come from the calibration stored in each pipeline's meta.
+    `precision` (default: each component's own) applies to every point."""
+    loaded = []
+    for path in [pipeline] + ([stage1] if stage1 else []):
+        nlp = spacy.load(path)
+        meta = nlp.meta.get("earlyexit")
+        if not meta:
+            raise ValueError(f"'{path}' has no calibrated operating points: run `python -m spacy_earlyexit calibrate`.")
+        name = early_exit_component(nlp, meta["component"])
+        nlp.select_pipes(disable=[n for n in nlp.pipe_names if n != name])
+        if precision is not None:
+            nlp.get_pipe(name).precision = precision
+        loaded.append((nlp, name, meta))
+    examples = corpus_examples(loaded[0][0], corpus)
+    runs, per_pipeline = [], []
+    for nlp, name, meta in loaded:
+        list(nlp.pipe([fresh_copy(eg.predicted) for eg in examples[:16]], batch_size=batch_size))  # warm-up
+        full = OperatingPoint("full")
+        chosen = [(p, _calibrated_point(p)) for p in meta["points"] if p["reached"]]
+        runs += [(nlp, name, full)] + [(nlp, name, point) for _, point in chosen]
+        per_pipeline.append((meta, full, chosen))
+    measure_interleaved(runs, examples, batch_size, rounds, progress)
+    result: Dict = {
+        "pipeline": str(pipeline),
+        "corpus": str(corpus),
+        "rounds": rounds,
+        "batch_size": batch_size,
+        "torch_threads": torch.get_num_threads(),
+        "n_words": sum(len(eg.predicted) for eg in examples),
+    }
+    for key, (meta, full, chosen) in zip(("points", "stage1_points"), per_pipeline):
+        set_ratios([full] + [point for _, point in chosen], full)
+        by_name = {p["name"]: point for p, point in chosen}
+        rows = []
+        for p in meta["points"]:
+            point = by_name.get(p["name"])
+            rows.append(
+                {
+                    "name": p["name"],
+                    "target": p["target"],
+                    "kind": p["kind"],
+                    "search": p.get("search", "joint"),
+                    "policy": p["policy"],
+                    "params": p["params"],
+                    "reached": p["reached"],
+                    "note": p["note"],
+                    "dev_score": p["dev_score"],
+                    "dev_flops_speedup": p["dev_flops_speedup"],
+                    "test_score": point.score if point else None,
+                    "flops_speedup": point.flops_speedup if point else None,
+                    "words_per_second": point.words_per_second if point else None,
+                    "wps_ratio_vs_full": point.wps_ratio_vs_full if point else None,
+                    "mean_exit_layer": point.mean_exit_layer if point else None,
+                }
+            )
+        result[key] = rows
+        full_row = {
+            "dev_score": meta["full"]["dev_score"],
+            "test_score": full.score,
+            "words_per_second": full.words_per_second,
+            "default": meta["default"],
+        }
+        result["full" if key == "points" else "stage1_full"] = full_row
+    result["metric"] = loaded[0][2]["metric"]
+    return result
+
+
+def _calibrated_point(entry: Dict) -> OperatingPoint:
+    params = {k: v for k, v in entry["params"].items() if k != "width"}
+    return OperatingPoint(entry["policy"], params, float(entry["params"].get("width", 1.0)))
+
+
+def format_points_table(result: Dict) -> str:
+    header = ("stage", "point", "params", "dev", "test", "FLOPs x", "words/s", "wall x")
+    rows = []
+    for stage, key, full_key in (("2", "points", "full"), ("1", "stage1_points", "stage1_full")):
+        if key not in result:
+            continue
+        full = result[full_key]
+        rows.append(
+            (
+                stage,
+                "full",
+                "",
+                fmt_value(full["dev_score"], ".4f"),
+                fmt_value(full["test_score"], ".4f"),
+                "1.00",
+                fmt_value(full["words_per_second"], ",.0f"),
+                "1.00",
+            )
+        )
+        for p in result[key]:
+            params = ", ".join(
+                f"{k}={v}" for k, v in p["params"].items() if k not in ("uncertainty", "layer_thresholds")
+            )
+            rows.append(
+                (
+                    stage,
+                    p["name"] + ("" if p["reached"] else " (not reached)"),
+                    params,
+                    fmt_value(p["dev_score"], ".4f"),
+                    fmt_value(p["test_score"], ".4f"),
+                    fmt_value(p["flops_speedup"], ".2f"),
+                    fmt_value(p["words_per_second"], ",.0f"),
+                    fmt_value(p["wps_ratio_vs_full"], ".2f"),
+                )
+            )
+    return format_rows(header, rows)
+
+
+def evaluate_points(
+    pipeline: str = typer.Argument(..., help="Calibrated pipeline"),
+    corpus: Path = typer.Argument(..., help="Test corpus (.spacy)", exists=True, dir_okay=False),
+    stage1: Optional[str] = typer.Option(None, "--stage1", help="A stage-1 pipeline calibrated the same way"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the results as JSON"),
+    batch_size: int = typer.Option(64, "--batch-size", "-b", help="nlp.pipe batch size (docs)"),
+    rounds: int = typer.Option(3, "--rounds", help="Interleaved timing rounds (words/s: the median)"),
+    precision: Optional[str] = PRECISION,
+    code_path: Optional[Path] = CODE,
+    gpu_id: int = GPU_ID,
+) -> None:
+    """Test figures of every calibrated operating point beside their dev figures."""
+    prepare(code_path, gpu_id)
+    result = evaluate_operating_points(
+        pipeline,
+        str(corpus),
+        stage1,
+        batch_size,
+        rounds,
+        progress=lambda line: typer.echo(line, err=True),
+        precision=precision,
+    )
+    typer.echo(format_points_table(result))
+    if output:
+        write_result(result, output)
+        typer.echo(f"\nSaved to {output}")

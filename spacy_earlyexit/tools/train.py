@@ -1,0 +1,103 @@
+"""`python -m spacy_earlyexit train`: `spacy train` with a run length that
+follows the corpus.
+
+spaCy evaluates every `eval_frequency` steps only, so with a fixed frequency
+the final steps of a run never reach `model-best`, and a small corpus is
+evaluated rarely or never. `plan_training` turns `max_epochs` into
+`max_steps` and an evaluation frequency such that the model is evaluated at
+least once per epoch and at the very last step.
+"""
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+import typer
+from spacy import util
+from spacy.cli._util import parse_config_overrides
+from thinc.api import Config
+from wasabi import msg
+
+from ..pipeline.schedules import steps_per_epoch
+
+#: written by `train` into its output directory: how long the run took
+TRAINING_TIME_FILE = "training-time.json"
+
+
+def plan_training(
+    config: Config, evals_per_epoch: int = 1, user_overrides: Optional[Dict[str, Any]] = None
+) -> Tuple[Dict[str, Any], Optional[int]]:
+    """Config overrides that end the run on an evaluated step.
+
+    `config` is the interpolated training config. Returns overrides for
+    `training.max_epochs` (0: the run ends by steps), `training.max_steps` (a
+    multiple of the evaluation frequency, at least `max_epochs` epochs) and
+    `training.eval_frequency` (at most one epoch). Settings the user gave on
+    the command line are kept. Returns (overrides, steps per epoch); no
+    overrides when the run is already given in steps or not padded-batched."""
+    user_overrides = user_overrides or {}
+    training = config["training"]
+    epochs = int(training.get("max_epochs") or 0)
+    if epochs <= 0 or "training.max_steps" in user_overrides:
+        return {}, None
+    batcher = training.get("batcher", {})
+    if batcher.get("@batchers") != "spacy.batch_by_padded.v1":
+        return {}, None
+    train_path = config["paths"].get("train")
+    if not train_path:
+        raise ValueError("Set paths.train (the training corpus) to plan the run.")
+    per_epoch = steps_per_epoch(
+        str(train_path), int(batcher["size"]), int(batcher.get("buffer", 256)), bool(batcher.get("discard_oversize"))
+    )
+    if "training.eval_frequency" in user_overrides:
+        frequency = int(user_overrides["training.eval_frequency"])
+    else:
+        frequency = max(1, math.ceil(per_epoch / max(1, evals_per_epoch)))
+    max_steps = math.ceil(epochs * per_epoch / frequency) * frequency
+    return {
+        "training.max_epochs": 0,
+        "training.max_steps": max_steps,
+        "training.eval_frequency": frequency,
+    }, per_epoch
+
+
+def train(
+    ctx: typer.Context,
+    config_path: Path = typer.Argument(..., help="Training config", exists=True, dir_okay=False),
+    output_path: Optional[Path] = typer.Option(None, "--output", "-o", help="Output directory"),
+    code_path: Optional[Path] = typer.Option(None, "--code", "-c", help="Python file with registered functions"),
+    use_gpu: int = typer.Option(-1, "--gpu-id", "-g", help="GPU ID or -1 for CPU"),
+    evals_per_epoch: int = typer.Option(1, "--evals-per-epoch", help="Dev evaluations per epoch (and one at the end)"),
+) -> None:
+    """`spacy train` with a run length that follows the corpus: `max_epochs`
+    becomes a step count measured on the training corpus, with the dev set
+    evaluated at least once per epoch and at the last step. Other options and
+    `--section.key value` overrides are those of `spacy train`."""
+    from spacy.cli.train import train as spacy_train
+
+    if code_path:
+        util.import_file("functions", code_path)
+    overrides = parse_config_overrides(ctx.args)
+    config = util.load_config(config_path, overrides=overrides, interpolate=True)
+    plan, per_epoch = plan_training(config, evals_per_epoch, overrides)
+    if plan:
+        msg.info(
+            f"Corpus: {per_epoch} steps per epoch; {config['training']['max_epochs']} epochs -> "
+            f"max_steps {plan['training.max_steps']}, evaluating every {plan['training.eval_frequency']} "
+            "steps and at the last one"
+        )
+    started = time.perf_counter()
+    spacy_train(config_path, output_path, use_gpu=use_gpu, overrides={**overrides, **plan})
+    if output_path is not None:
+        seconds = time.perf_counter() - started
+        record = {
+            "seconds": round(seconds, 1),
+            "config": str(config_path),
+            "torch_threads": torch.get_num_threads(),
+            "max_steps": plan.get("training.max_steps"),
+        }
+        (Path(output_path) / TRAINING_TIME_FILE).write_text(json.dumps(record, indent=2), encoding="utf8")
+        msg.info(f"Training took {seconds / 60:.1f} minutes")
