@@ -25,6 +25,7 @@ from spacy_earlyexit.tools.annotate import (
     iter_docbin_output,
     token_attrs,
 )
+from spacy_earlyexit.tools.annotate import run as annotate_run
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -458,7 +459,7 @@ def test_a_document_longer_than_max_length_is_annotated_whole(saved_pipeline, nl
         loaded.append(pipeline)
         return pipeline
 
-    monkeypatch.setattr(annotate_module, "load_pipeline", load_with_small_limit)
+    monkeypatch.setattr(annotate_run, "load_pipeline", load_with_small_limit)
     texts = ["John sat .", "Angela Merkel visited Paris on Tuesday . " * 20, "The cat sat on the mat ."]
     source = tmp_path / "in.txt"
     source.write_text("\n".join(texts) + "\n", encoding="utf8")
