@@ -12,49 +12,18 @@ from typing import Callable, List, Optional
 
 from spacy.tokens import Doc, Span
 from spacy.util import registry
-from thinc.api import Model
 
 from ..core.objective import SelfSampling
 from ..core.policies import ExitPolicy, FixedDepth, FullDepth, SentenceExit, TokenWindowExit
 from ..core.width_training import WidthTraining
-from .model import DEFAULT_ENCODER
 from .model import MultiExitTransformer as build_multi_exit_transformer
 from .schedules import warmup_linear_epochs as build_warmup_linear_epochs
-from .wordpieces import SpanGetter
 
 # -- model ---------------------------------------------------------------------
 
 
-@registry.architectures("spacy-earlyexit.MultiExitTransformer.v1")
-def MultiExitTransformer(
-    name: str = DEFAULT_ENCODER,
-    head_dropout: float = 0.1,
-    attention_dropout: float = 0.0,
-    layer_weighting: str = "linear",
-    max_wordpieces: int = 256,
-    case_features: bool = True,
-    span_getter: Optional[SpanGetter] = None,
-    cut_context: int = 16,
-    n_layers: Optional[int] = None,
-    nO: Optional[int] = None,
-) -> Model[List[Doc], tuple]:
-    """A Hugging Face encoder with a classifier after every layer; see
-    `pipeline.model.MultiExitTransformer` for the settings."""
-    return build_multi_exit_transformer(
-        name,
-        head_dropout,
-        attention_dropout,
-        layer_weighting,
-        max_wordpieces,
-        case_features,
-        span_getter,
-        cut_context,
-        n_layers,
-        nO,
-    )
-
-
-MultiExitTransformer.__doc__ = build_multi_exit_transformer.__doc__
+#: see `pipeline.model.MultiExitTransformer` for its settings
+MultiExitTransformer = registry.architectures("spacy-earlyexit.MultiExitTransformer.v1")(build_multi_exit_transformer)
 
 # -- exit policies ---------------------------------------------------------------
 
@@ -124,18 +93,8 @@ def make_width_training(
     return WidthTraining(phase, widths, widths_per_step, logits_weight, hidden_weight, temperature, importance_examples)
 
 
-@registry.schedules("spacy-earlyexit.warmup_linear_epochs.v1")
-def warmup_linear_epochs(
-    initial_rate: float,
-    train_path: Optional[str],
-    max_epochs: int = 0,
-    max_steps: int = 0,
-    batch_size: int = 1000,
-    warmup_fraction: float = 0.1,
-):
-    """Warm-up then linear decay over the whole run: `max_steps` when it is set,
-    else `max_epochs` x the batches of one epoch of `train_path`."""
-    return build_warmup_linear_epochs(initial_rate, train_path, max_epochs, max_steps, batch_size, warmup_fraction)
+#: warm-up, then linear decay over a run whose length follows the corpus
+warmup_linear_epochs = registry.schedules("spacy-earlyexit.warmup_linear_epochs.v1")(build_warmup_linear_epochs)
 
 
 # -- span getters (spacy-transformers', imported when one is built) -----------------
