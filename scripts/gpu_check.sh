@@ -10,7 +10,7 @@ PY=${PYTHON:-.venv/bin/python}
 OUT=${OUT:-gpu-check}
 mkdir -p "$OUT"
 $PY -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name(0))"
-$PY -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py
+$PY -m pytest -q -p no:cacheprovider -m gpu tests/pipeline/test_gpu.py
 $PY scripts/prepare_conll.py "$CONLL" "$OUT/corpus" --max-sentences 600
 $PY -m spacy_earlyexit train configs/ner.cfg --output "$OUT/ner" --paths.train "$OUT/corpus/train.spacy" \
   --paths.dev "$OUT/corpus/dev.spacy" --gpu-id 0 --training.max_epochs 1

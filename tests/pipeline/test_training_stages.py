@@ -14,7 +14,7 @@ from spacy_earlyexit.tools import calibrate
 from spacy_earlyexit.tools.calibrate import CalibratedPoint, Candidate, run_calibration
 from spacy_earlyexit.tools.train import plan_training
 
-from .conftest import model_config, ner_examples
+from ..conftest import model_config, ner_examples
 
 
 def _weights(nlp, name="earlyexit_ner"):

@@ -9,8 +9,8 @@ from thinc.api import Config
 from spacy_earlyexit.core.objective import SelfSampling, distillation_loss, sample_widths
 from spacy_earlyexit.core.width_training import WidthTraining
 
-from .conftest import make_tiny_bert_dir, model_config, ner_examples, train
-from .test_encoder import random_batch
+from ..conftest import make_tiny_bert_dir, model_config, ner_examples, train
+from ..core.test_encoder import random_batch
 from .test_width import four_head_encoder
 
 WIDTH_CONFIG = """

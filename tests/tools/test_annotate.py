@@ -27,7 +27,7 @@ from spacy_earlyexit.tools.annotate import (
 )
 from spacy_earlyexit.tools.annotate import run as annotate_run
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 TXT_LINES = [
     "Angela Merkel visited Paris on Tuesday .",

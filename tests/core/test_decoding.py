@@ -12,7 +12,7 @@ from spacy_earlyexit.core.decoding import bio_transitions, viterbi
 from spacy_earlyexit.pipeline.model import DocExits
 from spacy_earlyexit.tools.calibrate import Candidate, simulate, simulated_score, trace
 
-from .conftest import model_config, ner_examples
+from ..conftest import model_config, ner_examples
 
 LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
 

@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import spacy
 
-from .conftest import NER_DATA, model_config, ner_examples, train
+from ..conftest import NER_DATA, model_config, ner_examples, train
 
 TEXTS = [text for text, _ in NER_DATA] * 3
 POINTS = {"shallow": {"policy": "fixed_depth", "layer": 1}, "middle": {"policy": "fixed_depth", "layer": 2}}

@@ -9,7 +9,7 @@ from spacy_earlyexit.core.policies import FixedDepth, TokenWindowExit
 from spacy_earlyexit.tools.calibrate import Candidate, simulate, trace
 from spacy_earlyexit.tools.evaluation import OperatingPoint, fresh_copy, measure
 
-from .conftest import TAG_DATA, model_config, ner_examples, tag_examples, train
+from ..conftest import TAG_DATA, model_config, ner_examples, tag_examples, train
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import spacy
 
 from spacy_earlyexit.pipeline.wordpieces import _windows, plan_sequences
 
-from .conftest import WORDS, model_config
+from ..conftest import WORDS, model_config
 
 
 @pytest.mark.parametrize("context", [0, 1, 4, 16, 100])

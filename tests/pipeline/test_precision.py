@@ -10,7 +10,7 @@ from spacy_earlyexit.core import precision as precision_module
 from spacy_earlyexit.core.policies import TokenWindowExit
 from spacy_earlyexit.core.precision import check_precision, native_bf16, resolve_precision
 
-from .conftest import NER_DATA, TAG_DATA, model_config, ner_examples, train
+from ..conftest import NER_DATA, TAG_DATA, model_config, ner_examples, train
 
 TEXTS = (
     [text for text, _ in NER_DATA]

@@ -9,7 +9,7 @@ from spacy.tokens import DocBin
 from spacy_earlyexit.tools.benchmark import run_benchmark
 from spacy_earlyexit.tools.evaluation import OperatingPoint
 
-from .conftest import ner_examples
+from ..conftest import ner_examples
 
 
 def _corpus(nlp, path):
@@ -45,7 +45,7 @@ def test_benchmark_command_writes_json(trained_tagger, tmp_path):
     trained_tagger.to_disk(tmp_path / "p")
     from spacy.training import Example
 
-    from .conftest import TAG_DATA
+    from ..conftest import TAG_DATA
 
     DocBin(docs=[Example.from_dict(trained_tagger.make_doc(t), {"tags": g}).reference for t, g in TAG_DATA]).to_disk(
         tmp_path / "c.spacy"

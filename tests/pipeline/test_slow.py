@@ -10,7 +10,7 @@ from spacy.training import Example
 
 from spacy_earlyexit.core.policies import TokenWindowExit
 
-from .conftest import NER_DATA, ner_examples
+from ..conftest import NER_DATA, ner_examples
 
 pytestmark = pytest.mark.slow
 

@@ -11,9 +11,9 @@ from spacy.tokens import DocBin
 
 from spacy_earlyexit.core.policies import TokenWindowExit
 
-from .conftest import NER_DATA, ner_examples
+from ..conftest import NER_DATA, ner_examples
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _compare_module():

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import spacy
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SHALLOW = {"policy": "fixed_depth", "layer": 1}
 TEXTS = [
     "Angela Merkel visited Paris on Tuesday .",

@@ -5,7 +5,7 @@ import pytest
 import spacy
 import torch
 
-from .conftest import NER_DATA, model_config, ner_examples, train
+from ..conftest import NER_DATA, model_config, ner_examples, train
 
 pytestmark = [
     pytest.mark.gpu,

@@ -9,7 +9,7 @@ from spacy.training import Example
 from spacy_earlyexit.core.hf import EncoderLoadError
 from spacy_earlyexit.core.policies import FullDepth, TokenWindowExit
 
-from .conftest import NER_DATA, TAG_DATA, model_config, ner_examples, tag_examples, train
+from ..conftest import NER_DATA, TAG_DATA, model_config, ner_examples, tag_examples, train
 
 
 def test_ner_overfits_to_the_gold_entities(trained_ner):

@@ -24,7 +24,7 @@ from spacy_earlyexit.pipeline.extensions import record_exits
 from spacy_earlyexit.pipeline.model import EarlyExitShim
 from spacy_earlyexit.pipeline.wordpieces import piece_budget, plan_sequences
 
-from .conftest import NER_DATA, model_config, ner_examples
+from ..conftest import NER_DATA, model_config, ner_examples
 
 TEXT = NER_DATA[0][0]  # "Angela Merkel visited Paris on Tuesday ."
 

@@ -17,8 +17,8 @@ from spacy_earlyexit.core.importance import compute_importance, rewire
 from spacy_earlyexit.core.policies import FullDepth, TokenWindowExit
 from spacy_earlyexit.core.width import kept
 
-from .conftest import NER_DATA, make_tiny_bert_dir, model_config, ner_examples, train
-from .test_encoder import random_batch
+from ..conftest import NER_DATA, make_tiny_bert_dir, model_config, ner_examples, train
+from ..core.test_encoder import random_batch
 
 # most tests run narrow widths on a pipeline that was never rewired, on purpose
 pytestmark = pytest.mark.filterwarnings("ignore:.*never ranked by importance:UserWarning")

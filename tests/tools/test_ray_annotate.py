@@ -15,7 +15,7 @@ from spacy_earlyexit.tools.ray_annotate import RAY_MISSING, RayAnnotator, annota
 
 from .test_annotate import write_corpus, write_mixed
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 try:
     import ray

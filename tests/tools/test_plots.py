@@ -23,7 +23,7 @@ from spacy_earlyexit.tools.plots import (
     plot_tradeoff,
 )
 
-from .conftest import TAG_DATA, ner_examples, tag_examples
+from ..conftest import TAG_DATA, ner_examples, tag_examples
 
 needs_matplotlib = pytest.mark.skipif(
     importlib.util.find_spec("matplotlib") is None, reason="matplotlib is an optional extra"
