@@ -151,11 +151,7 @@ class EarlyExitLabeler(TrainablePipe):
         given is taken from the current settings. Changes nothing."""
         current = self.settings
         if operating_point is not None:
-            if not isinstance(operating_point, str):
-                raise TypeError(
-                    f"'{self.name}': an operating point is a name such as 'full' or '2x', "
-                    f"got {type(operating_point).__name__}."
-                )
+            self._point_name(operating_point)
             if operating_point == "full":
                 current = RunSettings(FullDepth(), 1.0, current.precision, "full")
             elif operating_point in self.operating_points:
@@ -186,6 +182,14 @@ class EarlyExitLabeler(TrainablePipe):
             current = replace(current, precision=check_precision(precision))
         return current
 
+    def _point_name(self, operating_point) -> str:
+        if not isinstance(operating_point, str):
+            raise TypeError(
+                f"'{self.name}': an operating point is a name such as 'full' or '2x', "
+                f"got {type(operating_point).__name__}."
+            )
+        return operating_point
+
     def use(self, operating_point: str) -> ExitPolicy:
         """Switch to a named operating point (calibrated, or "full"): its exit
         policy, its width (1.0 unless the point names one) and its precision
@@ -195,12 +199,7 @@ class EarlyExitLabeler(TrainablePipe):
         Outside a `using` block this changes the default of every thread that
         calls the component; to choose a point for one call, pass it per call
         (`nlp(text, component_cfg={name: {"operating_point": "2x"}})`)."""
-        if not isinstance(operating_point, str):
-            raise TypeError(
-                f"'{self.name}': an operating point is a name such as 'full' or '2x', "
-                f"got {type(operating_point).__name__}."
-            )
-        chosen = self.point_settings(operating_point)
+        chosen = self.point_settings(self._point_name(operating_point))
         self._set(policy=chosen.policy, width=chosen.width, precision=chosen.precision, name=chosen.name)
         self._warn_if_not_rewired()
         return chosen.policy

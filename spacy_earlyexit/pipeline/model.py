@@ -312,12 +312,7 @@ def predict_exits(
     seq_cost = numpy.zeros(n_seq)
     seq_full = numpy.zeros(n_seq)
     for indices, batch in batches:
-        # width only when narrower: stand-ins for `predict` that predate widths keep working
-        # width and precision only when not the defaults: stand-ins for `predict` that predate them keep working
-        extra = {
-            k: v for k, v in (("width", width), ("precision", precision)) if v != {"width": 1.0, "precision": "fp32"}[k]
-        }
-        out = encoder.predict(batch, policy, **extra)
+        out = encoder.predict(batch, policy, width=width, precision=precision)
         labels, layers, unc = (t.cpu().numpy() for t in (out.labels, out.exit_layers, out.uncertainty))
         probs = out.probs.cpu().numpy() if keep_probs and out.probs is not None else None
         for row, index in enumerate(indices):
