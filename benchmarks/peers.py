@@ -79,18 +79,24 @@ def _backbone_with_case_class():
     import torch
 
     class BackboneWithCase(torch.nn.Module):
-        """What ONNX receives: input_ids, attention_mask (and case_ids) ->
-        last_hidden_state, with the casing embedding added to the embedding
-        output, as the pipeline's own loop and `huggingface_forward` do."""
+        """What ONNX receives: input_ids, attention_mask (and case_ids,
+        lexical_ids) -> last_hidden_state, with the casing and lexical
+        embeddings added to the embedding output, as the pipeline's own loop
+        and `huggingface_forward` do."""
 
         def __init__(self, encoder):
             super().__init__()
             self.backbone = encoder.backbone
             self.case_embedding = encoder.case_embedding
+            self.lexical_embedding = encoder.lexical_embedding
 
-        def forward(self, input_ids, attention_mask, case_ids=None):
+        def forward(self, input_ids, attention_mask, case_ids=None, lexical_ids=None):
             def add_case(module, inputs, out):
-                return out if case_ids is None else out + self.case_embedding(case_ids).to(out.dtype)
+                if case_ids is not None:
+                    out = out + self.case_embedding(case_ids).to(out.dtype)
+                if lexical_ids is not None:
+                    out = out + self.lexical_embedding(lexical_ids).sum(-2).to(out.dtype)
+                return out
 
             hook = self.backbone.embeddings.register_forward_hook(add_case)
             try:
@@ -112,9 +118,13 @@ def _uses_case(encoder, batch) -> bool:
     return encoder.case_embedding is not None and batch.case_ids is not None
 
 
-def export_onnx(encoder, path: Path, with_case: bool) -> Path:
-    """The encoder's backbone (+ casing embedding) as an ONNX model at `path`,
-    with dynamic batch and sequence axes."""
+def _uses_lexical(encoder, batch) -> bool:
+    return getattr(encoder, "lexical_embedding", None) is not None and batch.lexical_ids is not None
+
+
+def export_onnx(encoder, path: Path, with_case: bool, with_lexical: bool = False) -> Path:
+    """The encoder's backbone (+ casing and lexical embeddings) as an ONNX
+    model at `path`, with dynamic batch and sequence axes."""
     import torch
 
     module = backbone_with_case(encoder)
@@ -123,8 +133,16 @@ def export_onnx(encoder, path: Path, with_case: bool) -> Path:
     input_ids = torch.ones(2, 8, dtype=torch.long)
     attention_mask = torch.ones(2, 8, dtype=torch.long)
     attention_mask[1, 5:] = 0
-    args = (input_ids, attention_mask) + ((torch.zeros(2, 8, dtype=torch.long),) if with_case else ())
+    features = {}  # keyword inputs (a trailing dict of the export's args)
+    if with_case:
+        features["case_ids"] = torch.zeros(2, 8, dtype=torch.long)
+    if with_lexical:
+        names.append("lexical_ids")
+        features["lexical_ids"] = torch.zeros(2, 8, 2, dtype=torch.long)
+    args = (input_ids, attention_mask) + ((features,) if features else ())
     axes = {n: {0: "batch", 1: "sequence"} for n in names + ["last_hidden_state"]}
+    if with_lexical:
+        axes["lexical_ids"][2] = "features"
     path.parent.mkdir(parents=True, exist_ok=True)
     with _evaluating(encoder), torch.no_grad(), _quiet():
         kwargs = dict(
@@ -190,15 +208,15 @@ class OnnxRuntimeForward:
         self.directory = Path(directory)
         self.quantized = quantized
         self.threads = threads or torch.get_num_threads()
-        self.sessions: Dict[bool, object] = {}
+        self.sessions: Dict[tuple, object] = {}
         #: smallest cosine of the last hidden states to torch fp32, on the first batch
         self.min_cosine_to_fp32: Optional[float] = None
 
-    def model_path(self, with_case: bool) -> Path:
-        stem = "backbone-case" if with_case else "backbone"
+    def model_path(self, with_case: bool, with_lexical: bool = False) -> Path:
+        stem = ("backbone-case" if with_case else "backbone") + ("-lexical" if with_lexical else "")
         fp32 = self.directory / f"{stem}-fp32.onnx"
         if not fp32.is_file():
-            export_onnx(self.encoder, fp32, with_case)
+            export_onnx(self.encoder, fp32, with_case, with_lexical)
         if not self.quantized:
             return fp32
         int8 = self.directory / f"{stem}-int8.onnx"
@@ -206,18 +224,19 @@ class OnnxRuntimeForward:
             quantize_int8(fp32, int8)
         return int8
 
-    def session(self, with_case: bool):
-        if with_case not in self.sessions:
+    def session(self, with_case: bool, with_lexical: bool = False):
+        key = (with_case, with_lexical)
+        if key not in self.sessions:
             import onnxruntime
 
             options = onnxruntime.SessionOptions()
             options.intra_op_num_threads = self.threads
             options.inter_op_num_threads = 1
             options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
-            self.sessions[with_case] = onnxruntime.InferenceSession(
-                str(self.model_path(with_case)), options, providers=["CPUExecutionProvider"]
+            self.sessions[key] = onnxruntime.InferenceSession(
+                str(self.model_path(with_case, with_lexical)), options, providers=["CPUExecutionProvider"]
             )
-        return self.sessions[with_case]
+        return self.sessions[key]
 
     @property
     def size_mb(self) -> Optional[float]:
@@ -227,20 +246,23 @@ class OnnxRuntimeForward:
 
     def _names(self) -> List[str]:
         kind = "int8" if self.quantized else "fp32"
-        return [f"backbone-case-{kind}.onnx", f"backbone-{kind}.onnx"]
+        stems = ("backbone-case", "backbone", "backbone-case-lexical", "backbone-lexical")
+        return [f"{stem}-{kind}.onnx" for stem in stems]
 
     def hidden_states(self, batch):
         """Last hidden states [B, T, d] (float32) of `batch`."""
         import torch
 
-        with_case = _uses_case(self.encoder, batch)
+        with_case, with_lexical = _uses_case(self.encoder, batch), _uses_lexical(self.encoder, batch)
         feed = {
             "input_ids": batch.input_ids.cpu().numpy(),
             "attention_mask": batch.piece_mask.long().cpu().numpy(),
         }
         if with_case:
             feed["case_ids"] = batch.case_ids.cpu().numpy()
-        (hidden,) = self.session(with_case).run(["last_hidden_state"], feed)
+        if with_lexical:
+            feed["lexical_ids"] = batch.lexical_ids.cpu().numpy()
+        (hidden,) = self.session(with_case, with_lexical).run(["last_hidden_state"], feed)
         return torch.from_numpy(hidden)
 
     def torch_hidden_states(self, batch):
@@ -249,8 +271,9 @@ class OnnxRuntimeForward:
 
         module = backbone_with_case(self.encoder)
         case_ids = batch.case_ids if _uses_case(self.encoder, batch) else None
+        lexical_ids = batch.lexical_ids if _uses_lexical(self.encoder, batch) else None
         with _evaluating(self.encoder), torch.inference_mode():
-            return module(batch.input_ids, batch.piece_mask.long(), case_ids).float()
+            return module(batch.input_ids, batch.piece_mask.long(), case_ids, lexical_ids).float()
 
     def predict(self, batch, policy=None, width: float = 1.0, precision: str = "fp32"):
         """Every word labelled by the last exit, after every layer (as
@@ -258,7 +281,9 @@ class OnnxRuntimeForward:
         the engine and its model decide."""
         import torch
 
-        self.session(_uses_case(self.encoder, batch))  # exported, quantized and loaded once, outside inference mode
+        self.session(
+            _uses_case(self.encoder, batch), _uses_lexical(self.encoder, batch)
+        )  # exported, quantized and loaded once, outside inference mode
         with torch.inference_mode():
             return self._predict(batch)
 
@@ -271,7 +296,7 @@ class OnnxRuntimeForward:
         hidden = self.hidden_states(batch).to(batch.input_ids.device)
         if self.min_cosine_to_fp32 is None:
             self.min_cosine_to_fp32 = cosine_to_reference(hidden, self.torch_hidden_states(batch), batch.piece_mask)
-        states = hidden.gather(1, batch.word_starts.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+        states = encoder.word_states(hidden, batch)
         probs = encoder.heads[-1](states).softmax(-1)
         labels = probs.argmax(-1)
         n = batch.piece_mask.sum(1).double()

@@ -13,7 +13,8 @@ from torch import Tensor
 class EncoderBatch:
     """Padded wordpiece sequences and the word layout on top of them.
 
-    A "word" is one spaCy token; it is represented by its first wordpiece.
+    A "word" is one spaCy token; it is represented by its first wordpiece, or
+    by the mean of its first and last (`MultiExitEncoder.word_pooling`).
     """
 
     input_ids: Tensor  # [B, T] long
@@ -22,6 +23,10 @@ class EncoderBatch:
     word_starts: Tensor  # [B, W] long: position of each word's first piece (0 for padding)
     word_mask: Tensor  # [B, W] bool: real words
     case_ids: Optional[Tensor] = None  # [B, T] long: casing class of each piece's word
+    word_ends: Optional[Tensor] = None  # [B, W] long: position of each word's last piece (0 for padding)
+    # [B, T, F] long: rows of the lexical feature table for each piece's word
+    # (0, a zero row, for special pieces and padding)
+    lexical_ids: Optional[Tensor] = None
 
     @property
     def n_words(self) -> int:
@@ -32,8 +37,8 @@ class EncoderBatch:
         longest of them."""
         t_len = max(1, int(self.piece_mask[index].sum(1).max())) if len(index) else 1
         w_len = max(1, int(self.word_mask[index].sum(1).max())) if len(index) else 1
-        pieces = ("input_ids", "piece_mask", "piece_words", "case_ids")
-        words = ("word_starts", "word_mask")
+        pieces = ("input_ids", "piece_mask", "piece_words", "case_ids", "lexical_ids")
+        words = ("word_starts", "word_mask", "word_ends")
         kept = {name: getattr(self, name) for name in pieces + words}
         return EncoderBatch(
             **{
@@ -43,7 +48,16 @@ class EncoderBatch:
         )
 
     def to(self, device) -> "EncoderBatch":
-        fields = ("input_ids", "piece_mask", "piece_words", "word_starts", "word_mask", "case_ids")
+        fields = (
+            "input_ids",
+            "piece_mask",
+            "piece_words",
+            "word_starts",
+            "word_mask",
+            "case_ids",
+            "word_ends",
+            "lexical_ids",
+        )
         moved = {name: getattr(self, name) for name in fields}
         return EncoderBatch(**{k: (v.to(device) if v is not None else None) for k, v in moved.items()})
 

@@ -20,6 +20,9 @@ from .precision import RESOLVED, compute_dtype
 from .projections import InferenceLayer, inference_layer
 from .width import check_width, kept
 
+#: how a word's state is read from its wordpieces
+WORD_POOLING = ("first", "first_last")
+
 
 @dataclass
 class LayerWeights:
@@ -53,12 +56,22 @@ def _masked_heads(context: Tensor, head_mask: Optional[Tensor]) -> Tensor:
     return context if head_mask is None else context * head_mask[None, :, None, None]
 
 
+def _layer_norm(norm: nn.Module, x: Tensor) -> Tensor:
+    """`norm(x)` for a LayerNorm with float32 weights and `x` in the inference
+    dtype. The CPU kernel takes bf16 `x` with float32 weights (float32
+    statistics, bf16 out); the CUDA kernel wants one dtype, so on a GPU a bf16
+    `x` is normalized in float32 and cast back."""
+    if x.dtype == torch.float32 or x.device.type == "cpu":
+        return norm(x)
+    return norm(x.float()).to(x.dtype)
+
+
 def _inference_output_and_ffn(view: LayerView, layer: InferenceLayer, states: Tensor, context: Tensor) -> Tensor:
     """`_attention_output_and_ffn` without dropout, on the packed projections:
     residuals (and GELU, where oneDNN fuses it) inside the products."""
-    attn = view.attn_norm(layer.o.plus(context, states))
+    attn = _layer_norm(view.attn_norm, layer.o.plus(context, states))
     inner = layer.ff_in(attn, gelu=True) if layer.fused_gelu else view.act(layer.ff_in(attn))
-    return view.ff_norm(layer.ff_out.plus(inner, attn))
+    return _layer_norm(view.ff_norm, layer.ff_out.plus(inner, attn))
 
 
 class MultiExitEncoder(nn.Module):
@@ -74,8 +87,12 @@ class MultiExitEncoder(nn.Module):
         head_dropout: float = 0.1,
         attention_dropout: Optional[float] = None,
         case_classes: int = 0,
+        word_pooling: str = "first",
+        lexical_rows: int = 0,
     ):
         super().__init__()
+        if word_pooling not in WORD_POOLING:
+            raise ValueError(f"word_pooling must be one of {', '.join(WORD_POOLING)}, got {word_pooling!r}.")
         if n_labels < 1:
             raise ValueError("MultiExitEncoder needs at least one label.")
         if getattr(backbone, "pooler", None) is not None:
@@ -111,6 +128,17 @@ class MultiExitEncoder(nn.Module):
         if case_classes:
             self.case_embedding = nn.Embedding(case_classes, self.hidden_size)
             nn.init.zeros_(self.case_embedding.weight)
+        # Cheap lexical features of each word (hashed prefix, suffix, shape...;
+        # the pipeline computes the rows): one table, summed over the features
+        # and added to the embedding output like the casing. Row 0 (special
+        # pieces, padding) stays zero; the table starts at zero.
+        self.lexical_embedding: Optional[nn.Embedding] = None
+        if lexical_rows:
+            self.lexical_embedding = nn.Embedding(int(lexical_rows), self.hidden_size, padding_idx=0)
+            nn.init.zeros_(self.lexical_embedding.weight)
+        #: how a word's state is read from its pieces: "first" piece, or the
+        #: mean of its "first_last" pieces (a word's ending, e.g. its suffix)
+        self.word_pooling = word_pooling
 
     def set_dropout(self, rate: Optional[float]) -> None:
         """Use `rate` for hidden-state and classifier dropout while training
@@ -258,22 +286,42 @@ class MultiExitEncoder(nn.Module):
         ff = F.dropout(ff, self.hidden_dropout, self.training)
         return view.ff_norm(attn + ff)
 
-    def _word_states(self, hidden: Tensor, batch: EncoderBatch) -> Tensor:
-        """States of every word's first piece: [B, W, d]."""
-        index = batch.word_starts.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
-        return hidden.gather(1, index)
+    def _pools_last(self, word_ends: Optional[Tensor]) -> bool:
+        return self.word_pooling == "first_last" and word_ends is not None
+
+    def word_states(self, hidden: Tensor, batch: EncoderBatch) -> Tensor:
+        """Every word's state [B, W, d]: its first piece's, or the mean of its
+        first and last pieces' (`word_pooling`)."""
+        d = hidden.shape[-1]
+        states = hidden.gather(1, batch.word_starts.unsqueeze(-1).expand(-1, -1, d))
+        if self._pools_last(batch.word_ends):
+            states = (states + hidden.gather(1, batch.word_ends.unsqueeze(-1).expand(-1, -1, d))) * 0.5
+        return states
+
+    def _active_word_states(
+        self, hidden: Tensor, rows: Tensor, cols: Tensor, word_starts: Tensor, word_ends: Optional[Tensor]
+    ) -> Tensor:
+        """`word_states` of the words (rows, cols) only, in float32: [n, d]."""
+        states = hidden[rows, word_starts[rows, cols]].float()
+        if self._pools_last(word_ends):
+            states = (states + hidden[rows, word_ends[rows, cols]].float()) * 0.5
+        return states
 
     def embed(self, batch: EncoderBatch) -> Tensor:
         hidden = self.backbone.embeddings(input_ids=batch.input_ids)
         project = getattr(self.backbone, "embeddings_project", None)  # ELECTRA-small style
         if project is not None:
             hidden = project(hidden)
-        return self.add_case(hidden, batch)
+        return self.add_token_features(hidden, batch)
 
-    def add_case(self, hidden: Tensor, batch: EncoderBatch) -> Tensor:
-        if self.case_embedding is None or batch.case_ids is None:
-            return hidden
-        return hidden + self.case_embedding(batch.case_ids)
+    def add_token_features(self, hidden: Tensor, batch: EncoderBatch) -> Tensor:
+        """The embedding output plus the casing and lexical embeddings of each
+        piece's word (where the model has them and the batch carries them)."""
+        if self.case_embedding is not None and batch.case_ids is not None:
+            hidden = hidden + self.case_embedding(batch.case_ids)
+        if self.lexical_embedding is not None and batch.lexical_ids is not None:
+            hidden = hidden + self.lexical_embedding(batch.lexical_ids).sum(-2)
+        return hidden
 
     # -- training: every exit's logits ----------------------------------------
     def forward(
@@ -324,7 +372,7 @@ class MultiExitEncoder(nn.Module):
                 hidden = self._run_layer(index, hidden, batch.piece_mask, active, width, layer_mask, precision)
             if return_hidden:
                 states.append(hidden[batch.piece_mask].float())
-            word_states = self._word_states(hidden, batch)
+            word_states = self.word_states(hidden, batch)
             outputs.append(self.heads[index](self.head_dropout(word_states[batch.word_mask].float())))
             if sampled_exits is not None and index < self.n_layers - 1:
                 with torch.no_grad():
@@ -377,7 +425,7 @@ class MultiExitEncoder(nn.Module):
         rows = torch.arange(B, device=device)  # original row of each running sequence
         hidden = self.embed(batch).to(compute_dtype(precision))
         piece_mask, piece_words = batch.piece_mask, batch.piece_words
-        word_starts, word_mask = batch.word_starts, batch.word_mask
+        word_starts, word_mask, word_ends = batch.word_starts, batch.word_mask, batch.word_ends
         word_active = word_mask.clone()
         run_unc = uncertainty.clone()
         for index in range(last + 1):
@@ -387,7 +435,7 @@ class MultiExitEncoder(nn.Module):
             if not (is_last or policy.needs_every_exit):
                 continue
             w_rows, w_cols = word_active.nonzero(as_tuple=True)
-            states = hidden[w_rows, word_starts[w_rows, w_cols]].float()
+            states = self._active_word_states(hidden, w_rows, w_cols, word_starts, word_ends)
             probs = self.heads[index](states).softmax(-1)
             run_unc[w_rows, w_cols] = policy.uncertainty(probs)
             if is_last:
@@ -413,6 +461,8 @@ class MultiExitEncoder(nn.Module):
                 rows, hidden = rows[keep], hidden[keep, :t_len].contiguous()
                 piece_mask, piece_words = piece_mask[keep, :t_len], piece_words[keep, :t_len]
                 word_starts, word_mask = word_starts[keep, :w_len], word_mask[keep, :w_len]
+                if word_ends is not None:
+                    word_ends = word_ends[keep, :w_len]
                 word_active, run_unc = word_active[keep, :w_len], run_unc[keep, :w_len]
         cost, full_cost = self.batch_cost(batch, exit_layers, width, policy.needs_every_exit)
         return ExitOutput(labels, exit_layers, uncertainty, cost, full_cost, exit_probs)

@@ -1,6 +1,6 @@
 """Every registered function of spacy-earlyexit, in one place: the model
-architecture, exit policies, training settings, the learning-rate schedule
-and span getters. Names are namespaced and versioned
+architecture, exit policies, training settings, the learning-rate schedule,
+the run-length functions of `[training]`, the corpus augmenter and span getters. Names are namespaced and versioned
 (`spacy-earlyexit.X.v1`); a v2 keeps its v1 registered beside it.
 
 Importing this module registers them (the package's `__init__` does); the
@@ -16,7 +16,10 @@ from spacy.util import registry
 from ..core.objective import SelfSampling
 from ..core.policies import ExitPolicy, FixedDepth, FullDepth, SentenceExit, TokenWindowExit
 from ..core.width_training import WidthTraining
+from .augment import sentence_windows as build_sentence_windows
 from .model import MultiExitTransformer as build_multi_exit_transformer
+from .schedules import epoch_eval_frequency as build_epoch_eval_frequency
+from .schedules import epochs_as_steps as build_epochs_as_steps
 from .schedules import warmup_linear_epochs as build_warmup_linear_epochs
 
 # -- model ---------------------------------------------------------------------
@@ -96,6 +99,17 @@ def make_width_training(
 #: warm-up, then linear decay over a run whose length follows the corpus
 warmup_linear_epochs = registry.schedules("spacy-earlyexit.warmup_linear_epochs.v1")(build_warmup_linear_epochs)
 
+#: `[training.eval_frequency]`: one epoch of the training corpus (or a part of one), in steps
+epoch_eval_frequency = registry.misc("spacy-earlyexit.epoch_eval_frequency.v1")(build_epoch_eval_frequency)
+
+#: `[training.max_steps]`: a number of epochs as steps, ending on an evaluated step
+epochs_as_steps = registry.misc("spacy-earlyexit.epochs_as_steps.v1")(build_epochs_as_steps)
+
+# -- corpus augmenters ------------------------------------------------------------
+
+#: documents, and sometimes their sentences alone (see `pipeline.augment`)
+sentence_windows = registry.augmenters("spacy-earlyexit.sentence_windows.v1")(build_sentence_windows)
+
 
 # -- span getters (spacy-transformers', imported when one is built) -----------------
 
@@ -127,6 +141,9 @@ __all__ = [
     "make_self_sampling",
     "make_width_training",
     "warmup_linear_epochs",
+    "epoch_eval_frequency",
+    "epochs_as_steps",
+    "sentence_windows",
     "make_sent_spans",
     "make_strided_spans",
 ]

@@ -450,11 +450,15 @@ class EarlyExitLabeler(TrainablePipe):
         if not matches:
             raise ValueError(f"'{source}' has no {type(self).__name__} component to initialize '{self.name}' from.")
         other = (named or matches)[0]
-        if other.model.attrs["case_features"] != self.model.attrs["case_features"]:
-            raise ValueError(
-                f"'{self.name}' sets case_features={self.model.attrs['case_features']} but '{source}' was "
-                f"trained with case_features={other.model.attrs['case_features']}: use the same model settings."
-            )
+        for setting in ("case_features", "word_pooling", "lexical"):
+            mine, theirs = self.model.attrs.get(setting), other.model.attrs.get(setting)
+            if setting == "word_pooling":
+                mine, theirs = mine or "first", theirs or "first"
+            if mine != theirs:
+                raise ValueError(
+                    f"'{self.name}' sets {setting}={mine} but '{source}' was trained with "
+                    f"{setting}={theirs}: use the same model settings."
+                )
         self.cfg["labels"] = list(other.labels)
         self.model.set_dim("nO", len(self.output_labels), force=True)
         self._shim.from_bytes(other.model.shims[0].to_bytes())

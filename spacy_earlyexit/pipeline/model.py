@@ -10,7 +10,7 @@ safetensors weights, without pickle and without the original model source.
 
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy
 import torch
@@ -19,7 +19,7 @@ from thinc.api import ArgsKwargs, Model, get_torch_default_device, torch2xp, xp2
 from thinc.types import Floats3d, Ints1d
 
 from ..core.batch import EncoderBatch
-from ..core.encoder import MultiExitEncoder
+from ..core.encoder import WORD_POOLING, MultiExitEncoder
 from ..core.hf import keep_first_layers, load_pretrained
 from ..core.objective import SelfSampling
 from ..core.policies import ExitPolicy
@@ -27,6 +27,7 @@ from ..core.projections import bound_onednn_kernel_cache
 from .shim import EarlyExitShim
 from .wordpieces import (
     N_CASE_CLASSES,
+    LexicalFeatures,
     SequencePlan,
     SpanGetter,
     collate,
@@ -68,6 +69,9 @@ def MultiExitTransformer(
     layer_weighting: str = "linear",
     max_wordpieces: int = 256,
     case_features: bool = True,
+    word_pooling: str = "first",
+    lexical_attrs: Sequence[str] = (),
+    lexical_rows: Sequence[int] = (),
     span_getter: Optional[SpanGetter] = None,
     cut_context: int = 16,
     n_layers: Optional[int] = None,
@@ -86,6 +90,13 @@ def MultiExitTransformer(
     case_features: add a learned, zero-initialized embedding of each token's
         casing (lower, Title, UPPER, mixed, none) to the encoder input, so that
         uncased encoders still see capitalization.
+    word_pooling: how a token is read from its wordpieces: "first" (its first
+        piece) or "first_last" (the mean of its first and last pieces, so a
+        word of several pieces is also read from its ending).
+    lexical_attrs, lexical_rows: spaCy token attributes (e.g. PREFIX, SUFFIX,
+        SHAPE) whose hashed embeddings (`rows` rows each, two per token, as
+        `MultiHashEmbed`) are added to the encoder input like the casing;
+        zero-initialized; empty: none.
     span_getter: how docs are cut into context windows (whole docs by default).
     cut_context: a span longer than max_wordpieces is read in windows that
         overlap, so that every token is labelled with at least this many
@@ -104,6 +115,9 @@ def MultiExitTransformer(
         raise ValueError(f"cut_context must be a whole number >= 0 (wordpieces), got {cut_context!r}.")
     if n_layers is not None and (isinstance(n_layers, bool) or not isinstance(n_layers, int) or n_layers < 1):
         raise ValueError(f"n_layers must be a whole number >= 1 or null (all layers), got {n_layers!r}.")
+    if word_pooling not in WORD_POOLING:
+        raise ValueError(f"word_pooling must be one of {', '.join(WORD_POOLING)}, got {word_pooling!r}.")
+    lexical = LexicalFeatures(tuple(lexical_attrs), tuple(lexical_rows))  # validates
     install_fork_guard()
     bound_onednn_kernel_cache()
     shim = EarlyExitShim(head_dropout=head_dropout)
@@ -120,6 +134,8 @@ def MultiExitTransformer(
             "layer_weighting": layer_weighting,
             "max_wordpieces": max_wordpieces,
             "case_features": case_features,
+            "word_pooling": word_pooling,
+            "lexical": lexical,
             "cut_context": cut_context,
             "n_layers": n_layers,
             # set by spaCy's `update(drop=...)` (thinc's set_dropout_rate);
@@ -146,6 +162,8 @@ def init(model: Model, X: Optional[List[Doc]] = None, Y=None) -> Model:
         model.attrs["head_dropout"],
         model.attrs["attention_dropout"],
         N_CASE_CLASSES if model.attrs["case_features"] else 0,
+        model.attrs["word_pooling"],
+        model.attrs["lexical"].table_rows,
     )
     shim._model = encoder.to(get_torch_default_device())
     shim.tokenizer = tokenizer
@@ -173,7 +191,12 @@ def _plan(model: Model, docs: List[Doc]):
     shim: EarlyExitShim = model.shims[0]
     encoder = shim.encoder
     plan = plan_sequences(
-        docs, shim.tokenizer, max_sequence_pieces(model), shim.span_getter, model.attrs["cut_context"]
+        docs,
+        shim.tokenizer,
+        max_sequence_pieces(model),
+        shim.span_getter,
+        model.attrs["cut_context"],
+        model.attrs["lexical"],
     )
     return shim, encoder, plan
 

@@ -9,10 +9,16 @@ of training all follow the corpus:
 - `spacy-earlyexit.warmup_linear_epochs.v1` is a registered schedule: linear
   warm-up over a fraction of the run, then linear decay to zero at the last
   step, with the run's length taken from the corpus (or `max_steps`).
-- `tools.train.plan_training` turns `max_epochs` into `max_steps` and an
-  evaluation frequency with the same count.
+- `spacy-earlyexit.epoch_eval_frequency.v1` and `.epochs_as_steps.v1` fill
+  `[training.eval_frequency]` and `[training.max_steps]` of the shipped
+  configs (with `max_epochs = 0`), so plain `spacy train` evaluates dev once
+  per epoch and ends on an evaluated step, on a corpus of any size.
+- `tools.train.plan_training` does the same for configs that give
+  `max_epochs` (run through `python -m spacy_earlyexit train`).
 """
 
+import math
+from functools import lru_cache
 from pathlib import Path
 from typing import Optional
 
@@ -23,10 +29,16 @@ from thinc.api import warmup_linear
 
 
 def corpus_lengths(path: str) -> list:
-    """Token count of every non-empty doc of a `.spacy` corpus."""
-    docbin = DocBin().from_disk(Path(path))
+    """Token count of every non-empty doc of a `.spacy` corpus (read once per
+    file version: a training config asks for it several times)."""
+    stat = Path(path).stat()
+    return list(_corpus_lengths(str(path), stat.st_mtime_ns, stat.st_size))
 
-    return [len(doc) for doc in docbin.get_docs(Vocab()) if len(doc)]
+
+@lru_cache(maxsize=8)
+def _corpus_lengths(path: str, mtime_ns: int, size: int) -> tuple:
+    docbin = DocBin().from_disk(Path(path))
+    return tuple(len(doc) for doc in docbin.get_docs(Vocab()) if len(doc))
 
 
 def steps_per_epoch(path: str, size: int, buffer: int = 256, discard_oversize: bool = False) -> int:
@@ -68,3 +80,40 @@ def warmup_linear_epochs(
         )
     warmup = int(round(warmup_fraction * total))
     return warmup_linear(initial_rate=initial_rate, warmup_steps=warmup, total_steps=total)
+
+
+def _check_count(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a whole number >= 1, got {value!r}.")
+    return value
+
+
+def epoch_eval_frequency(
+    train_path: Optional[str],
+    batch_size: int = 1000,
+    buffer: int = 256,
+    discard_oversize: bool = False,
+    evals_per_epoch: int = 1,
+) -> int:
+    """`[training.eval_frequency]` for plain `spacy train`: the steps of one
+    epoch of `train_path` (batched as `spacy.batch_by_padded.v1` with these
+    settings), divided by `evals_per_epoch`, so dev is evaluated at least once
+    per epoch on a corpus of any size."""
+    _check_count("evals_per_epoch", evals_per_epoch)
+    if not train_path:
+        raise ValueError(
+            "spacy-earlyexit.epoch_eval_frequency.v1 needs the training corpus "
+            "(train_path = ${paths.train}) to count the steps of an epoch."
+        )
+    per_epoch = steps_per_epoch(str(train_path), int(batch_size), int(buffer), bool(discard_oversize))
+    return max(1, math.ceil(per_epoch / evals_per_epoch))
+
+
+def epochs_as_steps(epochs: int, eval_frequency: int, evals_per_epoch: int = 1) -> int:
+    """`[training.max_steps]` for plain `spacy train` (with `max_epochs = 0`):
+    `epochs` epochs as a step count that is a multiple of `eval_frequency`, so
+    the run ends on a step spaCy evaluates and `model-best` can be the last."""
+    _check_count("epochs", epochs)
+    _check_count("eval_frequency", eval_frequency)
+    _check_count("evals_per_epoch", evals_per_epoch)
+    return epochs * evals_per_epoch * eval_frequency

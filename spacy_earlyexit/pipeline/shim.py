@@ -149,6 +149,8 @@ class EarlyExitShim(PyTorchShim):
             "head_dropout": self.head_dropout,
             "attention_dropout": encoder.attention_dropout,
             "case_classes": encoder.case_embedding.num_embeddings if encoder.case_embedding is not None else 0,
+            "word_pooling": encoder.word_pooling,
+            "lexical_rows": encoder.lexical_embedding.num_embeddings if encoder.lexical_embedding is not None else 0,
             # heads and neurons permuted by importance: the weights are saved
             # permuted, this says that narrower widths keep the important ones
             "width_rewired": encoder.width_rewired,
@@ -166,6 +168,8 @@ class EarlyExitShim(PyTorchShim):
             exits["head_dropout"],
             exits.get("attention_dropout"),
             exits.get("case_classes", 0),
+            exits.get("word_pooling", "first"),
+            exits.get("lexical_rows", 0),
         )
         encoder.load_state_dict(weights)
         encoder.width_rewired = exits.get("width_rewired") is True

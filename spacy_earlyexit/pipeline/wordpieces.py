@@ -20,7 +20,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy
 import torch
-from spacy.attrs import ORTH
+from spacy.attrs import IDS, ORTH
 from spacy.tokens import Doc, Span
 
 from ..core.batch import EncoderBatch
@@ -46,6 +46,52 @@ def case_class(text: str) -> int:
     return 5
 
 
+@dataclass(frozen=True)
+class LexicalFeatures:
+    """Hashed lexical features of each token, as spaCy's `MultiHashEmbed`
+    reads them: for every attribute (`PREFIX`, `SUFFIX`, `SHAPE`, `NORM`...)
+    two rows of its own block of `rows` rows, from the low and the high half
+    of the attribute's 64-bit string hash (two rows make collisions rare).
+    Row 0 of the table is the zero row of special pieces and padding."""
+
+    attrs: Tuple[str, ...] = ()
+    rows: Tuple[int, ...] = ()
+
+    def __post_init__(self):
+        if len(self.attrs) != len(self.rows):
+            raise ValueError(
+                f"lexical_attrs and lexical_rows need one entry each per attribute, got "
+                f"{len(self.attrs)} attributes and {len(self.rows)} row counts."
+            )
+        for attr in self.attrs:
+            if not isinstance(attr, str) or attr.upper() not in IDS:
+                raise ValueError(f"Unknown token attribute in lexical_attrs: {attr!r} (e.g. PREFIX, SUFFIX, SHAPE).")
+        for rows in self.rows:
+            if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
+                raise ValueError(f"lexical_rows must be whole numbers >= 1, got {rows!r}.")
+
+    @property
+    def n_features(self) -> int:
+        return 2 * len(self.attrs)
+
+    @property
+    def table_rows(self) -> int:
+        """Rows of the embedding table, the zero row included (0: no features)."""
+        return 1 + 2 * sum(self.rows) if self.attrs else 0
+
+    def token_rows(self, doc: Doc) -> numpy.ndarray:
+        """[n_tokens, n_features] table rows of every token of `doc`."""
+        hashes = doc.to_array([IDS[attr.upper()] for attr in self.attrs]).astype("uint64").reshape(len(doc), -1)
+        out = numpy.empty((len(doc), self.n_features), dtype="int64")
+        offset = 1
+        for k, rows in enumerate(self.rows):
+            column = hashes[:, k]
+            out[:, 2 * k] = offset + (column % numpy.uint64(rows)).astype("int64")
+            out[:, 2 * k + 1] = offset + rows + ((column >> numpy.uint64(32)) % numpy.uint64(rows)).astype("int64")
+            offset += 2 * rows
+        return out
+
+
 @dataclass
 class EncoderSequence:
     """One wordpiece sequence: a window of one doc's tokens."""
@@ -56,6 +102,8 @@ class EncoderSequence:
     piece_words: numpy.ndarray  # word index of each piece, -1 for specials
     word_starts: numpy.ndarray  # position of each word's first piece
     case_ids: numpy.ndarray  # casing class of each piece's word, 0 for specials
+    word_ends: Optional[numpy.ndarray] = None  # position of each word's last piece
+    lexical_ids: Optional[numpy.ndarray] = None  # [n_pieces, F] lexical table rows, 0 for specials
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -192,12 +240,14 @@ def plan_sequences(
     max_pieces: int,
     span_getter: Optional[SpanGetter] = None,
     cut_context: int = 0,
+    lexical: Optional[LexicalFeatures] = None,
 ) -> SequencePlan:
     """Cut `docs` into wordpiece sequences of at most `max_pieces` pieces: a
     span longer than that is read in windows that overlap by about
     2 x `cut_context` pieces (disjoint, balanced windows with 0), and each
     token is labelled from the copy with the most context on its shorter side,
-    where a doc's own edges count as no missing context."""
+    where a doc's own edges count as no missing context. With `lexical`
+    features, each piece carries its word's lexical table rows."""
     n_before, n_after = _special_layout(tokenizer)
     budget = piece_budget(tokenizer, max_pieces)
     unk = tokenizer.unk_token_id
@@ -207,6 +257,8 @@ def plan_sequences(
     flat_spans = [(d, span) for d, spans in enumerate(spans_per_doc) for span in spans if len(span)]
     words = [_span_texts(span) for _, span in flat_spans]
     cases = [[case_class(text) for text in span_words] for span_words in words]
+    with_lexical = lexical is not None and bool(lexical.attrs)
+    doc_lexical = [lexical.token_rows(doc) for doc in docs] if with_lexical else None
     encoded = tokenizer(words, is_split_into_words=True, add_special_tokens=False, verbose=False) if words else None
     plan = SequencePlan(sequences=[], n_tokens=[len(doc) for doc in docs])
     best_centrality = [numpy.full(len(doc), -1, dtype="int64") for doc in docs]
@@ -226,6 +278,12 @@ def plan_sequences(
             )
             piece_cases = numpy.concatenate((before, numpy.repeat(span_cases[start:end], word_sizes), after))
             tokens = numpy.arange(span.start + start, span.start + end)
+            piece_lexical = None
+            if doc_lexical is not None:
+                piece_lexical = numpy.zeros((len(piece_words), lexical.n_features), dtype="int64")
+                piece_lexical[n_before : len(piece_words) - n_after] = numpy.repeat(
+                    doc_lexical[doc_index][tokens], word_sizes, axis=0
+                )
             plan.sequences.append(
                 EncoderSequence(
                     doc_index,
@@ -234,6 +292,8 @@ def plan_sequences(
                     piece_words,
                     n_before + offsets[start:end] - first,
                     piece_cases,
+                    n_before + offsets[start + 1 : end + 1] - first - 1,
+                    piece_lexical,
                 )
             )
             # the copy of a token with the most context in its sequence labels it
@@ -269,6 +329,10 @@ def collate(sequences: Sequence[EncoderSequence], pad_id: int) -> EncoderBatch:
     case_ids = numpy.zeros((B, T), dtype="int64")
     word_starts = numpy.zeros((B, W), dtype="int64")
     word_mask = numpy.zeros((B, W), dtype=bool)
+    with_ends = all(seq.word_ends is not None for seq in sequences)
+    word_ends = numpy.zeros((B, W), dtype="int64") if with_ends else None
+    n_lexical = sequences[0].lexical_ids.shape[1] if sequences[0].lexical_ids is not None else 0
+    lexical_ids = numpy.zeros((B, T, n_lexical), dtype="int64") if n_lexical else None
     for i, seq in enumerate(sequences):
         n, w = len(seq), len(seq.word_starts)
         input_ids[i, :n] = seq.input_ids
@@ -277,6 +341,10 @@ def collate(sequences: Sequence[EncoderSequence], pad_id: int) -> EncoderBatch:
         case_ids[i, :n] = seq.case_ids
         word_starts[i, :w] = seq.word_starts
         word_mask[i, :w] = True
+        if word_ends is not None:
+            word_ends[i, :w] = seq.word_ends
+        if lexical_ids is not None:
+            lexical_ids[i, :n] = seq.lexical_ids
     return EncoderBatch(
         input_ids=torch.from_numpy(input_ids),
         piece_mask=torch.from_numpy(piece_mask),
@@ -284,6 +352,8 @@ def collate(sequences: Sequence[EncoderSequence], pad_id: int) -> EncoderBatch:
         word_starts=torch.from_numpy(word_starts),
         word_mask=torch.from_numpy(word_mask),
         case_ids=torch.from_numpy(case_ids),
+        word_ends=torch.from_numpy(word_ends) if word_ends is not None else None,
+        lexical_ids=torch.from_numpy(lexical_ids) if lexical_ids is not None else None,
     )
 
 

@@ -96,10 +96,18 @@ def run_benchmark(
         "torch_threads": torch.get_num_threads(),
         "rounds": rounds,
         "machine": platform.processor() or platform.machine(),
+        "device": _device_name(encoder.device),
+        "torch": torch.__version__,
         "n_layers": encoder.n_layers,
         "precision": nlp.get_pipe(component_name).precision,
         "points": [asdict(p) for p in results],
     }
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return device.type
 
 
 def format_table(result: Dict) -> str:

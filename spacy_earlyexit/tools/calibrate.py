@@ -54,7 +54,7 @@ from ..core.policies import TokenWindowExit, normalized_entropy, upper_half_thre
 from ..core.precision import resolve_precision
 from ..pipeline.labeler import EarlyExitLabeler
 from ..pipeline.model import DocExits, sequence_batches
-from .evaluation import OperatingPoint, corpus_examples, early_exit_component, fresh_copy, measure
+from .evaluation import OperatingPoint, corpus_examples, early_exit_component, fresh_copy, measure, sentence_examples
 from .options import CODE, COMPONENT, GPU_ID, PRECISION, floats, prepare
 
 DEFAULT_TARGETS = (2.0, 3.0, 4.0)
@@ -170,6 +170,7 @@ class CalibratedPoint:
     reached: bool = False
     dev_score: Optional[float] = None
     flops_speedup: Optional[float] = None
+    dev_score_sentences: Optional[float] = None  # the point on dev's sentences, one doc each
     note: str = ""
     tried: List[Dict] = field(default_factory=list)
 
@@ -185,6 +186,7 @@ class CalibratedPoint:
             "reached": self.reached,
             "dev_score": self.dev_score,
             "dev_flops_speedup": self.flops_speedup,
+            "dev_score_sentences": self.dev_score_sentences,
             "note": self.note,
         }
 
@@ -412,10 +414,13 @@ def calibrate(
     margin: float = DEFAULT_MARGIN,
     tolerance: float = DEFAULT_TOLERANCE,
     precision: Optional[str] = None,
+    sentences: Optional[List[Example]] = None,
 ) -> Dict:
     """Operating points for `component_name`, chosen on `examples` (dev), in
     `precision` (default: the component's own), the precision they will run
-    in: simulation and real runs alike."""
+    in: simulation and real runs alike. With `sentences` (dev's sentences as
+    docs of their own), full depth and every chosen point are also scored
+    on them: points are chosen on documents, reported on both shapes."""
     component: EarlyExitLabeler = nlp.get_pipe(component_name)
     precision = precision or component.precision
     resolved = resolve_precision(precision, component.encoder.device)
@@ -450,12 +455,22 @@ def calibrate(
             _choose(nlp, component_name, examples, component, simulated, point, full_score, progress, margin, tolerance)
             status = f"{100 * point.dev_score:.2f} at {point.flops_speedup:.2f}x" if point.reached else point.note
             progress(f"{point.name}: {status}")
+        full_sentences = None
+        if sentences:
+            full_sentences, _ = _real(nlp, component_name, sentences, {"policy": "full"})
+            for point in points:
+                if point.reached:
+                    point.dev_score_sentences, _ = _real(nlp, component_name, sentences, point.spec)
+            progress(
+                f"dev sentences: full {100 * full_sentences:.2f}; "
+                + ", ".join(f"{p.name} {100 * p.dev_score_sentences:.2f}" for p in points if p.reached)
+            )
     reached = [p for p in points if p.reached]
     default = next((p.name for p in reversed(reached) if p.kind == "max_drop"), "full")
     return {
         "component": component_name,
         "metric": component.score_key,
-        "full": {"dev_score": full_score},
+        "full": {"dev_score": full_score, "dev_score_sentences": full_sentences},
         "default": default,
         "margin": margin,
         "tolerance": tolerance,
@@ -516,7 +531,10 @@ def run_calibration(
     component_name = early_exit_component(nlp, component_name)
     nlp.select_pipes(disable=[n for n in nlp.pipe_names if n != component_name])
     examples = corpus_examples(nlp, dev_path)
-    result = calibrate(nlp, component_name, examples, targets, max_drop, progress, margin, tolerance, precision)
+    sentences = sentence_examples(nlp, examples)
+    result = calibrate(
+        nlp, component_name, examples, targets, max_drop, progress, margin, tolerance, precision, sentences
+    )
     write_calibrated(pipeline, output, result, dev_path)
     return result
 

@@ -15,7 +15,9 @@ from .evaluation import (
     fmt_value,
     format_rows,
     fresh_copy,
+    measure,
     measure_interleaved,
+    sentence_examples,
     set_ratios,
     write_result,
 )
@@ -35,7 +37,10 @@ def evaluate_operating_points(
     stage-1 pipeline calibrated the same way): score, analytic speed-up and
     words per second relative to full depth, measured in interleaved rounds.
     Dev figures come from the calibration stored in each pipeline's meta.
-    `precision` (default: each component's own) applies to every point."""
+    `precision` (default: each component's own) applies to every point.
+    Where the corpus marks sentences, every point is also run once on the
+    corpus's sentences as docs of their own (`*_sentences`: score, analytic
+    speed-up and that run's words per second)."""
     loaded = []
     for path in [pipeline] + ([stage1] if stage1 else []):
         nlp = spacy.load(path)
@@ -56,6 +61,12 @@ def evaluate_operating_points(
         runs += [(nlp, name, full)] + [(nlp, name, point) for _, point in chosen]
         per_pipeline.append((meta, full, chosen))
     measure_interleaved(runs, examples, batch_size, rounds, progress)
+    sentences = sentence_examples(loaded[0][0], examples)
+    on_sentences = {}
+    for nlp, name, point in runs if sentences else []:
+        alone = measure(nlp, name, sentences, OperatingPoint(point.policy, dict(point.params), point.width), batch_size)
+        on_sentences[id(point)] = alone
+        progress(f"[sentences] {point.label}: score {fmt_value(alone.score, '.4f')}")
     result: Dict = {
         "pipeline": str(pipeline),
         "corpus": str(corpus),
@@ -87,6 +98,8 @@ def evaluate_operating_points(
                     "words_per_second": point.words_per_second if point else None,
                     "wps_ratio_vs_full": point.wps_ratio_vs_full if point else None,
                     "mean_exit_layer": point.mean_exit_layer if point else None,
+                    "dev_score_sentences": p.get("dev_score_sentences"),
+                    **_sentence_figures(on_sentences.get(id(point))),
                 }
             )
         result[key] = rows
@@ -95,10 +108,20 @@ def evaluate_operating_points(
             "test_score": full.score,
             "words_per_second": full.words_per_second,
             "default": meta["default"],
+            "dev_score_sentences": meta["full"].get("dev_score_sentences"),
+            **_sentence_figures(on_sentences.get(id(full))),
         }
         result["full" if key == "points" else "stage1_full"] = full_row
     result["metric"] = loaded[0][2]["metric"]
     return result
+
+
+def _sentence_figures(point: Optional[OperatingPoint]) -> Dict:
+    return {
+        "test_score_sentences": point.score if point else None,
+        "flops_speedup_sentences": point.flops_speedup if point else None,
+        "words_per_second_sentences": point.words_per_second if point else None,
+    }
 
 
 def _calibrated_point(entry: Dict) -> OperatingPoint:
@@ -107,7 +130,7 @@ def _calibrated_point(entry: Dict) -> OperatingPoint:
 
 
 def format_points_table(result: Dict) -> str:
-    header = ("stage", "point", "params", "dev", "test", "FLOPs x", "words/s", "wall x")
+    header = ("stage", "point", "params", "dev", "test", "FLOPs x", "words/s", "wall x", "dev sents", "test sents")
     rows = []
     for stage, key, full_key in (("2", "points", "full"), ("1", "stage1_points", "stage1_full")):
         if key not in result:
@@ -123,6 +146,8 @@ def format_points_table(result: Dict) -> str:
                 "1.00",
                 fmt_value(full["words_per_second"], ",.0f"),
                 "1.00",
+                fmt_value(full.get("dev_score_sentences"), ".4f"),
+                fmt_value(full.get("test_score_sentences"), ".4f"),
             )
         )
         for p in result[key]:
@@ -139,6 +164,8 @@ def format_points_table(result: Dict) -> str:
                     fmt_value(p["flops_speedup"], ".2f"),
                     fmt_value(p["words_per_second"], ",.0f"),
                     fmt_value(p["wps_ratio_vs_full"], ".2f"),
+                    fmt_value(p.get("dev_score_sentences"), ".4f"),
+                    fmt_value(p.get("test_score_sentences"), ".4f"),
                 )
             )
     return format_rows(header, rows)

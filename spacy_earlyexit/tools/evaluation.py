@@ -62,15 +62,15 @@ def huggingface_forward(encoder: MultiExitEncoder) -> Iterator[None]:
         batch: EncoderBatch, policy: Optional[ExitPolicy] = None, width: float = 1.0, precision: str = "fp32"
     ) -> ExitOutput:
         backbone = backbone_for(precision)
-        # the casing embedding joins the embedding output, as in the own loop
+        # the casing and lexical embeddings join the embedding output, as in the own loop
         hook = backbone.embeddings.register_forward_hook(
-            lambda m, i, out: encoder.add_case(out.float(), batch).to(out.dtype)
+            lambda m, i, out: encoder.add_token_features(out.float(), batch).to(out.dtype)
         )
         try:
             hidden = backbone(input_ids=batch.input_ids, attention_mask=batch.piece_mask.long()).last_hidden_state
         finally:
             hook.remove()
-        states = hidden.gather(1, batch.word_starts.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])).float()
+        states = encoder.word_states(hidden, batch).float()
         probs = encoder.heads[-1](states).softmax(-1)
         labels = probs.argmax(-1)
         n = batch.piece_mask.sum(1).double()
@@ -109,7 +109,25 @@ def corpus_examples(nlp: Language, path: str, limit: int = 0) -> List[Example]:
     references = [doc for doc in DocBin().from_disk(path).get_docs(nlp.vocab) if len(doc)]
     if limit:
         references = references[:limit]
-    return [Example(fresh_copy(ref) if ref.has_unknown_spaces else nlp.make_doc(ref.text), ref) for ref in references]
+    return [_example_of(nlp, ref) for ref in references]
+
+
+def _example_of(nlp: Language, reference: Doc) -> Example:
+    return Example(fresh_copy(reference) if reference.has_unknown_spaces else nlp.make_doc(reference.text), reference)
+
+
+def sentence_examples(nlp: Language, examples: List[Example]) -> List[Example]:
+    """Every sentence of the examples' references as an example of its own
+    (the shape of `nlp(text)` on one sentence), built as `corpus_examples`
+    builds examples; [] when no reference marks sentences."""
+    if not any(eg.reference.has_annotation("SENT_START") for eg in examples):
+        return []
+    return [
+        _example_of(nlp, sent.as_doc())
+        for eg in examples
+        for sent in (eg.reference.sents if eg.reference.has_annotation("SENT_START") else [eg.reference[:]])
+        if len(sent)
+    ]
 
 
 def _timed_pipe(nlp: Language, examples: List[Example], batch_size: int) -> tuple:

@@ -23,8 +23,63 @@ from wasabi import msg
 
 from ..pipeline.schedules import steps_per_epoch
 
-#: written by `train` into its output directory: how long the run took
+#: written by `train` into its output directory: how long the run took and
+#: the dev score of every evaluation
 TRAINING_TIME_FILE = "training-time.json"
+#: spaCy's JSONL training log (ConsoleLogger.v3), in the output directory
+TRAINING_LOG_FILE = "training-log.jsonl"
+RUN_LENGTH_BLOCKS = ("training.max_steps.", "training.eval_frequency.")
+
+
+def counts_itself(config: Config) -> bool:
+    """Whether the config's run length is `spacy-earlyexit.epochs_as_steps.v1`
+    (the shipped configs): plain `spacy train` then plans it too."""
+    steps = config["training"].get("max_steps")
+    return isinstance(steps, dict) and steps.get("@misc") == "spacy-earlyexit.epochs_as_steps.v1"
+
+
+def resolved_run_length(config_path: Path, overrides: Dict[str, Any]) -> Dict[str, Any]:
+    """The numbers a config that counts itself runs with, as overrides (the
+    same numbers plain `spacy train` computes; as integers, spaCy's progress
+    bar can count them)."""
+    planned = util.load_config(config_path, overrides=overrides, interpolate=True)
+    training = planned["training"]
+    resolved = util.registry.resolve({"every": training["eval_frequency"], "steps": training["max_steps"]})
+    return {
+        "training.max_epochs": 0,
+        "training.eval_frequency": int(resolved["every"]),
+        "training.max_steps": int(resolved["steps"]),
+    }
+
+
+def _logger_overrides(config: Config, overrides: Dict[str, Any], output_path: Optional[Path]) -> Dict[str, Any]:
+    """With spaCy's ConsoleLogger.v3: a progress bar, and the JSONL log in the
+    output directory (dev scores per evaluation), unless the user set them."""
+    logger = config["training"].get("logger", {})
+    if logger.get("@loggers") != "spacy.ConsoleLogger.v3":
+        return {}
+    extra: Dict[str, Any] = {}
+    if logger.get("progress_bar") is None and "training.logger.progress_bar" not in overrides:
+        extra["training.logger.progress_bar"] = "eval"
+    if output_path is not None and not logger.get("output_file") and "training.logger.output_file" not in overrides:
+        log_file = Path(output_path) / TRAINING_LOG_FILE
+        if log_file.exists():
+            log_file.unlink()  # spaCy's logger writes nothing where a log exists
+        extra["training.logger.output_file"] = str(log_file)
+    return extra
+
+
+def read_evaluations(log_file: Optional[str]) -> Optional[list]:
+    """Epoch, step and dev score of every evaluation in a ConsoleLogger.v3
+    JSONL log (None without one)."""
+    if not log_file or not Path(log_file).is_file():
+        return None
+    evaluations = []
+    for line in Path(log_file).read_text(encoding="utf8").splitlines():
+        entry = json.loads(line) if line.strip() else None
+        if isinstance(entry, dict) and entry.get("score") is not None:
+            evaluations.append({"epoch": entry.get("epoch"), "step": entry.get("step"), "score": entry["score"]})
+    return evaluations
 
 
 def plan_training(
@@ -41,6 +96,13 @@ def plan_training(
     user_overrides = user_overrides or {}
     training = config["training"]
     epochs = int(training.get("max_epochs") or 0)
+    steps = training.get("max_steps")
+    if isinstance(steps, dict) and "epochs" in steps:
+        # the shipped configs: the run is already counted in epochs of the
+        # corpus ([training.max_steps]); `max_epochs` given too moves there
+        if epochs <= 0:
+            return {}, None
+        return {"training.max_epochs": 0, "training.max_steps.epochs": epochs}, None
     if epochs <= 0 or "training.max_steps" in user_overrides:
         return {}, None
     batcher = training.get("batcher", {})
@@ -83,11 +145,17 @@ def train(
     overrides = parse_config_overrides(ctx.args)
     config = util.load_config(config_path, overrides=overrides, interpolate=True)
     plan, per_epoch = plan_training(config, evals_per_epoch, overrides)
-    if plan:
+    if counts_itself(config):
+        if evals_per_epoch != 1 and "training.eval_frequency.evals_per_epoch" not in overrides:
+            plan["training.eval_frequency.evals_per_epoch"] = evals_per_epoch
+        plan = resolved_run_length(config_path, {**overrides, **plan})
+        # the blocks are replaced by their numbers: settings inside them are spent
+        overrides = {k: v for k, v in overrides.items() if not k.startswith(RUN_LENGTH_BLOCKS)}
+    plan.update(_logger_overrides(config, overrides, output_path))
+    if "training.max_steps" in plan:
         msg.info(
-            f"Corpus: {per_epoch} steps per epoch; {config['training']['max_epochs']} epochs -> "
-            f"max_steps {plan['training.max_steps']}, evaluating every {plan['training.eval_frequency']} "
-            "steps and at the last one"
+            f"Run length from the corpus: max_steps {plan['training.max_steps']}, evaluating every "
+            f"{plan['training.eval_frequency']} steps and at the last one"
         )
     started = time.perf_counter()
     spacy_train(config_path, output_path, use_gpu=use_gpu, overrides={**overrides, **plan})
@@ -98,6 +166,7 @@ def train(
             "config": str(config_path),
             "torch_threads": torch.get_num_threads(),
             "max_steps": plan.get("training.max_steps"),
+            "evaluations": read_evaluations(plan.get("training.logger.output_file")),
         }
         (Path(output_path) / TRAINING_TIME_FILE).write_text(json.dumps(record, indent=2), encoding="utf8")
         msg.info(f"Training took {seconds / 60:.1f} minutes")

@@ -186,3 +186,74 @@ def test_dense_and_packed_paths_agree_and_keep_inactive_pieces():
         packed = encoder._run_layer(0, hidden.clone(), batch.piece_mask, active)
     assert torch.equal(dense[0, 3], hidden[0, 3])
     assert torch.allclose(dense, packed, atol=1e-5)
+
+
+def _multi_piece_batch():
+    """Two sequences whose words have one to three pieces each."""
+    sizes = [[1, 3, 2], [2, 1]]
+    B, W = len(sizes), max(len(s) for s in sizes)
+    T = max(sum(s) for s in sizes) + 2
+    gen = torch.Generator().manual_seed(1)
+    ids = torch.zeros(B, T, dtype=torch.long)
+    piece_mask = torch.zeros(B, T, dtype=torch.bool)
+    piece_words = torch.full((B, T), -1, dtype=torch.long)
+    starts = torch.zeros(B, W, dtype=torch.long)
+    ends = torch.zeros(B, W, dtype=torch.long)
+    word_mask = torch.zeros(B, W, dtype=torch.bool)
+    for b, word_sizes in enumerate(sizes):
+        n = sum(word_sizes)
+        ids[b, : n + 2] = torch.randint(5, 50, (n + 2,), generator=gen)
+        piece_mask[b, : n + 2] = True
+        position = 1
+        for w, size in enumerate(word_sizes):
+            piece_words[b, position : position + size] = w
+            starts[b, w], ends[b, w] = position, position + size - 1
+            position += size
+        word_mask[b, : len(word_sizes)] = True
+    return EncoderBatch(ids, piece_mask, piece_words, starts, word_mask, word_ends=ends)
+
+
+def test_first_last_pooling_reads_the_mean_of_first_and_last_piece():
+    torch.manual_seed(0)
+    backbone = tiny_backbone("bert").eval()
+    encoder = MultiExitEncoder(backbone, n_labels=3, word_pooling="first_last").eval()
+    batch = _multi_piece_batch()
+    with torch.no_grad():
+        hidden = backbone(input_ids=batch.input_ids, attention_mask=batch.piece_mask.long()).last_hidden_state
+        logits = encoder(batch)[-1]
+    rows, cols = batch.word_mask.nonzero(as_tuple=True)
+    pooled = (hidden[rows, batch.word_starts[rows, cols]] + hidden[rows, batch.word_ends[rows, cols]]) / 2
+    assert torch.allclose(logits, encoder.heads[-1](pooled), atol=1e-5)
+    # a one-piece word reads the same state either way; a three-piece word does not
+    first = MultiExitEncoder(backbone, n_labels=3).eval()
+    first.heads.load_state_dict(encoder.heads.state_dict())
+    with torch.no_grad():
+        plain = first(batch)[-1]
+    assert torch.allclose(plain[0], logits[0], atol=1e-5) and not torch.allclose(plain[1], logits[1], atol=1e-3)
+    # early-exit inference reads words the same way as training
+    output = encoder.predict(batch)
+    assert torch.equal(output.labels[batch.word_mask], logits.argmax(-1))
+
+
+def test_lexical_embedding_starts_neutral_keeps_row_zero_and_trains():
+    torch.manual_seed(0)
+    encoder = MultiExitEncoder(tiny_backbone("bert"), n_labels=3, lexical_rows=11).eval()
+    batch = random_batch([4, 2])
+    plain = encoder(batch)
+    lexical = torch.randint(1, 11, batch.input_ids.shape + (4,))
+    lexical[~batch.piece_mask] = 0
+    batch.lexical_ids = lexical
+    assert torch.allclose(encoder(batch), plain)  # zero-initialized
+    encoder.train()
+    encoder(batch).sum().backward()
+    grad = encoder.lexical_embedding.weight.grad
+    assert bool(grad[1:].abs().sum() > 0) and bool((grad[0] == 0).all())  # padding row never learns
+    with torch.no_grad():
+        encoder.lexical_embedding.weight[1:].normal_()
+    encoder.eval()
+    assert not torch.allclose(encoder(batch), plain)
+
+
+def test_word_pooling_is_checked():
+    with pytest.raises(ValueError, match="word_pooling"):
+        MultiExitEncoder(tiny_backbone("bert"), n_labels=3, word_pooling="mean")

@@ -355,3 +355,34 @@ def test_compare_writes_the_peers_and_precisions(trained_ner, tmp_path, monkeypa
     else:
         assert "skipping peer onnxruntime-int8" in capsys.readouterr().out
     assert (tmp_path / "pareto.png").stat().st_size > 0
+
+
+def test_onnxruntime_peer_reads_words_as_the_pipeline_does(tiny_model_dir, tmp_path):
+    """A pipeline with lexical features and first-and-last-piece words: the
+    exported graph takes the lexical rows, and the peer pools words as the
+    pipeline's own loop (all labels equal to Hugging Face's forward)."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    import torch
+
+    from spacy_earlyexit.tools.evaluation import huggingface_forward
+
+    from ..conftest import model_config, train
+
+    words = {"word_pooling": "first_last", "lexical_attrs": ["PREFIX", "SUFFIX"], "lexical_rows": [20, 40]}
+    nlp = spacy.blank("en")
+    nlp.add_pipe("earlyexit_ner", config=model_config(tiny_model_dir, **words))
+    train(nlp, ner_examples(nlp), steps=20)
+    component = nlp.get_pipe("earlyexit_ner")
+    encoder = component.encoder
+    with torch.no_grad():
+        torch.manual_seed(0)
+        encoder.lexical_embedding.weight[1:].normal_(0.0, 1.0)  # large: leaving it out would change labels
+    with huggingface_forward(encoder):
+        expected = _labels(nlp, TEXTS)
+    assert expected == _labels(nlp, TEXTS)  # Hugging Face's forward = the own loop, at full depth
+    peers = _compare_module().peers_module()
+    stand_in = peers.install("onnxruntime-fp32", component, tmp_path / "onnx", threads=1)
+    assert _labels(nlp, TEXTS) == expected
+    assert stand_in.min_cosine_to_fp32 > 0.9999
+    assert (tmp_path / "onnx" / "backbone-case-lexical-fp32.onnx").is_file()
