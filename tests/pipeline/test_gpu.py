@@ -15,14 +15,20 @@ pytestmark = [
 TEXTS = [text for text, _ in NER_DATA] * 4
 
 
-@pytest.fixture(scope="module")
-def gpu_ner(tiny_model_dir):
+#: the model settings of the shipped configs: words read from their first and
+#: last pieces, hashed lexical features on the GPU too
+WORDS = {"word_pooling": "first_last", "lexical_attrs": ["PREFIX", "SUFFIX", "SHAPE"], "lexical_rows": [20, 50, 10]}
+
+
+@pytest.fixture(scope="module", params=["first-piece", "first-last-lexical"])
+def gpu_ner(tiny_model_dir, request):
     from thinc.api import require_gpu
 
     require_gpu(0)
     spacy.util.fix_random_seed(0)
     nlp = spacy.blank("en")
-    nlp.add_pipe("earlyexit_ner", config={**model_config(tiny_model_dir), "precision": "fp32"})
+    words = WORDS if request.param == "first-last-lexical" else {}
+    nlp.add_pipe("earlyexit_ner", config={**model_config(tiny_model_dir, **words), "precision": "fp32"})
     return train(nlp, ner_examples(nlp), steps=30)
 
 
@@ -43,7 +49,10 @@ def test_bf16_on_the_gpu_agrees_with_fp32_on_nearly_all_tokens(gpu_ner, precisio
     assert differ <= 0.05 * n_tokens
 
 
-def test_int8_falls_back_to_fp32_on_the_gpu_with_a_warning(gpu_ner):
+def test_int8_falls_back_to_fp32_on_the_gpu_with_a_warning(gpu_ner, monkeypatch):
+    from spacy_earlyexit.core import precision as precision_module
+
+    monkeypatch.setattr(precision_module, "_warned", set())  # one warning per process: see this one
     with pytest.warns(UserWarning, match="int8 runs on the CPU only"):
         answers = _answers(gpu_ner, "int8")
     assert answers == _answers(gpu_ner, "fp32")
