@@ -18,6 +18,8 @@ project's own workflow, `training/ner-calibrated` and `training/tagger-calibrate
 - `earlyexit-full`, `-2x`, `-3x`, `-4x`: the calibrated pipeline at its points,
   in fp32; `earlyexit-full-bf16`, `-2x-bf16`, ... in bf16 and
   `earlyexit-full-int8`, ... in int8 (`--precisions`, default all three);
+- `earlyexit-before-full`, `-2x`, ...: an earlier earlyexit pipeline of the
+  task (`--earlyexit-ner-before`, `--earlyexit-tag-before`), when given;
 - `earlyexit-width-full`, `-4x`, `-5x`, `-4x-exit`, `-3x-width`: the pipeline
   after the adaptive-width stages (`training/ner-width-calibrated`), when it
   exists, at full width and depth, its joint 4x and 5x points, exit alone at
@@ -234,11 +236,15 @@ def discover(
     precisions=PRECISIONS,
     peers=PEERS,
     progress: Callable[[str], None] = print,
+    before: Optional[Dict[str, Optional[Path]]] = None,
 ) -> List[System]:
     """Every system whose pipeline exists, in a fixed order: the baselines,
     the earlyexit points in each of `precisions`, the `peers` on the
     earlyexit pipeline's full-depth network (those that cannot run here are
-    left out with a note), then the width points in each precision."""
+    left out with a note), then the width points in each precision; and,
+    where `before` names one, an earlier earlyexit pipeline of the task at
+    its points (`earlyexit-before-*`: a retrained model against the one it
+    replaces, in the same run)."""
     unknown = [p for p in precisions if p not in PRECISIONS]
     if unknown:
         raise ValueError(f"unknown precision(s) {', '.join(unknown)}: use {', '.join(PRECISIONS)}")
@@ -301,6 +307,21 @@ def discover(
                         size_mb=size,
                     )
                 )
+        earlier = (before or {}).get(task)
+        if earlier is not None and Path(earlier).is_dir():
+            for precision in precisions:
+                for point in _operating_points(Path(earlier)):
+                    systems.append(
+                        System(
+                            system_name("earlyexit-before", point, precision),
+                            task,
+                            str(earlier),
+                            point,
+                            precision,
+                            train_note="an earlier pipeline",
+                            size_mb=_size_mb(Path(earlier)),
+                        )
+                    )
         pipeline = Path((width or {}).get(task) or ROOT / WIDTH_PIPELINES[task])
         if pipeline.is_dir():
             minutes, note = _training_minutes([ROOT / d for d in WIDTH_TRAINING[task]])
@@ -571,6 +592,7 @@ def markdown_table(result: Dict) -> str:
 #: one colour per kind of system in the plot: name prefix, colour
 FAMILY_COLORS = (
     ("earlyexit-width", "C4"),
+    ("earlyexit-before", "C8"),
     ("earlyexit", "C0"),
     ("truncated", "C1"),
     ("spacy-cnn", "C2"),
@@ -662,6 +684,7 @@ def measure_main(args) -> None:
         {"ner": args.earlyexit_ner_width, "tag": args.earlyexit_tag_width},
         precisions=args.precisions,
         peers=args.peers,
+        before={"ner": args.earlyexit_ner_before, "tag": args.earlyexit_tag_before},
     )
     if not systems:
         sys.exit(f"No trained systems found under {args.baselines} or {', '.join(EARLYEXIT_PIPELINES.values())}")
@@ -740,6 +763,12 @@ def main(argv=None) -> None:
     m.add_argument("--earlyexit-ner", type=Path, default=ROOT / EARLYEXIT_PIPELINES["ner"])
     m.add_argument("--earlyexit-tag", type=Path, default=ROOT / EARLYEXIT_PIPELINES["tag"])
     m.add_argument("--earlyexit-ner-width", type=Path, default=ROOT / WIDTH_PIPELINES["ner"])
+    m.add_argument(
+        "--earlyexit-ner-before", type=Path, default=None, help="an earlier NER pipeline, measured beside (optional)"
+    )
+    m.add_argument(
+        "--earlyexit-tag-before", type=Path, default=None, help="an earlier tagger pipeline, measured beside (optional)"
+    )
     m.add_argument("--earlyexit-tag-width", type=Path, default=ROOT / WIDTH_PIPELINES["tag"])
     m.add_argument(
         "--precisions",

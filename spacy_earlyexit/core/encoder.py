@@ -320,7 +320,12 @@ class MultiExitEncoder(nn.Module):
         if self.case_embedding is not None and batch.case_ids is not None:
             hidden = hidden + self.case_embedding(batch.case_ids)
         if self.lexical_embedding is not None and batch.lexical_ids is not None:
-            hidden = hidden + self.lexical_embedding(batch.lexical_ids).sum(-2)
+            ids = batch.lexical_ids
+            # one bag per piece, summed without materializing [B, T, F, d]
+            bags = F.embedding_bag(
+                ids.reshape(-1, ids.shape[-1]), self.lexical_embedding.weight, mode="sum", padding_idx=0
+            )
+            hidden = hidden + bags.view(*ids.shape[:-1], -1).to(hidden.dtype)
         return hidden
 
     # -- training: every exit's logits ----------------------------------------
