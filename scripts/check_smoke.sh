@@ -13,6 +13,13 @@ done
 import json
 import spacy
 
+# the run is counted in epochs of the corpus: dev evaluated every epoch and at the last step
+for stage, epochs in (("training/smoke", 4), ("training/smoke-selfsample", 1)):
+    record = json.load(open(f"{stage}/training-time.json"))
+    steps = [e["step"] for e in record["evaluations"]]
+    assert steps[-1] == record["max_steps"] and len(steps) == epochs + 1, (stage, steps, record["max_steps"])
+print("dev evaluated at steps", steps, "of", record["max_steps"])
+
 result = json.load(open("metrics/smoke-operating-points.json"))
 assert result["points"] and result["stage1_points"], "no operating points evaluated"
 nlp = spacy.load("training/smoke-calibrated")

@@ -51,6 +51,9 @@ attention_dropout = 0.0
 layer_weighting = "linear"
 max_wordpieces = 256
 case_features = true
+word_pooling = "first_last"
+lexical_attrs = ["PREFIX", "SUFFIX", "SHAPE"]
+lexical_rows = [200, 2500, 500]
 """
 
 

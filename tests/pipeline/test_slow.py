@@ -30,6 +30,8 @@ def default_ner():
 def test_default_config_uses_the_embedded_encoder(default_ner):
     encoder = default_ner.get_pipe("earlyexit_ner").encoder
     assert encoder.n_layers == 6 and encoder.hidden_size == 384
+    # the word representation of the shipped configs
+    assert encoder.word_pooling == "first_last" and encoder.lexical_embedding is not None
     doc = default_ner("Angela Merkel visited Paris on Tuesday.")
     assert [(e.text, e.label_) for e in doc.ents] == [("Angela Merkel", "PER"), ("Paris", "LOC")]
     assert all(t._.exit_layer == 6 for t in doc)
