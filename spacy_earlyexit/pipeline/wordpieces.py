@@ -81,8 +81,10 @@ class LexicalFeatures:
 
     def token_rows(self, doc: Doc) -> numpy.ndarray:
         """[n_tokens, n_features] table rows of every token of `doc`."""
-        hashes = doc.to_array([IDS[attr.upper()] for attr in self.attrs]).astype("uint64").reshape(len(doc), -1)
         out = numpy.empty((len(doc), self.n_features), dtype="int64")
+        if not len(doc):
+            return out
+        hashes = doc.to_array([IDS[attr.upper()] for attr in self.attrs]).astype("uint64").reshape(len(doc), -1)
         offset = 1
         for k, rows in enumerate(self.rows):
             column = hashes[:, k]

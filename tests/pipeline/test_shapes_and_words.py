@@ -76,6 +76,7 @@ def test_lexical_rows_are_stable_distinct_blocks_and_validated():
         assert ((rows[:, column] >= low) & (rows[:, column] < high)).all()
     assert (rows[0, 4:] == rows[1, 4:]).all() and not (rows[0, 4:] == rows[2, 4:]).all()  # shape Xxxxx vs xxxxx
     assert (features.token_rows(spacy.blank("en")("Paris")) == rows[:1]).all()  # a new vocab: same rows
+    assert features.token_rows(spacy.blank("en")("")).shape == (0, 6)  # an empty doc
     for attrs, sizes in ((("PREFIX",), (0,)), (("NOPE",), (10,)), (("PREFIX", "SUFFIX"), (10,))):
         with pytest.raises(ValueError):
             LexicalFeatures(attrs, sizes)
@@ -123,7 +124,8 @@ def test_word_features_train_save_load_and_stay_batch_invariant(worded_ner, tmp_
 def test_initializing_from_a_pipeline_with_other_word_features_is_a_clear_error(worded_ner, tiny_model_dir, tmp_path):
     worded_ner.to_disk(tmp_path / "source")
     nlp = spacy.blank("en")
-    ner = nlp.add_pipe("earlyexit_ner", config=model_config(tiny_model_dir))  # first piece, no lexical features
+    plain = {"word_pooling": "first", "lexical_attrs": [], "lexical_rows": []}
+    ner = nlp.add_pipe("earlyexit_ner", config=model_config(tiny_model_dir, **plain))
     with pytest.raises(ValueError, match="word_pooling"):
         ner._initialize_from(str(tmp_path / "source"))
 

@@ -280,7 +280,7 @@ def test_onnxruntime_fp32_labels_as_hugging_face_forward(ner_copy, tmp_path):
     assert sum(len(x) for x in got) == sum(len(ner_copy.make_doc(t)) for t in TEXTS)
     assert got == expected  # every token
     assert stand_in.min_cosine_to_fp32 > 0.9999
-    assert (tmp_path / "onnx" / "backbone-case-fp32.onnx").is_file()
+    assert (tmp_path / "onnx" / "backbone-case-lexical-fp32.onnx").is_file()  # the default word features
     # padded batches of several lengths went through the one exported model
     assert len({tuple(b.input_ids.shape) for b in batches}) >= 1 and any(not bool(b.piece_mask.all()) for b in batches)
     for batch in batches:
@@ -310,13 +310,14 @@ def test_onnxruntime_int8_runs_and_reports_its_cosine(ner_copy, tmp_path):
     assert all(r["cost"] == r["full_cost"] > 0 for r in records)  # every layer
     assert 0.9 < stand_in.min_cosine_to_fp32 <= 1.0 + 1e-6, stand_in.min_cosine_to_fp32
     print("onnxruntime-int8 min cosine to fp32 on the tiny model:", stand_in.min_cosine_to_fp32)
-    assert (tmp_path / "onnx" / "backbone-case-int8.onnx").is_file()
+    assert (tmp_path / "onnx" / "backbone-case-lexical-int8.onnx").is_file()
     import onnx
 
     # dynamically quantized: int8 products with per-call activation scales
-    ops = {node.op_type for node in onnx.load(str(tmp_path / "onnx" / "backbone-case-int8.onnx")).graph.node}
+    ops = {node.op_type for node in onnx.load(str(tmp_path / "onnx" / "backbone-case-lexical-int8.onnx")).graph.node}
     assert {"DynamicQuantizeLinear", "MatMulInteger"} <= ops, sorted(ops)
-    fp32_ops = {node.op_type for node in onnx.load(str(tmp_path / "onnx" / "backbone-case-fp32.onnx")).graph.node}
+    fp32_model = onnx.load(str(tmp_path / "onnx" / "backbone-case-lexical-fp32.onnx"))
+    fp32_ops = {node.op_type for node in fp32_model.graph.node}
     assert "MatMulInteger" not in fp32_ops
 
 
