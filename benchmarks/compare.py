@@ -349,8 +349,9 @@ def discover(
 
 def shapes_of(references) -> Dict[str, list]:
     """The corpus's documents, and each sentence as a doc of its own."""
-    sentences = [sent.as_doc() for doc in references for sent in doc.sents]
-    return {"documents": references, "sentences": sentences}
+    from spacy_earlyexit.tools.evaluation import sentence_docs
+
+    return {"documents": references, "sentences": sentence_docs(references) or list(references)}
 
 
 def _inputs(docs, vocab) -> list:

@@ -17,7 +17,7 @@ from pathlib import Path
 import spacy
 from spacy.training import Example
 
-from spacy_earlyexit.tools.evaluation import corpus_examples, early_exit_component, fresh_copy
+from spacy_earlyexit.tools.evaluation import corpus_examples, fresh_copy, keep_only_early_exit
 
 
 def run(nlp, name, examples, point, precision):
@@ -47,8 +47,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
     nlp = spacy.load(args.pipeline)
-    name = early_exit_component(nlp)
-    nlp.select_pipes(disable=[n for n in nlp.pipe_names if n != name])
+    name = keep_only_early_exit(nlp)
     examples = corpus_examples(nlp, args.corpus, args.limit)
     points = ["full", *nlp.get_pipe(name).operating_points]
     rows = []

@@ -19,7 +19,7 @@ import spacy
 import torch
 
 from spacy_earlyexit.core.projections import onednn_available
-from spacy_earlyexit.tools.evaluation import corpus_examples, early_exit_component, fresh_copy
+from spacy_earlyexit.tools.evaluation import corpus_examples, fresh_copy, keep_only_early_exit
 
 
 def main(argv=None) -> None:
@@ -37,8 +37,7 @@ def main(argv=None) -> None:
         raise SystemExit("This torch build has no usable oneDNN linear products: nothing to compare.")
     torch.set_num_threads(args.threads)
     nlp = spacy.load(args.pipeline)
-    name = early_exit_component(nlp)
-    nlp.select_pipes(disable=[n for n in nlp.pipe_names if n != name])
+    name = keep_only_early_exit(nlp)
     component = nlp.get_pipe(name)
     encoder = component.encoder
     examples = corpus_examples(nlp, args.corpus)

@@ -27,7 +27,7 @@ from spacy_earlyexit.pipeline.wordpieces import LexicalFeatures
 from spacy_earlyexit.tools.evaluation import (
     OperatingPoint,
     corpus_examples,
-    early_exit_component,
+    keep_only_early_exit,
     measure_interleaved,
     sentence_examples,
 )
@@ -35,8 +35,7 @@ from spacy_earlyexit.tools.evaluation import (
 
 def load(path: str, features: bool):
     nlp = spacy.load(path)
-    name = early_exit_component(nlp)
-    nlp.select_pipes(disable=[n for n in nlp.pipe_names if n != name])
+    name = keep_only_early_exit(nlp)
     component = nlp.get_pipe(name)
     if not features:
         component.encoder.word_pooling = "first"

@@ -13,7 +13,7 @@ import spacy
 from spacy_earlyexit.tools.evaluation import (
     OperatingPoint,
     corpus_examples,
-    early_exit_component,
+    keep_only_early_exit,
     measure,
     sentence_examples,
 )
@@ -21,8 +21,7 @@ from spacy_earlyexit.tools.evaluation import (
 
 def evaluate_shapes(pipeline: str, corpus: str, batch_size: int = 64) -> dict:
     nlp = spacy.load(pipeline)
-    name = early_exit_component(nlp)
-    nlp.select_pipes(disable=[n for n in nlp.pipe_names if n != name])
+    name = keep_only_early_exit(nlp)
     documents = corpus_examples(nlp, corpus)
     result = {"pipeline": pipeline, "corpus": corpus, "metric": nlp.get_pipe(name).score_key}
     for shape, examples in (("documents", documents), ("sentences", sentence_examples(nlp, documents))):

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import spacy
+from spacy.tokens import DocBin
 from spacy.training import Example
 
 import spacy_earlyexit  # noqa: F401  registers factories and extensions
@@ -56,6 +57,12 @@ TAG_DATA = [
 
 def ner_examples(nlp):
     return [Example.from_dict(nlp.make_doc(text), {"entities": ents}) for text, ents in NER_DATA]
+
+
+def ner_corpus(nlp, path, copies: int = 4) -> str:
+    """NER_DATA `copies` times over, written to `path` as a DocBin corpus."""
+    DocBin(docs=[eg.reference for eg in ner_examples(nlp)] * copies).to_disk(path)
+    return str(path)
 
 
 def tag_examples(nlp):

@@ -14,10 +14,10 @@ import typer
 from .evaluation import (
     OperatingPoint,
     corpus_examples,
-    early_exit_component,
     fmt_value,
     format_rows,
     fresh_copy,
+    keep_only_early_exit,
     measure_interleaved,
     set_ratios,
     write_result,
@@ -68,11 +68,9 @@ def run_benchmark(
     `rounds` interleaved rounds (words per second: the median), in
     `precision` (default: the component's own)."""
     nlp = spacy.load(pipeline)
-    component_name = early_exit_component(nlp, component_name)
+    component_name = keep_only_early_exit(nlp, component_name)
     if precision is not None:
         nlp.get_pipe(component_name).precision = precision
-    other = [name for name in nlp.pipe_names if name != component_name]
-    nlp.select_pipes(disable=other)
     encoder = nlp.get_pipe(component_name).encoder
     examples = corpus_examples(nlp, corpus, limit)
     points = (points or default_sweep)(encoder.n_layers)

@@ -54,7 +54,7 @@ from ..core.policies import TokenWindowExit, normalized_entropy, upper_half_thre
 from ..core.precision import resolve_precision
 from ..pipeline.labeler import EarlyExitLabeler
 from ..pipeline.model import DocExits, sequence_batches
-from .evaluation import OperatingPoint, corpus_examples, early_exit_component, fresh_copy, measure, sentence_examples
+from .evaluation import OperatingPoint, corpus_examples, fresh_copy, keep_only_early_exit, measure, sentence_examples
 from .options import CODE, COMPONENT, GPU_ID, PRECISION, floats, prepare
 
 DEFAULT_TARGETS = (2.0, 3.0, 4.0)
@@ -528,8 +528,7 @@ def run_calibration(
     """Load `pipeline`, calibrate its component on the dev corpus and write
     the calibrated copy to `output`."""
     nlp = spacy.load(pipeline)
-    component_name = early_exit_component(nlp, component_name)
-    nlp.select_pipes(disable=[n for n in nlp.pipe_names if n != component_name])
+    component_name = keep_only_early_exit(nlp, component_name)
     examples = corpus_examples(nlp, dev_path)
     sentences = sentence_examples(nlp, examples)
     result = calibrate(

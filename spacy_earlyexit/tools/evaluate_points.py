@@ -11,10 +11,10 @@ import typer
 from .evaluation import (
     OperatingPoint,
     corpus_examples,
-    early_exit_component,
     fmt_value,
     format_rows,
     fresh_copy,
+    keep_only_early_exit,
     measure,
     measure_interleaved,
     sentence_examples,
@@ -47,8 +47,7 @@ def evaluate_operating_points(
         meta = nlp.meta.get("earlyexit")
         if not meta:
             raise ValueError(f"'{path}' has no calibrated operating points: run `python -m spacy_earlyexit calibrate`.")
-        name = early_exit_component(nlp, meta["component"])
-        nlp.select_pipes(disable=[n for n in nlp.pipe_names if n != name])
+        name = keep_only_early_exit(nlp, meta["component"])
         if precision is not None:
             nlp.get_pipe(name).precision = precision
         loaded.append((nlp, name, meta))

@@ -102,6 +102,14 @@ def early_exit_component(nlp: Language, name: Optional[str] = None) -> str:
     return name
 
 
+def keep_only_early_exit(nlp: Language, name: Optional[str] = None) -> str:
+    """Disable every component but the early-exit one (`name`, checked, or
+    the first) and return its name: measurements time that component alone."""
+    name = early_exit_component(nlp, name)
+    nlp.select_pipes(disable=[n for n in nlp.pipe_names if n != name])
+    return name
+
+
 def corpus_examples(nlp: Language, path: str, limit: int = 0) -> List[Example]:
     """Examples as `spacy evaluate` builds them (spacy.Corpus.v1): the gold
     tokens where the corpus has no whitespace information, else the text
@@ -116,18 +124,24 @@ def _example_of(nlp: Language, reference: Doc) -> Example:
     return Example(fresh_copy(reference) if reference.has_unknown_spaces else nlp.make_doc(reference.text), reference)
 
 
-def sentence_examples(nlp: Language, examples: List[Example]) -> List[Example]:
-    """Every sentence of the examples' references as an example of its own
-    (the shape of `nlp(text)` on one sentence), built as `corpus_examples`
-    builds examples; [] when no reference marks sentences."""
-    if not any(eg.reference.has_annotation("SENT_START") for eg in examples):
+def sentence_docs(docs: List[Doc]) -> List[Doc]:
+    """Every sentence of `docs` as a doc of its own (the shape of `nlp(text)`
+    on one sentence); a doc without sentence marks stays whole; [] when no
+    doc marks sentences."""
+    if not any(doc.has_annotation("SENT_START") for doc in docs):
         return []
     return [
-        _example_of(nlp, sent.as_doc())
-        for eg in examples
-        for sent in (eg.reference.sents if eg.reference.has_annotation("SENT_START") else [eg.reference[:]])
+        sent.as_doc()
+        for doc in docs
+        for sent in (doc.sents if doc.has_annotation("SENT_START") else [doc[:]])
         if len(sent)
     ]
+
+
+def sentence_examples(nlp: Language, examples: List[Example]) -> List[Example]:
+    """`sentence_docs` of the examples' references, as examples built the way
+    `corpus_examples` builds them."""
+    return [_example_of(nlp, doc) for doc in sentence_docs([eg.reference for eg in examples])]
 
 
 def _timed_pipe(nlp: Language, examples: List[Example], batch_size: int) -> tuple:

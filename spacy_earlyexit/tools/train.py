@@ -96,8 +96,7 @@ def plan_training(
     user_overrides = user_overrides or {}
     training = config["training"]
     epochs = int(training.get("max_epochs") or 0)
-    steps = training.get("max_steps")
-    if isinstance(steps, dict) and "epochs" in steps:
+    if counts_itself(config):
         # the shipped configs: the run is already counted in epochs of the
         # corpus ([training.max_steps]); `max_epochs` given too moves there
         if epochs <= 0:

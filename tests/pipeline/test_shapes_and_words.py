@@ -17,7 +17,7 @@ from spacy_earlyexit.pipeline.schedules import steps_per_epoch
 from spacy_earlyexit.pipeline.wordpieces import LexicalFeatures
 from spacy_earlyexit.tools.train import plan_training
 
-from ..conftest import model_config, ner_examples, train
+from ..conftest import model_config, ner_corpus, ner_examples, train
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 SHIPPED = sorted(p for p in CONFIGS.glob("*.cfg"))
@@ -130,14 +130,9 @@ def test_initializing_from_a_pipeline_with_other_word_features_is_a_clear_error(
         ner._initialize_from(str(tmp_path / "source"))
 
 
-def _corpus(nlp, path, copies):
-    DocBin(docs=[eg.reference for eg in ner_examples(nlp)] * copies).to_disk(path)
-    return str(path)
-
-
 def test_shipped_configs_plan_their_run_in_epochs_of_the_corpus(tmp_path):
     nlp = spacy.blank("en")
-    train_path = _corpus(nlp, tmp_path / "train.spacy", copies=30)
+    train_path = ner_corpus(nlp, tmp_path / "train.spacy", copies=30)
     assert SHIPPED, "no shipped configs found"
     for path in SHIPPED:
         config = Config().from_disk(path, overrides={"paths.train": train_path, "paths.dev": train_path})
@@ -159,7 +154,7 @@ def test_shipped_configs_plan_their_run_in_epochs_of_the_corpus(tmp_path):
 
 def test_run_length_functions_evaluate_each_epoch_and_at_the_last_step(tmp_path):
     nlp = spacy.blank("en")
-    train_path = _corpus(nlp, tmp_path / "train.spacy", copies=30)
+    train_path = ner_corpus(nlp, tmp_path / "train.spacy", copies=30)
     per_epoch = steps_per_epoch(train_path, 40)
     assert per_epoch > 3
     frequency = epoch_eval_frequency(train_path, batch_size=40, evals_per_epoch=3)
@@ -223,7 +218,7 @@ def test_own_train_command_passes_the_config_s_own_run_length_and_logs_every_eva
     from spacy_earlyexit.tools import train as train_tool
 
     nlp = spacy.blank("en")
-    train_path = _corpus(nlp, tmp_path / "train.spacy", copies=30)
+    train_path = ner_corpus(nlp, tmp_path / "train.spacy", copies=30)
     per_epoch = steps_per_epoch(train_path, 1000)
     overrides = {"paths.train": train_path, "paths.dev": train_path, "training.max_steps.epochs": 3}
     config = spacy.util.load_config(CONFIGS / "ner.cfg", overrides=overrides, interpolate=True)

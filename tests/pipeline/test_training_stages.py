@@ -4,7 +4,6 @@ stage 2 from a stage-1 pipeline, calibration and switching by name."""
 import numpy
 import pytest
 import spacy
-from spacy.tokens import DocBin
 from thinc.api import Config
 
 from spacy_earlyexit.core.policies import FullDepth, TokenWindowExit
@@ -14,17 +13,12 @@ from spacy_earlyexit.tools import calibrate
 from spacy_earlyexit.tools.calibrate import CalibratedPoint, Candidate, run_calibration
 from spacy_earlyexit.tools.train import plan_training
 
-from ..conftest import model_config, ner_examples
+from ..conftest import model_config, ner_corpus, ner_examples
 
 
 def _weights(nlp, name="earlyexit_ner"):
     encoder = nlp.get_pipe(name).encoder
     return {k: v.detach().clone() for k, v in encoder.state_dict().items()}
-
-
-def _corpus(nlp, path, copies=4):
-    DocBin(docs=[eg.reference for eg in ner_examples(nlp)] * copies).to_disk(path)
-    return str(path)
 
 
 def test_update_honours_drop(tiny_model_dir):
@@ -47,8 +41,8 @@ def test_update_honours_drop(tiny_model_dir):
 
 
 def test_schedule_and_plan_follow_the_corpus(trained_ner, tmp_path):
-    small = _corpus(trained_ner, tmp_path / "small.spacy", copies=2)
-    large = _corpus(trained_ner, tmp_path / "large.spacy", copies=20)
+    small = ner_corpus(trained_ner, tmp_path / "small.spacy", copies=2)
+    large = ner_corpus(trained_ner, tmp_path / "large.spacy", copies=20)
     assert steps_per_epoch(large, size=40) > steps_per_epoch(small, size=40) >= 1
     per_epoch = steps_per_epoch(large, size=40)
     rates = list(
@@ -162,7 +156,7 @@ def test_operating_points_switch_by_name_and_through_the_config(trained_ner, tmp
 def test_calibration_writes_points_that_load_by_name(trained_ner, tmp_path):
     source = tmp_path / "trained"
     trained_ner.to_disk(source)
-    dev = _corpus(trained_ner, tmp_path / "dev.spacy")
+    dev = ner_corpus(trained_ner, tmp_path / "dev.spacy")
     result = run_calibration(
         str(source), dev, tmp_path / "calibrated", targets=(2.0, 100.0), max_drop=0.5, progress=lambda line: None
     )

@@ -9,17 +9,12 @@ from spacy.tokens import DocBin
 from spacy_earlyexit.tools.benchmark import run_benchmark
 from spacy_earlyexit.tools.evaluation import OperatingPoint
 
-from ..conftest import ner_examples
-
-
-def _corpus(nlp, path):
-    DocBin(docs=[eg.reference for eg in ner_examples(nlp)] * 4).to_disk(path)
-    return path
+from ..conftest import ner_corpus
 
 
 def test_run_benchmark_reports_every_point(trained_ner, tmp_path):
     trained_ner.to_disk(tmp_path / "p")
-    corpus = _corpus(trained_ner, tmp_path / "dev.spacy")
+    corpus = ner_corpus(trained_ner, tmp_path / "dev.spacy")
 
     def points(n_layers):
         return [
