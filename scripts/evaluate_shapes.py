@@ -1,12 +1,15 @@
 """Score a trained pipeline at full depth on a corpus's documents and on its
 sentences as docs of their own (the two shapes users call it with).
 
-    python scripts/evaluate_shapes.py PIPELINE CORPUS [--output FILE]
+    python scripts/evaluate_shapes.py PIPELINE CORPUS [--precision fp32] [--output FILE]
+
+--precision runs it in that precision (default: the pipeline's own setting).
 """
 
 import argparse
 import json
 from pathlib import Path
+from typing import Optional
 
 import spacy
 
@@ -19,11 +22,18 @@ from spacy_earlyexit.tools.evaluation import (
 )
 
 
-def evaluate_shapes(pipeline: str, corpus: str, batch_size: int = 64) -> dict:
+def evaluate_shapes(pipeline: str, corpus: str, batch_size: int = 64, precision: Optional[str] = None) -> dict:
     nlp = spacy.load(pipeline)
     name = keep_only_early_exit(nlp)
+    if precision is not None:
+        nlp.get_pipe(name).precision = precision
     documents = corpus_examples(nlp, corpus)
-    result = {"pipeline": pipeline, "corpus": corpus, "metric": nlp.get_pipe(name).score_key}
+    result = {
+        "pipeline": pipeline,
+        "corpus": corpus,
+        "metric": nlp.get_pipe(name).score_key,
+        "precision": nlp.get_pipe(name).precision,
+    }
     for shape, examples in (("documents", documents), ("sentences", sentence_examples(nlp, documents))):
         if examples:
             point = measure(nlp, name, examples, OperatingPoint("full"), batch_size)
@@ -35,9 +45,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("pipeline")
     parser.add_argument("corpus")
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "int8"], default=None)
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
-    result = evaluate_shapes(args.pipeline, args.corpus)
+    result = evaluate_shapes(args.pipeline, args.corpus, precision=args.precision)
     text = json.dumps(result, indent=2)
     print(text)
     if args.output:

@@ -24,10 +24,15 @@ if [ -z "${CORPUS:-}" ]; then
 fi
 model_override=()
 if [ -n "${MODEL:-}" ]; then model_override=(--components.earlyexit_ner.model.name "$MODEL"); fi
-start=$(date +%s)
-$PY -m spacy_earlyexit train configs/ner.cfg --output "$OUT/ner" --paths.train "$CORPUS/train.spacy" \
-  --paths.dev "$CORPUS/dev.spacy" --gpu-id 0 --training.max_steps.epochs 1 ${model_override[@]+"${model_override[@]}"}
-echo "training took $(($(date +%s) - start)) s"
+# one epoch in fp32 and one with bf16 mixed-precision steps (autocast)
+for training in bf16 fp32; do
+  start=$(date +%s)
+  suffix=$([ "$training" = fp32 ] && echo "" || echo "-$training")
+  $PY -m spacy_earlyexit train configs/ner.cfg --output "$OUT/ner$suffix" --paths.train "$CORPUS/train.spacy" \
+    --paths.dev "$CORPUS/dev.spacy" --gpu-id 0 --training.max_steps.epochs 1 \
+    --components.earlyexit_ner.training_precision "$training" ${model_override[@]+"${model_override[@]}"}
+  echo "training ($training steps) took $(($(date +%s) - start)) s"
+done
 for precision in fp32 bf16; do
   $PY -m spacy_earlyexit benchmark "$OUT/ner/model-last" "$CORPUS/dev.spacy" --gpu-id 0 --no-hf \
     --sentence-thresholds '' --no-fixed-depths --precision "$precision" --output "$OUT/benchmark-$precision.json"

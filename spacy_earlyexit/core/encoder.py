@@ -16,7 +16,7 @@ from .cost import LayerCost
 from .hf import LayerView, config_value, layer_views
 from .objective import SampledExits
 from .policies import ExitPolicy, FullDepth
-from .precision import RESOLVED, compute_dtype
+from .precision import RESOLVED, TRAINING_RESOLVED, compute_dtype
 from .projections import InferenceLayer, inference_layer
 from .width import check_width, kept
 
@@ -271,7 +271,7 @@ class MultiExitEncoder(nn.Module):
         context = _masked_heads(context, head_mask).transpose(1, 2).reshape(B, q_len, inner)[rows, ranks]
         out = finish(packed, context)
         if torch.is_grad_enabled():
-            return hidden.index_put((rows, cols), out)
+            return hidden.index_put((rows, cols), out.to(hidden.dtype))
         hidden[rows, cols] = out  # no autograd: update in place
         return hidden
 
@@ -352,11 +352,46 @@ class MultiExitEncoder(nn.Module):
         `head_mask` [L, kept heads] scales each head's attention output
         (importance is its gradient). Without autograd, `precision` (resolved:
         fp32, bf16, int8) runs the layers as `predict` runs them (calibration
-        traces every exit this way); with autograd, fp32 only."""
+        traces every exit this way). With autograd (training), fp32 or bf16:
+        bf16 is mixed precision, the layers' products under bf16 autocast with
+        float32 weights, residual stream, gradients and exit classifiers."""
         width = check_width(width)
-        if precision != "fp32" and (self.training or torch.is_grad_enabled()):
-            raise ValueError("Only fp32 trains: reduced precision is for inference (no autograd).")
-        hidden = self.embed(batch).to(compute_dtype(precision))
+        training = self.training or torch.is_grad_enabled()
+        if training and precision not in TRAINING_RESOLVED:
+            raise ValueError(
+                f"Training runs in {' or '.join(TRAINING_RESOLVED)} (bf16: mixed precision), got {precision!r}."
+            )
+        hidden = self.embed(batch)
+        if training:
+            with torch.autocast(hidden.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                return self._forward_layers(
+                    batch, hidden, word_exit_layers, sampled_exits, width, head_mask, return_hidden, "fp32"
+                )
+        return self._forward_layers(
+            batch,
+            hidden.to(compute_dtype(precision)),
+            word_exit_layers,
+            sampled_exits,
+            width,
+            head_mask,
+            return_hidden,
+            precision,
+        )
+
+    def _forward_layers(
+        self,
+        batch: EncoderBatch,
+        hidden: Tensor,
+        word_exit_layers: Optional[Tensor],
+        sampled_exits: Optional[SampledExits],
+        width: float,
+        head_mask: Optional[Tensor],
+        return_hidden: bool,
+        precision: str,
+    ):
+        """`forward`'s layer loop from the embedded input `hidden`; an
+        autocast region around it runs the layers' products in its dtype and
+        leaves the exit classifiers in float32."""
         B, W = batch.word_mask.shape
         word_active = batch.word_mask.clone()
         if word_exit_layers is not None:
@@ -377,14 +412,15 @@ class MultiExitEncoder(nn.Module):
                 hidden = self._run_layer(index, hidden, batch.piece_mask, active, width, layer_mask, precision)
             if return_hidden:
                 states.append(hidden[batch.piece_mask].float())
-            word_states = self.word_states(hidden, batch)
-            outputs.append(self.heads[index](self.head_dropout(word_states[batch.word_mask].float())))
-            if sampled_exits is not None and index < self.n_layers - 1:
-                with torch.no_grad():
-                    probs = self.heads[index](word_states.detach()).softmax(-1)
+            word_states = self.word_states(hidden, batch).float()
+            with torch.autocast(hidden.device.type, enabled=False):  # classifiers in float32
+                outputs.append(self.heads[index](self.head_dropout(word_states[batch.word_mask])))
+                if sampled_exits is not None and index < self.n_layers - 1:
+                    with torch.no_grad():
+                        probs = self.heads[index](word_states.detach()).softmax(-1)
                     leaving = sampled_exits.exits(index, self.n_layers, probs, word_active, batch.word_mask)
-                exits = torch.where(leaving, index + 1, exits)
-                word_active = word_active & ~leaving
+                    exits = torch.where(leaving, index + 1, exits)
+                    word_active = word_active & ~leaving
         if sampled_exits is not None:
             sampled_exits.exit_layers = exits
         if return_hidden:

@@ -4,7 +4,7 @@ Plain PyTorch, no spaCy. The precision decides how the layer loop's
 projections multiply (`projections.Projection`) and in which dtype the hidden
 states travel between layers:
 
-- `fp32`: everything in float32 (training always runs here);
+- `fp32`: everything in float32;
 - `bf16`: weights packed once in bfloat16, hidden states, attention and the
   products in bfloat16 (oneDNN's bf16 kernels: AMX or AVX512-BF16 on x86);
   LayerNorm statistics (computed in float32 inside torch's bf16 kernel), the
@@ -19,6 +19,12 @@ states travel between layers:
 Where bf16 is not native (older x86, most Arm builds) oneDNN emulates it and
 it is slower than fp32: asking for `bf16` there falls back to fp32 with one
 warning. `SPACY_EARLYEXIT_NATIVE_BF16=0` (or `1`) overrides the detection.
+
+Training has its own setting (`training_precision`: auto, fp32, bf16): bf16
+there is mixed precision, the layers' products under torch's bf16 autocast
+while the weights, their gradients and optimizer state, the residual stream
+between layers and the exit classifiers stay float32 (no loss scaling: bf16
+has float32's range).
 """
 
 import os
@@ -31,6 +37,9 @@ import torch
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
 #: what `auto` and fallbacks resolve to
 RESOLVED = ("fp32", "bf16", "int8")
+#: precisions of training (bf16: mixed precision, products under autocast)
+TRAINING_PRECISIONS = ("auto", "fp32", "bf16")
+TRAINING_RESOLVED = ("fp32", "bf16")
 
 
 def check_precision(value) -> str:
@@ -113,6 +122,22 @@ def resolve_precision(precision: str, device: Optional[torch.device] = None) -> 
         )
         return "fp32"
     return precision
+
+
+def check_training_precision(value) -> str:
+    """`value` as a training precision name; a ValueError for anything else
+    (int8 is for inference only)."""
+    if not isinstance(value, str) or value not in TRAINING_PRECISIONS:
+        raise ValueError(f"training_precision must be one of {', '.join(TRAINING_PRECISIONS)}, got {value!r}.")
+    return value
+
+
+def resolve_training_precision(precision: str, device: Optional[torch.device] = None) -> str:
+    """The precision training runs in on `device` for the setting
+    `precision`: fp32, or bf16 (mixed precision) where the device multiplies
+    bf16 natively; `auto` picks bf16 there, and `bf16` elsewhere falls back to
+    fp32 with one warning, as for inference (`resolve_precision`)."""
+    return resolve_precision(check_training_precision(precision), device)
 
 
 def compute_dtype(resolved: str) -> torch.dtype:

@@ -106,17 +106,19 @@ def distill_step(
     widths: Sequence[float],
     settings: WidthTraining,
     layer_weights: Tensor,
+    precision: str = "fp32",
 ) -> float:
     """One distillation step: the teacher once at full width, the student at
     every width (widest first), each loss backpropagated at once so that only
-    one width's graph is alive. Returns the summed loss."""
+    one width's graph is alive; the student's products in `precision` (fp32,
+    or bf16 under autocast), the teacher in float32. Returns the summed loss."""
     with torch.no_grad():
         teacher.eval()
         teacher_logits, teacher_hidden = teacher(batch, return_hidden=True)
     student.train()
     total = 0.0
     for width in sorted(step_widths(widths, settings.widths_per_step), reverse=True):
-        logits, hidden = student(batch, width=width, return_hidden=True)
+        logits, hidden = student(batch, width=width, return_hidden=True, precision=precision)
         loss = distillation_loss(
             logits,
             teacher_logits,
@@ -141,12 +143,14 @@ def width_self_sampling_step(
     widths: Sequence[float],
     layer_weights: Tensor,
     generator: Optional[torch.Generator] = None,
+    precision: str = "fp32",
 ) -> float:
     """One self-sampling step across width and exit: sequences grouped by
     their sampled width, each group one forward with its sampled exits and
     the gold exit loss (weighted by its share of the batch's gold words),
-    backpropagated group by group. `gold` [n_words] follows the batch's word
-    order (-1: unknown). Returns the loss."""
+    backpropagated group by group; products in `precision` (fp32, or bf16
+    under autocast). `gold` [n_words] follows the batch's word order (-1:
+    unknown). Returns the loss."""
     words = batch.word_mask.cpu()
     sampled = sampling.sample(groups, words, generator, sandwich=False)
     row_widths = sample_widths(sampled, sampling, groups, words, widths, generator)
@@ -167,7 +171,7 @@ def width_self_sampling_step(
             half_windows=sampled.half_windows[rows, : part_words.shape[1]].to(part.input_ids.device),
             upper_factor=sampled.upper_factor,
         )
-        logits = encoder(part, sampled_exits=exits, width=float(width))
+        logits = encoder(part, sampled_exits=exits, width=float(width), precision=precision)
         run_layers = exits.exit_layers[part.word_mask]
         loss, _ = exit_loss(logits, part_gold.to(logits.device), layer_weights, run_layers)
         loss = loss * (int((part_gold >= 0).sum()) / n_known)

@@ -23,7 +23,13 @@ from ..core.importance import Importance, compute_importance, rewire
 from ..core.objective import SelfSampling, exit_loss, layer_loss_weights
 from ..core.points import RunSettings, policy_from_spec, width_from_spec
 from ..core.policies import ExitPolicy, FullDepth
-from ..core.precision import PRECISIONS, check_precision, resolve_precision
+from ..core.precision import (
+    PRECISIONS,
+    check_precision,
+    check_training_precision,
+    resolve_precision,
+    resolve_training_precision,
+)
 from ..core.width import DEFAULT_WIDTHS, check_width_menu, width_in_menu
 from ..core.width_training import WidthTraining, distill_step, frozen_teacher, width_self_sampling_step
 from .extensions import record_exits, register_extensions
@@ -40,6 +46,7 @@ SHARED_DEFAULTS = {
     "width_multipliers": list(DEFAULT_WIDTHS),
     "width": 1.0,
     "precision": "auto",
+    "training_precision": "fp32",
 }
 
 DEFAULT_MODEL_CONFIG = """
@@ -80,6 +87,7 @@ class EarlyExitLabeler(TrainablePipe):
         width_multipliers: Sequence[float] = DEFAULT_WIDTHS,
         width: float = 1.0,
         precision: str = "auto",
+        training_precision: str = "fp32",
     ) -> None:
         register_extensions()
         self.vocab = vocab
@@ -90,6 +98,7 @@ class EarlyExitLabeler(TrainablePipe):
         self._configured_precision = check_precision(precision)
         self.cfg: Dict = {"labels": [], "precision": precision, "configured_precision": precision}
         self._default = RunSettings(FullDepth(), 1.0, check_precision(precision))
+        self.training_precision = check_training_precision(training_precision)
         self.exit_policy = exit_policy or FullDepth()
         self.scorer = scorer
         if isinstance(batch_sequences, bool) or not isinstance(batch_sequences, int) or batch_sequences < 1:
@@ -545,6 +554,9 @@ class EarlyExitLabeler(TrainablePipe):
         if not any(len(eg.predicted) for eg in examples):
             return losses
         set_dropout_rate(self.model, drop)
+        self.model.attrs["training_precision"] = resolve_training_precision(
+            self.training_precision, self.encoder.device
+        )
         if self.width_training is not None:
             losses[self.name] += self._update_width(examples, drop)
             if sgd is not None:
@@ -610,14 +622,19 @@ class EarlyExitLabeler(TrainablePipe):
         encoder.set_dropout(self.model.attrs.get("dropout_rate"))
         weights = torch.tensor(layer_loss_weights(encoder.n_layers, self.model.attrs["layer_weighting"]))
         widths = self._trained_widths()
+        precision = self.model.attrs["training_precision"]
         try:
             if self.width_training.phase == "distill":
                 if self._teacher is None:  # update without initialize: the current weights teach
                     self._teacher = frozen_teacher(encoder)
-                return distill_step(encoder, self._teacher, batch, widths, self.width_training, weights)
+                return distill_step(
+                    encoder, self._teacher, batch, widths, self.width_training, weights, precision=precision
+                )
             gold = self._batch_gold(examples, rows, batch.n_words)
             sampling = SelfSampling(**self.model.attrs["self_sampling"])
-            return width_self_sampling_step(encoder, batch, groups, torch.from_numpy(gold), sampling, widths, weights)
+            return width_self_sampling_step(
+                encoder, batch, groups, torch.from_numpy(gold), sampling, widths, weights, precision=precision
+            )
         finally:
             encoder.set_dropout(None)
 

@@ -143,6 +143,8 @@ def MultiExitTransformer(
             "dropout_rate": None,
             # stage-2 training: SelfSampling settings (a dict), set by the component
             "self_sampling": None,
+            # resolved precision of training steps (fp32, bf16), set by the component
+            "training_precision": "fp32",
         },
         shims=[shim],
     )
@@ -257,7 +259,11 @@ def forward(model: Model, docs: List[Doc], is_train: bool) -> Tuple[Tuple[List[F
         sampled = SelfSampling(**sampling).sample(_sentence_groups(docs, plan, order), batch.word_mask.cpu())
         sampled.thresholds = sampled.thresholds.to(encoder.device)
         sampled.half_windows = sampled.half_windows.to(encoder.device)
-    logits, torch_backprop = shim(ArgsKwargs(args=(batch,), kwargs={"sampled_exits": sampled}), is_train)
+    kwargs = {
+        "sampled_exits": sampled,
+        "precision": model.attrs.get("training_precision", "fp32") if is_train else "fp32",
+    }
+    logits, torch_backprop = shim(ArgsKwargs(args=(batch,), kwargs=kwargs), is_train)
     all_scores = model.ops.asarray3f(torch2xp(logits.detach()))
     scores = [all_scores[:, doc_rows] for doc_rows in rows]
     if sampled is not None:

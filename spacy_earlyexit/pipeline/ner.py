@@ -75,6 +75,7 @@ def make_earlyexit_ner(
     width_multipliers: List[float],
     width: float,
     precision: str = "auto",
+    training_precision: str = "fp32",
     overwrite_ents: bool = False,
     constrained_decoding: bool = True,
 ) -> "EarlyExitNER":
@@ -93,6 +94,10 @@ def make_earlyexit_ner(
     width: the width used when no operating point is chosen.
     precision: "auto" (bf16 where the CPU multiplies bf16 natively, else
         fp32), "fp32", "bf16" or "int8"; an operating point may name its own.
+    training_precision: what training steps multiply in: "fp32", "bf16"
+        (mixed precision: bf16 products under autocast, float32 weights and
+        classifiers) or "auto" (bf16 where the CPU or GPU multiplies bf16
+        natively, else fp32).
     overwrite_ents: replace the entities that earlier components set (False:
         keep them and add predicted entities around them, as spaCy's ner does).
     constrained_decoding: read each doc's tags as the most probable valid BIO
@@ -113,6 +118,7 @@ def make_earlyexit_ner(
         width_multipliers=width_multipliers,
         width=width,
         precision=precision,
+        training_precision=training_precision,
         overwrite_ents=overwrite_ents,
         constrained_decoding=constrained_decoding,
     )

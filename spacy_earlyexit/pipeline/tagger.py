@@ -41,6 +41,7 @@ def make_earlyexit_tagger(
     width_multipliers: List[float],
     width: float,
     precision: str = "auto",
+    training_precision: str = "fp32",
     overwrite: bool = False,
 ) -> "EarlyExitTagger":
     """Part-of-speech tagger whose tokens leave the encoder early.
@@ -63,6 +64,7 @@ def make_earlyexit_tagger(
         width_multipliers=width_multipliers,
         width=width,
         precision=precision,
+        training_precision=training_precision,
         overwrite=overwrite,
     )
 

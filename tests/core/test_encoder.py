@@ -257,3 +257,42 @@ def test_lexical_embedding_starts_neutral_keeps_row_zero_and_trains():
 def test_word_pooling_is_checked():
     with pytest.raises(ValueError, match="word_pooling"):
         MultiExitEncoder(tiny_backbone("bert"), n_labels=3, word_pooling="mean")
+
+
+def test_bf16_training_forward_keeps_float32_weights_classifiers_and_gradients():
+    """Mixed precision: the layers' products under bf16 autocast, the exit
+    logits and every gradient float32, and the logits close to fp32's."""
+    torch.manual_seed(0)
+    # eval mode switches dropout off; autograd alone selects the training path
+    encoder = MultiExitEncoder(tiny_backbone("bert"), n_labels=5).eval()
+    batch = random_batch([6, 2, 4])
+    fp32 = encoder(batch)
+    bf16 = encoder(batch, precision="bf16")
+    assert bf16.dtype == torch.float32 and bf16.shape == fp32.shape
+    # bf16 keeps 8 bits of mantissa: products round at ~0.4% while the
+    # residual stream stays float32, so the logits stay close to fp32's
+    assert float((bf16 - fp32).abs().max()) < 0.1
+    assert float((bf16 - fp32).abs().max()) > 0.0  # the products did run in bf16
+    bf16.sum().backward()
+    grads = [p.grad for p in encoder.parameters() if p.grad is not None]
+    assert grads and all(g.dtype == torch.float32 and bool(torch.isfinite(g).all()) for g in grads)
+    assert all(p.dtype == torch.float32 for p in encoder.parameters())
+    assert encoder.backbone.encoder.layer[0].attention.self.query.weight.grad is not None
+
+
+def test_bf16_training_with_frozen_words_and_sampled_exits_runs_the_packed_path():
+    torch.manual_seed(0)
+    encoder = MultiExitEncoder(tiny_backbone("bert"), n_labels=3)
+    batch = random_batch([5, 3])
+    exits = torch.tensor([[1, 3, 2, 3, 3], [2, 1, 3, 0, 0]])
+    logits = encoder(batch, word_exit_layers=exits, precision="bf16")
+    assert logits.dtype == torch.float32
+    logits.sum().backward()
+    assert encoder.heads[2].weight.grad is not None
+
+
+@pytest.mark.parametrize("precision", ["int8", "auto", "fp16"])
+def test_training_refuses_a_precision_it_cannot_train_in(precision):
+    encoder = MultiExitEncoder(tiny_backbone("bert"), n_labels=3).train()
+    with pytest.raises(ValueError, match="Training runs in fp32 or bf16"):
+        encoder(random_batch([3]), precision=precision)

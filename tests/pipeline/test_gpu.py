@@ -56,3 +56,20 @@ def test_int8_falls_back_to_fp32_on_the_gpu_with_a_warning(gpu_ner, monkeypatch)
     with pytest.warns(UserWarning, match="int8 runs on the CPU only"):
         answers = _answers(gpu_ner, "int8")
     assert answers == _answers(gpu_ner, "fp32")
+
+
+def test_bf16_mixed_precision_training_runs_on_the_gpu(tiny_model_dir):
+    from thinc.api import require_gpu
+
+    require_gpu(0)
+    spacy.util.fix_random_seed(0)
+    nlp = spacy.blank("en")
+    nlp.add_pipe("earlyexit_ner", config={**model_config(tiny_model_dir, **WORDS), "training_precision": "bf16"})
+    examples = ner_examples(nlp)
+    optimizer = nlp.initialize(lambda: examples)
+    optimizer.learn_rate = 0.005
+    losses = [nlp.update(examples, sgd=optimizer, losses={})["earlyexit_ner"] for _ in range(40)]
+    ner = nlp.get_pipe("earlyexit_ner")
+    assert ner.encoder.device.type == "cuda" and ner.model.attrs["training_precision"] == "bf16"
+    assert losses[-1] < 0.2 * losses[0]
+    assert all(p.dtype == torch.float32 for p in ner.encoder.parameters())

@@ -8,7 +8,12 @@ import torch
 
 from spacy_earlyexit.core import precision as precision_module
 from spacy_earlyexit.core.policies import TokenWindowExit
-from spacy_earlyexit.core.precision import check_precision, native_bf16, resolve_precision
+from spacy_earlyexit.core.precision import (
+    check_precision,
+    native_bf16,
+    resolve_precision,
+    resolve_training_precision,
+)
 
 from ..conftest import NER_DATA, TAG_DATA, model_config, ner_examples, train
 
@@ -153,3 +158,62 @@ def test_encoder_predict_refuses_an_unresolved_precision(ner):
     _, batch = next(batches)
     with pytest.raises(ValueError, match="resolved precision"):
         component.encoder.predict(batch, TokenWindowExit(0.2), precision="auto")
+
+
+@pytest.mark.parametrize("value, message", [("int8", "must be one of"), ("fp16", "must be one of"), (None, "not")])
+def test_training_precision_names_are_checked(tiny_model_dir, value, message):
+    nlp = spacy.blank("en")
+    with pytest.raises(ValueError, match=f"training_precision.*{message}"):
+        nlp.add_pipe("earlyexit_ner", config={**model_config(tiny_model_dir), "training_precision": value})
+
+
+def test_training_precision_resolves_like_inference_precision(monkeypatch):
+    monkeypatch.setattr(precision_module, "_warned", set())
+    monkeypatch.setenv("SPACY_EARLYEXIT_NATIVE_BF16", "1")
+    assert resolve_training_precision("auto") == "bf16"
+    assert resolve_training_precision("bf16") == "bf16"
+    monkeypatch.setenv("SPACY_EARLYEXIT_NATIVE_BF16", "0")
+    assert resolve_training_precision("auto") == "fp32"
+    with pytest.warns(UserWarning, match="no native bf16"):
+        assert resolve_training_precision("bf16") == "fp32"
+    with pytest.raises(ValueError, match="training_precision"):
+        resolve_training_precision("int8")
+
+
+def _train_ner(tiny_model_dir, training_precision):
+    spacy.util.fix_random_seed(0)
+    nlp = spacy.blank("en")
+    nlp.add_pipe("earlyexit_ner", config={**model_config(tiny_model_dir), "training_precision": training_precision})
+    examples = ner_examples(nlp)
+    optimizer = nlp.initialize(lambda: examples)
+    optimizer.learn_rate = 0.005
+    losses = [nlp.update(examples, sgd=optimizer, losses={})["earlyexit_ner"] for _ in range(60)]
+    return nlp, losses
+
+
+def test_bf16_training_learns_what_fp32_training_learns(tiny_model_dir, monkeypatch):
+    """Mixed-precision steps (bf16 autocast) train the same tiny data to the
+    same entities as fp32 steps; the weights stay float32 and save as such."""
+    monkeypatch.setenv("SPACY_EARLYEXIT_NATIVE_BF16", "1")  # bf16 steps wherever the tests run
+    fp32, fp32_losses = _train_ner(tiny_model_dir, "fp32")
+    bf16, bf16_losses = _train_ner(tiny_model_dir, "auto")
+    ner = bf16.get_pipe("earlyexit_ner")
+    assert ner.model.attrs["training_precision"] == "bf16"
+    assert fp32.get_pipe("earlyexit_ner").model.attrs["training_precision"] == "fp32"
+    assert bf16_losses[-1] < 0.1 * bf16_losses[0]
+    assert bf16_losses != fp32_losses  # the steps did differ
+    gold = [[(e.start_char, e.end_char, e.label_) for e in eg.reference.ents] for eg in ner_examples(bf16)]
+    for nlp in (fp32, bf16):
+        with nlp.select_pipes(enable=["earlyexit_ner"]):
+            got = [[(e.start_char, e.end_char, e.label_) for e in doc.ents] for doc in nlp.pipe(t for t, _ in NER_DATA)]
+        assert got == gold
+    assert all(p.dtype == torch.float32 for p in ner.encoder.parameters())
+
+
+def test_bf16_training_falls_back_to_fp32_where_bf16_is_not_native(tiny_model_dir, monkeypatch):
+    monkeypatch.setenv("SPACY_EARLYEXIT_NATIVE_BF16", "0")
+    monkeypatch.setattr(precision_module, "_warned", set())
+    with pytest.warns(UserWarning, match="no native bf16"):
+        nlp, losses = _train_ner(tiny_model_dir, "bf16")
+    assert nlp.get_pipe("earlyexit_ner").model.attrs["training_precision"] == "fp32"
+    assert losses[-1] < losses[0]

@@ -118,10 +118,15 @@ def test_the_width_sandwich_puts_the_narrowest_at_the_most_aggressive_setting():
     assert int(full.sum()) == 2 and bool((widths[full] == 1.0).all())
 
 
-def test_distillation_stage_rewires_keeps_its_teacher_and_narrows_the_gap(four_head_stage, tmp_path):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_distillation_stage_rewires_keeps_its_teacher_and_narrows_the_gap(
+    four_head_stage, tmp_path, precision, monkeypatch
+):
+    monkeypatch.setenv("SPACY_EARLYEXIT_NATIVE_BF16", "1")  # bf16 training wherever the tests run
     model_dir, source = four_head_stage
     nlp, examples, optimizer = _stage(model_dir, source, "distill")
     ner = nlp.get_pipe("earlyexit_ner")
+    ner.training_precision = precision
     encoder = ner.encoder
     assert encoder.width_rewired  # ranked on the training examples before distilling
     teacher_before = {k: v.clone() for k, v in ner._teacher.state_dict().items()}
@@ -133,6 +138,7 @@ def test_distillation_stage_rewires_keeps_its_teacher_and_narrows_the_gap(four_h
     for _ in range(25):
         losses = nlp.update(examples, sgd=optimizer, drop=0.0)
     assert losses["earlyexit_ner"] > 0
+    assert ner.model.attrs["training_precision"] == precision
     assert all(torch.equal(teacher_before[k], v) for k, v in ner._teacher.state_dict().items())
     assert _distillation_gap(ner, examples, 0.25) < 0.5 * gap
     # the teacher is not saved; the distilled pipeline loads and keeps its rewiring
@@ -144,16 +150,20 @@ def test_distillation_stage_rewires_keeps_its_teacher_and_narrows_the_gap(four_h
         assert len(loaded("Angela Merkel visited Paris .")) == 5
 
 
-def test_width_self_sampling_stage_trains_every_width_with_sampled_exits(four_head_stage):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_width_self_sampling_stage_trains_every_width_with_sampled_exits(four_head_stage, precision, monkeypatch):
+    monkeypatch.setenv("SPACY_EARLYEXIT_NATIVE_BF16", "1")
     model_dir, source = four_head_stage
     nlp, examples, optimizer = _stage(model_dir, source, "self_sampling")
     ner = nlp.get_pipe("earlyexit_ner")
+    ner.training_precision = precision
     assert ner._teacher is None and ner.encoder.width_rewired
     encoder = ner.encoder
     encoder.zero_grad(set_to_none=True)
     torch.manual_seed(0)
     losses = ner.update(examples)  # no optimizer: gradients stay on the parameters
     assert losses["earlyexit_ner"] > 0
+    assert ner.model.attrs["training_precision"] == precision
     assert encoder.heads[0].weight.grad is not None and encoder.heads[0].weight.grad.abs().sum() > 0
     before = {k: v.clone() for k, v in encoder.state_dict().items()}
     optimizer.learn_rate = 0.01
