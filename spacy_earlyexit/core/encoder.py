@@ -17,7 +17,7 @@ from .hf import LayerView, config_value, layer_views
 from .objective import SampledExits
 from .policies import ExitPolicy, FullDepth
 from .precision import RESOLVED, TRAINING_RESOLVED, compute_dtype
-from .projections import InferenceLayer, inference_layer
+from .projections import InferenceLayer, fuses, inference_layer
 from .width import check_width, kept
 
 #: how a word's state is read from its wordpieces
@@ -176,7 +176,7 @@ class MultiExitEncoder(nn.Module):
         `forget_packed_weights`)."""
         view = self._views[index]
         linears = (view.q, view.k, view.v, view.o, view.ff_in, view.ff_out)
-        stamp = (self.use_onednn,) + tuple(
+        stamp = (self.use_onednn, fuses(precision)) + tuple(
             (p.data_ptr(), p._version) for linear in linears for p in (linear.weight, linear.bias) if p is not None
         )
         key = (index, width, precision)

@@ -74,6 +74,27 @@ def _detected_native_bf16() -> bool:
     return bool(flags & {"amx_bf16", "avx512_bf16"})
 
 
+@lru_cache(maxsize=1)
+def _detected_amx() -> bool:
+    check = getattr(getattr(torch, "cpu", None), "_is_amx_tile_supported", None)
+    if callable(check):
+        try:
+            return bool(check())
+        except Exception:  # a build without cpuinfo: read the flags instead
+            pass
+    return "amx_bf16" in _cpu_flags()
+
+
+def amx() -> bool:
+    """Whether this CPU has AMX tiles (Intel Xeon since Sapphire Rapids), as
+    torch's cpuinfo reports them (else /proc/cpuinfo's `amx_bf16` flag).
+    `SPACY_EARLYEXIT_AMX` set to 0 or 1 overrides it."""
+    forced = os.environ.get("SPACY_EARLYEXIT_AMX")
+    if forced in ("0", "1"):
+        return forced == "1"
+    return _detected_amx()
+
+
 def native_bf16() -> bool:
     """Whether this CPU multiplies bf16 matrices natively: AMX-BF16 or
     AVX512-BF16, as torch's cpuinfo reports them (else /proc/cpuinfo's

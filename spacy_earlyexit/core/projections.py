@@ -5,6 +5,13 @@ oneDNN the bias, GELU and residual additions fused into the matrix products.
 Plain PyTorch, no spaCy. Training (autograd) never uses these; it runs on the
 parameters' own slices. Set SPACY_EARLYEXIT_ONEDNN=0 to fall back to
 `F.linear` everywhere.
+
+bf16 products are fused only on CPUs without AMX: on an AMX Xeon the fused
+(prepacked) oneDNN products measured slower than plain `F.linear` on bf16
+weights (documents 0.85x, single sentences 0.63x: results.md, "On an AMX
+Xeon"), where each new input shape costs a kernel compilation, and early exit
+keeps changing the shapes; there bf16 runs through `F.linear` as Hugging
+Face's forward does. fp32 stays fused everywhere (faster on both).
 """
 
 import os
@@ -14,6 +21,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .precision import amx
 
 _onednn: Optional[bool] = None
 
@@ -60,6 +69,15 @@ def _onednn_matches_linear() -> bool:
             )
     except Exception:  # an op missing or failing in this build: plain products
         return False
+
+
+def fuses(precision: str) -> bool:
+    """Whether inference products at a resolved `precision` are fused with
+    oneDNN here: fp32 where oneDNN is available, bf16 too unless the CPU has
+    AMX (see the module's notes), int8 never (its own quantized kernels)."""
+    if precision == "int8" or not onednn_available():
+        return False
+    return precision == "fp32" or not amx()
 
 
 def is_exact_gelu(activation) -> bool:
@@ -165,7 +183,7 @@ def inference_layer(
     """An InferenceLayer from (weight, bias) pairs already cut to a width, at
     a resolved `precision` (fp32, bf16 or int8); fused with oneDNN when
     `onednn` and this torch build can (fp32 and bf16)."""
-    onednn = onednn and precision != "int8" and onednn_available()
+    onednn = onednn and fuses(precision)
     return InferenceLayer(
         n_heads,
         Projection(*q, onednn, precision),

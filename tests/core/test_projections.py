@@ -98,3 +98,26 @@ def test_keys_and_values_keep_a_bias_only_one_of_them_has(onednn):
         keys, values = layer.kv(x).chunk(2, dim=-1)
     assert torch.allclose(keys, F.linear(x, *k), atol=1e-5)
     assert torch.allclose(values, F.linear(x, v[0]), atol=1e-5)
+
+
+@pytest.mark.parametrize("has_amx", ["0", "1"])
+def test_bf16_is_fused_only_without_amx_and_predicts_the_same_either_way(has_amx, monkeypatch):
+    """On AMX CPUs bf16 runs through F.linear (fused oneDNN products compile a
+    kernel per shape there); fp32 stays fused; the labels do not change."""
+    monkeypatch.setenv("SPACY_EARLYEXIT_AMX", has_amx)
+    encoder = four_head_encoder().eval()
+    batch = random_batch([9, 4, 7, 2])
+    policy = TokenWindowExit(threshold=0.3, window=1)
+    fused = projections.onednn_available()
+    assert projections.fuses("fp32") is fused
+    assert projections.fuses("bf16") is (fused and has_amx == "0")
+    assert not projections.fuses("int8")
+    assert encoder.inference_layer(0, 1.0, "bf16").kv.onednn is projections.fuses("bf16")
+    assert encoder.inference_layer(0, 1.0, "fp32").kv.onednn is fused
+    reference = encoder.predict(batch, policy, precision="fp32")
+    out = encoder.predict(batch, policy, precision="bf16")
+    agree = (out.labels == reference.labels)[batch.word_mask].float().mean()
+    assert float(agree) >= 0.9
+    # the packed copies follow a change of the detection
+    monkeypatch.setenv("SPACY_EARLYEXIT_AMX", "0" if has_amx == "1" else "1")
+    assert encoder.inference_layer(0, 1.0, "bf16").kv.onednn is projections.fuses("bf16")
