@@ -13,6 +13,7 @@ from typing import Optional
 
 import spacy
 
+from spacy_earlyexit.core.precision import PRECISIONS
 from spacy_earlyexit.tools.evaluation import (
     OperatingPoint,
     corpus_examples,
@@ -45,7 +46,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("pipeline")
     parser.add_argument("corpus")
-    parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "int8"], default=None)
+    parser.add_argument("--precision", choices=PRECISIONS, default=None)
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
     result = evaluate_shapes(args.pipeline, args.corpus, precision=args.precision)

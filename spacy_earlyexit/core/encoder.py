@@ -4,6 +4,7 @@ layer and a layer loop of its own that can skip work for exited tokens.
 Plain PyTorch: nothing in this module imports spaCy or Thinc.
 """
 
+import contextlib
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
@@ -362,70 +363,47 @@ class MultiExitEncoder(nn.Module):
                 f"Training runs in {' or '.join(TRAINING_RESOLVED)} (bf16: mixed precision), got {precision!r}."
             )
         hidden = self.embed(batch)
-        if training:
-            with torch.autocast(hidden.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-                return self._forward_layers(
-                    batch, hidden, word_exit_layers, sampled_exits, width, head_mask, return_hidden, "fp32"
-                )
-        return self._forward_layers(
-            batch,
-            hidden.to(compute_dtype(precision)),
-            word_exit_layers,
-            sampled_exits,
-            width,
-            head_mask,
-            return_hidden,
-            precision,
-        )
-
-    def _forward_layers(
-        self,
-        batch: EncoderBatch,
-        hidden: Tensor,
-        word_exit_layers: Optional[Tensor],
-        sampled_exits: Optional[SampledExits],
-        width: float,
-        head_mask: Optional[Tensor],
-        return_hidden: bool,
-        precision: str,
-    ):
-        """`forward`'s layer loop from the embedded input `hidden`; an
-        autocast region around it runs the layers' products in its dtype and
-        leaves the exit classifiers in float32."""
-        B, W = batch.word_mask.shape
-        word_active = batch.word_mask.clone()
-        if word_exit_layers is not None:
-            exits = word_exit_layers.clamp(1, self.n_layers)
+        if training:  # bf16: the products under autocast, the residual stream stays float32
+            region = torch.autocast(hidden.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+            precision = "fp32"
         else:
-            exits = torch.full((B, W), self.n_layers, dtype=torch.long, device=hidden.device)
-        outputs, states = [], []
-        for index in range(self.n_layers):
+            region = contextlib.nullcontext()
+            hidden = hidden.to(compute_dtype(precision))
+        with region:  # the exit classifiers opt out of it below
+            B, W = batch.word_mask.shape
+            word_active = batch.word_mask.clone()
             if word_exit_layers is not None:
-                word_active = batch.word_mask & (exits > index)
-            if word_exit_layers is None and sampled_exits is None:
-                active = batch.piece_mask
+                exits = word_exit_layers.clamp(1, self.n_layers)
             else:
-                piece_word_active = word_active.gather(1, batch.piece_words.clamp(min=0))
-                active = batch.piece_mask & ((batch.piece_words < 0) | piece_word_active)
-            if bool(active.any()):
-                layer_mask = head_mask[index] if head_mask is not None else None
-                hidden = self._run_layer(index, hidden, batch.piece_mask, active, width, layer_mask, precision)
+                exits = torch.full((B, W), self.n_layers, dtype=torch.long, device=hidden.device)
+            outputs, states = [], []
+            for index in range(self.n_layers):
+                if word_exit_layers is not None:
+                    word_active = batch.word_mask & (exits > index)
+                if word_exit_layers is None and sampled_exits is None:
+                    active = batch.piece_mask
+                else:
+                    piece_word_active = word_active.gather(1, batch.piece_words.clamp(min=0))
+                    active = batch.piece_mask & ((batch.piece_words < 0) | piece_word_active)
+                if bool(active.any()):
+                    layer_mask = head_mask[index] if head_mask is not None else None
+                    hidden = self._run_layer(index, hidden, batch.piece_mask, active, width, layer_mask, precision)
+                if return_hidden:
+                    states.append(hidden[batch.piece_mask].float())
+                word_states = self.word_states(hidden, batch).float()
+                with torch.autocast(hidden.device.type, enabled=False):  # classifiers in float32
+                    outputs.append(self.heads[index](self.head_dropout(word_states[batch.word_mask])))
+                    if sampled_exits is not None and index < self.n_layers - 1:
+                        with torch.no_grad():
+                            probs = self.heads[index](word_states.detach()).softmax(-1)
+                        leaving = sampled_exits.exits(index, self.n_layers, probs, word_active, batch.word_mask)
+                        exits = torch.where(leaving, index + 1, exits)
+                        word_active = word_active & ~leaving
+            if sampled_exits is not None:
+                sampled_exits.exit_layers = exits
             if return_hidden:
-                states.append(hidden[batch.piece_mask].float())
-            word_states = self.word_states(hidden, batch).float()
-            with torch.autocast(hidden.device.type, enabled=False):  # classifiers in float32
-                outputs.append(self.heads[index](self.head_dropout(word_states[batch.word_mask])))
-                if sampled_exits is not None and index < self.n_layers - 1:
-                    with torch.no_grad():
-                        probs = self.heads[index](word_states.detach()).softmax(-1)
-                    leaving = sampled_exits.exits(index, self.n_layers, probs, word_active, batch.word_mask)
-                    exits = torch.where(leaving, index + 1, exits)
-                    word_active = word_active & ~leaving
-        if sampled_exits is not None:
-            sampled_exits.exit_layers = exits
-        if return_hidden:
-            return torch.stack(outputs), torch.stack(states)
-        return torch.stack(outputs)
+                return torch.stack(outputs), torch.stack(states)
+            return torch.stack(outputs)
 
     # -- inference: early exit --------------------------------------------------
     @property

@@ -60,29 +60,27 @@ def _cpu_flags() -> frozenset:
     return frozenset()
 
 
-@lru_cache(maxsize=1)
-def _detected_native_bf16() -> bool:
+def _cpu_has(torch_checks, flags) -> bool:
+    """Whether torch's cpuinfo reports any of `torch_checks` (names in
+    `torch.cpu`), else whether /proc/cpuinfo lists any of `flags`."""
     cpu = getattr(torch, "cpu", None)
-    checks = [getattr(cpu, "_is_amx_tile_supported", None), getattr(cpu, "_is_avx512_bf16_supported", None)]
-    known = [check for check in checks if callable(check)]
+    known = [check for check in (getattr(cpu, name, None) for name in torch_checks) if callable(check)]
     if known:
         try:
             return any(bool(check()) for check in known)
         except Exception:  # a build without cpuinfo: read the flags instead
             pass
-    flags = _cpu_flags()
-    return bool(flags & {"amx_bf16", "avx512_bf16"})
+    return bool(_cpu_flags() & set(flags))
+
+
+@lru_cache(maxsize=1)
+def _detected_native_bf16() -> bool:
+    return _cpu_has(("_is_amx_tile_supported", "_is_avx512_bf16_supported"), ("amx_bf16", "avx512_bf16"))
 
 
 @lru_cache(maxsize=1)
 def _detected_amx() -> bool:
-    check = getattr(getattr(torch, "cpu", None), "_is_amx_tile_supported", None)
-    if callable(check):
-        try:
-            return bool(check())
-        except Exception:  # a build without cpuinfo: read the flags instead
-            pass
-    return "amx_bf16" in _cpu_flags()
+    return _cpu_has(("_is_amx_tile_supported",), ("amx_bf16",))
 
 
 def amx() -> bool:
