@@ -675,6 +675,7 @@ class EarlyExitLabeler(TrainablePipe):
             )
         rewire(encoder, importance)
         shim._torch_optimizer = None  # its moments belong to the old order of the weights
+        shim.forget_averages()  # and so do the averages
         return importance
 
     # -- scoring -----------------------------------------------------------------

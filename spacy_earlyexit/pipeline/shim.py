@@ -4,6 +4,7 @@ config, tokenizer files and safetensors weights (an allow-list of file names,
 never pickle, never code from the files).
 """
 
+import contextlib
 import json
 import tempfile
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any, Dict, Optional
 
 import srsly
 import torch
-from thinc.api import PyTorchShim, get_torch_default_device
+from thinc.api import PyTorchShim, get_torch_default_device, xp2torch
 
 from ..core.encoder import MultiExitEncoder
 from ..core.hf import EncoderLoadError, backbone_from_config, load_tokenizer
@@ -73,6 +74,9 @@ class EarlyExitShim(PyTorchShim):
         self.span_getter: Optional[SpanGetter] = None
         self._torch_optimizer: Optional[torch.optim.Optimizer] = None
         self._optimizer_owner: Optional[tuple] = None
+        # moving averages of the weights (the optimizer's `use_averages`), by parameter name
+        self._averages: Dict[str, torch.Tensor] = {}
+        self._averages_owner: Optional[tuple] = None
 
     def finish_update(self, optimizer) -> None:
         """Apply the gradients with PyTorch's fused AdamW, following the Thinc
@@ -80,14 +84,20 @@ class EarlyExitShim(PyTorchShim):
         decay, gradient clipping as a global norm): the same update as Thinc's
         Adam with decoupled weight decay (`L2_is_weight_decay`). Other
         optimizers, and Adam with L2 added to the gradient, use Thinc's own
-        per-parameter update."""
+        per-parameter update.
+
+        With `use_averages`, the fused step also keeps a moving average of
+        every weight with Thinc's decay schedule (min((1 + t) / (10 + t),
+        0.9999) at update t, started from the weights), and publishes it in
+        `optimizer.averages` under the keys `use_params` reads, so spaCy's
+        training loop evaluates and saves the averaged weights as it does for
+        its own components."""
         decoupled = bool(getattr(optimizer, "L2_is_weight_decay", True)) or not getattr(optimizer, "L2", 0.0)
         plain_adam = (
             decoupled
             and getattr(optimizer, "b1", 0) > 0
             and getattr(optimizer, "b2", 0) > 0
             and not getattr(optimizer, "use_radam", False)
-            and getattr(optimizer, "averages", None) is None
             and not self._mixed_precision
         )
         if not plain_adam:
@@ -116,6 +126,85 @@ class EarlyExitShim(PyTorchShim):
             torch.nn.utils.clip_grad_norm_(params, float(optimizer.grad_clip))
         self._torch_optimizer.step()
         self._torch_optimizer.zero_grad(set_to_none=True)
+        if getattr(optimizer, "averages", None) is not None:
+            self._update_averages(optimizer)
+
+    def _average_key(self, name: str) -> str:
+        # the key format of thinc's PyTorchShim.use_params
+        return f"pytorch_{self.id}_{name}"
+
+    def forget_averages(self) -> None:
+        """Drop the moving averages (the weights were replaced or reordered);
+        the next step starts them again from the weights."""
+        self._averages = {}
+        self._averages_owner = None
+
+    @torch.no_grad()
+    def _update_averages(self, optimizer) -> None:
+        named = [(name, p) for name, p in self._model.named_parameters() if p.requires_grad]
+        owner = (id(optimizer), id(self._model))
+        if self._averages_owner != owner:
+            self._averages = {}
+            self._averages_owner = owner
+        counter = (self.id, "averages")
+        optimizer.nr_update[counter] += 1
+        t = optimizer.nr_update[counter]
+        weight = 1.0 - min((1.0 + t) / (10.0 + t), 0.9999)
+        stale, fresh = [], []
+        for name, param in named:
+            average = self._averages.get(name)
+            if average is None or average.shape != param.shape or average.device != param.device:
+                average = self._averages[name] = param.detach().clone()
+            else:
+                stale.append(average)
+                fresh.append(param.detach())
+            # the tensor itself (on the weights' device; no CuPy needed)
+            optimizer.averages[self._average_key(name)] = average
+        if stale:
+            torch._foreach_lerp_(stale, fresh, weight)
+
+    @contextlib.contextmanager
+    def use_params(self, params):
+        """Run with the weights in `params` (keys as Thinc's PyTorchShim:
+        `pytorch_{shim id}_{parameter name}`; e.g. `optimizer.averages`) and
+        restore the trained ones afterwards. Unlike Thinc's, a partial set
+        replaces only the weights it names (buffers and untracked parameters
+        stay)."""
+        prefix = self._average_key("")
+        chosen = {
+            key[len(prefix) :]: value
+            for key, value in (params or {}).items()
+            if isinstance(key, str) and key.startswith(prefix)
+        }
+        if not chosen or not self.is_ready:
+            yield
+            return
+        named = dict(self._model.named_parameters())
+        swaps = []
+        for name, value in chosen.items():
+            param = named.get(name)
+            if param is None:
+                continue
+            source = value if isinstance(value, torch.Tensor) else xp2torch(value, device=param.device)
+            if source.shape != param.shape:
+                raise ValueError(
+                    f"use_params: weights for '{name}' have shape {tuple(source.shape)}, "
+                    f"the encoder's {tuple(param.shape)}."
+                )
+            swaps.append((name, param, source))
+        backup: Dict[str, torch.Tensor] = {}
+        with torch.no_grad():
+            for name, param, source in swaps:
+                backup[name] = param.detach().clone()
+                param.copy_(source)
+        self._model.forget_packed_weights()
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for name, value in backup.items():
+                    named[name].copy_(value)
+            self._model.forget_packed_weights()
 
     @property
     def encoder(self) -> MultiExitEncoder:
