@@ -141,6 +141,12 @@ class MultiExitEncoder(nn.Module):
         #: mean of its "first_last" pieces (a word's ending, e.g. its suffix)
         self.word_pooling = word_pooling
 
+    def added_parameter_names(self) -> List[str]:
+        """Names of the weights the pretrained backbone does not have (the
+        exit classifiers, the casing and lexical embeddings): they start from
+        scratch, so training may give them a larger learning rate."""
+        return [name for name, _ in self.named_parameters() if not name.startswith("backbone.")]
+
     def set_dropout(self, rate: Optional[float]) -> None:
         """Use `rate` for hidden-state and classifier dropout while training
         (spaCy's `drop`); None restores the configured rates."""

@@ -75,6 +75,7 @@ def MultiExitTransformer(
     span_getter: Optional[SpanGetter] = None,
     cut_context: int = 16,
     n_layers: Optional[int] = None,
+    added_learn_rate_scale: float = 1.0,
     nO: Optional[int] = None,
 ) -> Model[List[Doc], Tuple[List[Floats3d], List[Ints1d]]]:
     """A Hugging Face encoder (`name`: directory, embedded package or model id)
@@ -105,6 +106,11 @@ def MultiExitTransformer(
         token next to a cut is read without context on that side).
     n_layers: keep only the first n layers of the pretrained encoder (static
         depth reduction, as DistilBERT-style truncation); None keeps them all.
+    added_learn_rate_scale: the learning rate of the weights the pretrained
+        encoder does not have (exit classifiers, casing and lexical
+        embeddings, which start from scratch) is the optimizer's times this
+        (1.0: the same). Applies to Adam with decoupled weight decay, the
+        optimizer the early-exit components update with torch's fused AdamW.
     """
     if isinstance(max_wordpieces, bool) or not isinstance(max_wordpieces, int) or max_wordpieces < MIN_WORDPIECES:
         raise ValueError(
@@ -117,11 +123,19 @@ def MultiExitTransformer(
         raise ValueError(f"n_layers must be a whole number >= 1 or null (all layers), got {n_layers!r}.")
     if word_pooling not in WORD_POOLING:
         raise ValueError(f"word_pooling must be one of {', '.join(WORD_POOLING)}, got {word_pooling!r}.")
+    if (
+        isinstance(added_learn_rate_scale, bool)
+        or not isinstance(added_learn_rate_scale, (int, float))
+        or not added_learn_rate_scale > 0
+        or added_learn_rate_scale == float("inf")
+    ):
+        raise ValueError(f"added_learn_rate_scale must be a finite number > 0, got {added_learn_rate_scale!r}.")
     lexical = LexicalFeatures(tuple(lexical_attrs), tuple(lexical_rows))  # validates
     install_fork_guard()
     bound_onednn_kernel_cache()
     shim = EarlyExitShim(head_dropout=head_dropout)
     shim.span_getter = span_getter
+    shim.added_learn_rate_scale = float(added_learn_rate_scale)
     return Model(
         "multi_exit_transformer",
         forward,

@@ -7,8 +7,9 @@ never pickle, never code from the files).
 import contextlib
 import json
 import tempfile
+import warnings
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import srsly
 import torch
@@ -72,6 +73,9 @@ class EarlyExitShim(PyTorchShim):
         self.tokenizer = tokenizer
         self.head_dropout = head_dropout
         self.span_getter: Optional[SpanGetter] = None
+        #: learning-rate multiplier of the weights the backbone does not have
+        self.added_learn_rate_scale = 1.0
+        self._warned_scale = False
         self._torch_optimizer: Optional[torch.optim.Optimizer] = None
         self._optimizer_owner: Optional[tuple] = None
         # moving averages of the weights (the optimizer's `use_averages`), by parameter name
@@ -101,6 +105,14 @@ class EarlyExitShim(PyTorchShim):
             and not self._mixed_precision
         )
         if not plain_adam:
+            if self.added_learn_rate_scale != 1.0 and not self._warned_scale:
+                warnings.warn(
+                    "added_learn_rate_scale applies to Adam with decoupled weight decay "
+                    "(L2_is_weight_decay = true) only; this optimizer updates every weight "
+                    "at its own learning rate.",
+                    stacklevel=2,
+                )
+                self._warned_scale = True
             super().finish_update(optimizer)
         else:
             self._fused_adamw_step(optimizer)
@@ -108,16 +120,31 @@ class EarlyExitShim(PyTorchShim):
             # neither update bumps the weights' versions: drop narrow widths' packed copies
             self._model.forget_packed_weights()
 
+    def _parameter_groups(self) -> List[dict]:
+        """The trainable weights, the backbone's and the added ones (with
+        their learning-rate scale) in groups of their own."""
+        added = set(self._model.added_parameter_names()) if isinstance(self._model, MultiExitEncoder) else set()
+        groups = {True: [], False: []}
+        for name, param in self._model.named_parameters():
+            if param.requires_grad:
+                groups[name in added].append(param)
+        return [
+            {"params": params, "lr_scale": scale}
+            for params, scale in ((groups[False], 1.0), (groups[True], self.added_learn_rate_scale))
+            if params
+        ]
+
     def _fused_adamw_step(self, optimizer) -> None:
-        params = [p for p in self._model.parameters() if p.requires_grad]
         owner = (id(optimizer), id(self._model))
         if self._torch_optimizer is None or self._optimizer_owner != owner:
-            self._torch_optimizer = torch.optim.AdamW(params, lr=float(optimizer.learn_rate), fused=True)
+            groups = self._parameter_groups()
+            self._torch_optimizer = torch.optim.AdamW(groups, lr=float(optimizer.learn_rate), fused=True)
             self._optimizer_owner = owner
+        params = [p for group in self._torch_optimizer.param_groups for p in group["params"]]
         decay = float(optimizer.L2) if optimizer.L2_is_weight_decay else 0.0
         for group in self._torch_optimizer.param_groups:
             group.update(
-                lr=float(optimizer.learn_rate),
+                lr=float(optimizer.learn_rate) * group["lr_scale"],
                 betas=(float(optimizer.b1), float(optimizer.b2)),
                 eps=float(optimizer.eps),
                 weight_decay=decay,
