@@ -22,7 +22,7 @@ import argparse
 import json
 import math
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Sequence
 
 import numpy
 import spacy
@@ -44,14 +44,16 @@ def annotate(pipeline: str, docs: Sequence[Doc], batch_size: int = 64) -> List[D
     return list(nlp.pipe(inputs, batch_size=batch_size, component_cfg=component_cfg))
 
 
-def tag_counts(gold: Sequence[Doc], predicted: Sequence[Doc]) -> Tuple[numpy.ndarray, List[numpy.ndarray]]:
-    """Per document (correct, total), and per document a boolean array of correct tokens."""
-    counts, correct = [], []
-    for ref, pred in zip(gold, predicted):
-        right = numpy.array([r.tag_ == p.tag_ for r, p in zip(ref, pred)], dtype=bool)
-        correct.append(right)
-        counts.append((right.sum(), len(right)))
-    return numpy.array(counts, dtype="float64").reshape(-1, 2), correct
+def tag_correct(gold: Sequence[Doc], predicted: Sequence[Doc]) -> List[numpy.ndarray]:
+    """Per document, whether each token's predicted tag is the gold one."""
+    return [
+        numpy.array([r.tag_ == p.tag_ for r, p in zip(ref, pred)], dtype=bool) for ref, pred in zip(gold, predicted)
+    ]
+
+
+def tag_counts(correct: Sequence[numpy.ndarray]) -> numpy.ndarray:
+    """Per document (correct, total)."""
+    return numpy.array([(right.sum(), len(right)) for right in correct], dtype="float64").reshape(-1, 2)
 
 
 def ent_counts(gold: Sequence[Doc], predicted: Sequence[Doc]) -> numpy.ndarray:
@@ -85,8 +87,11 @@ def mcnemar_p(a_only: int, b_only: int) -> float:
 def compare(
     task: str, gold: Sequence[Doc], a: Sequence[Doc], b: Sequence[Doc], resamples: int = 10000, seed: int = 0
 ) -> Dict[str, object]:
-    counts = {"tag": lambda p: tag_counts(gold, p)[0], "ner": lambda p: ent_counts(gold, p)}[task]
-    counts_a, counts_b = counts(a), counts(b)
+    if task == "tag":
+        right_a, right_b = tag_correct(gold, a), tag_correct(gold, b)
+        counts_a, counts_b = tag_counts(right_a), tag_counts(right_b)
+    else:
+        counts_a, counts_b = ent_counts(gold, a), ent_counts(gold, b)
     score_a, score_b = float(metric(task, counts_a.sum(0))), float(metric(task, counts_b.sum(0)))
     rng = numpy.random.default_rng(seed)
     picks = rng.integers(0, len(gold), size=(resamples, len(gold)))
@@ -102,11 +107,11 @@ def compare(
         "resamples": resamples,
     }
     if task == "tag":
-        right_a = numpy.concatenate(tag_counts(gold, a)[1] or [numpy.zeros(0, bool)])
-        right_b = numpy.concatenate(tag_counts(gold, b)[1] or [numpy.zeros(0, bool)])
-        a_only, b_only = int((right_a & ~right_b).sum()), int((right_b & ~right_a).sum())
+        tokens_a = numpy.concatenate([numpy.zeros(0, bool), *right_a])
+        tokens_b = numpy.concatenate([numpy.zeros(0, bool), *right_b])
+        a_only, b_only = int((tokens_a & ~tokens_b).sum()), int((tokens_b & ~tokens_a).sum())
         result.update(
-            n_tokens=int(len(right_a)),
+            n_tokens=int(len(tokens_a)),
             a_right_b_wrong=a_only,
             b_right_a_wrong=b_only,
             mcnemar_p=mcnemar_p(a_only, b_only),

@@ -1,5 +1,6 @@
 """Fixtures: tiny randomly initialized encoders saved as local model directories."""
 
+import importlib.util
 import string
 from pathlib import Path
 
@@ -9,6 +10,17 @@ from spacy.tokens import DocBin
 from spacy.training import Example
 
 import spacy_earlyexit  # noqa: F401  registers factories and extensions
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_script(relative_path: str, name: str):
+    """A script of the repository (benchmarks/, examples/) imported as a module."""
+    spec = importlib.util.spec_from_file_location(name, REPO / relative_path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
 
 WORDS = ["angela", "merkel", "visited", "paris", "on", "tuesday", "the", "cat", "sat", "mat", "berlin", "john"]
 

@@ -8,6 +8,7 @@ layer each token ran to, with a backprop callback for training. Early-exit infer
 safetensors weights, without pickle and without the original model source.
 """
 
+import math
 import os
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
@@ -123,12 +124,8 @@ def MultiExitTransformer(
         raise ValueError(f"n_layers must be a whole number >= 1 or null (all layers), got {n_layers!r}.")
     if word_pooling not in WORD_POOLING:
         raise ValueError(f"word_pooling must be one of {', '.join(WORD_POOLING)}, got {word_pooling!r}.")
-    if (
-        isinstance(added_learn_rate_scale, bool)
-        or not isinstance(added_learn_rate_scale, (int, float))
-        or not added_learn_rate_scale > 0
-        or added_learn_rate_scale == float("inf")
-    ):
+    scale = added_learn_rate_scale
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (math.isfinite(scale) and scale > 0):
         raise ValueError(f"added_learn_rate_scale must be a finite number > 0, got {added_learn_rate_scale!r}.")
     lexical = LexicalFeatures(tuple(lexical_attrs), tuple(lexical_rows))  # validates
     install_fork_guard()

@@ -1,6 +1,5 @@
 """benchmarks/compare.py: every system measured on the same tokens, figures written."""
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -11,16 +10,11 @@ from spacy.tokens import DocBin
 
 from spacy_earlyexit.core.policies import TokenWindowExit
 
-from ..conftest import NER_DATA, ner_examples
-
-ROOT = Path(__file__).resolve().parents[2]
+from ..conftest import NER_DATA, load_script, ner_examples
 
 
 def _compare_module():
-    spec = importlib.util.spec_from_file_location("compare", ROOT / "benchmarks" / "compare.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/compare.py", "compare")
 
 
 def _earlyexit_with_points(trained_ner, path: Path) -> Path:

@@ -1,24 +1,14 @@
 """benchmarks/paired.py: two pipelines compared on the same tokens."""
 
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 import spacy
 from spacy.tokens import Doc
 
-ROOT = Path(__file__).resolve().parents[2]
+from ..conftest import load_script
 
-
-def _paired_module():
-    spec = importlib.util.spec_from_file_location("paired", ROOT / "benchmarks" / "paired.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-paired = _paired_module()
+paired = load_script("benchmarks/paired.py", "paired")
 VOCAB = spacy.blank("en").vocab
 
 

@@ -4,19 +4,18 @@ request, the operating point chosen per request through `component_cfg`.
 The server listens on 127.0.0.1 (a free port) only, for the few requests of
 these tests, and is shut down after them."""
 
-import importlib.util
 import json
 import threading
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
-from pathlib import Path
 
 import pytest
 import spacy
 
-REPO = Path(__file__).resolve().parents[2]
+from ..conftest import load_script
+
 SHALLOW = {"policy": "fixed_depth", "layer": 1}
 TEXTS = [
     "Angela Merkel visited Paris on Tuesday .",
@@ -30,14 +29,7 @@ POINTS = [None, "full", "shallow"]
 N_REQUESTS = 48
 
 
-def load_example():
-    spec = importlib.util.spec_from_file_location("serve_example", REPO / "examples" / "serve.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-serve = load_example()
+serve = load_script("examples/serve.py", "serve_example")
 
 
 @pytest.fixture(scope="module")
