@@ -6,6 +6,7 @@ Plain PyTorch: no spaCy or Thinc import.
 from dataclasses import dataclass
 from typing import Optional
 
+import torch
 from torch import Tensor
 
 
@@ -46,6 +47,22 @@ class EncoderBatch:
                 for name, value in kept.items()
             }
         )
+
+    def padded_to(self, t_len: int) -> "EncoderBatch":
+        """This batch with its piece axis padded to `t_len` >= T pieces (padding
+        pieces: pad id 0, masked, no word, no features)."""
+        extra = t_len - self.piece_mask.shape[1]
+        if extra <= 0:
+            return self
+        pad_values = {"input_ids": 0, "piece_mask": False, "piece_words": -1, "case_ids": 0, "lexical_ids": 0}
+        padded = {}
+        for name, value in pad_values.items():
+            tensor = getattr(self, name)
+            if tensor is not None:
+                tail = tensor.new_full((tensor.shape[0], extra, *tensor.shape[2:]), value)
+                tensor = torch.cat([tensor, tail], dim=1)
+            padded[name] = tensor
+        return EncoderBatch(**padded, word_starts=self.word_starts, word_mask=self.word_mask, word_ends=self.word_ends)
 
     def to(self, device) -> "EncoderBatch":
         fields = (

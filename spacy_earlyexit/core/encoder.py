@@ -19,6 +19,7 @@ from .objective import SampledExits
 from .policies import ExitPolicy, FullDepth
 from .precision import RESOLVED, TRAINING_RESOLVED, compute_dtype
 from .projections import InferenceLayer, fuses, inference_layer
+from .shapes import bucket_length, bucket_rows, buckets_enabled, pad_index, pad_rows
 from .width import check_width, kept
 
 #: how a word's state is read from its wordpieces
@@ -120,6 +121,10 @@ class MultiExitEncoder(nn.Module):
         self.width_rewired = False
         #: whether inference fuses its products with oneDNN where torch can (projections.py)
         self.use_onednn = True
+        #: whether inference rounds its product rows and sequence lengths up to
+        #: a bounded set of sizes, so that CPU kernels and their caches are
+        #: reused (shapes.py; SPACY_EARLYEXIT_SHAPE_BUCKETS=0 turns it off)
+        self.shape_buckets = buckets_enabled()
         #: (layer, width, precision) -> (weights' identity and version, InferenceLayer), see inference_layer
         self._packed: Dict[Tuple[int, float, str], Tuple[tuple, InferenceLayer]] = {}
         # Uncased encoders cannot see capitalization: a small embedding of each
@@ -227,20 +232,29 @@ class MultiExitEncoder(nn.Module):
         on the active pieces, packed into one [q, d] tensor. When at least
         DENSE_FRACTION of the [B, T] grid is active, packing costs more than it
         saves and the layer runs densely, keeping inactive pieces unchanged.
+        Without autograd and with `shape_buckets`, every product runs on a row
+        count rounded up by `bucket_rows` (padding rows repeat a real row or
+        are zeros; their results are dropped) and attention on a query length
+        rounded up by `bucket_length`, so kernels see a bounded set of shapes.
         Returns a new hidden tensor in training (autograd), else updates in place."""
         view = self._views[index]
         B, T, d = hidden.shape
         inference = not (self.training or torch.is_grad_enabled())
+        buckets = inference and self.shape_buckets
+        n_grid = B * T
+        rows_of = bucket_rows if buckets else int
         if inference:
             layer = self.inference_layer(index, width, precision)
             H, project_queries = layer.n_heads, layer.q
-            keys, values = layer.kv(hidden).chunk(2, dim=-1)
+            flat = pad_rows(hidden.reshape(n_grid, d), rows_of(n_grid))  # [R >= B*T, d]
+            keys, values = layer.kv(flat)[:n_grid].view(B, T, -1).chunk(2, dim=-1)
 
             def finish(states: Tensor, context: Tensor) -> Tensor:
                 return _inference_output_and_ffn(view, layer, states, context)
         else:
             w = self.layer_weights(index, width)
             H = w.n_heads
+            flat = hidden.reshape(n_grid, d)
             keys, values = F.linear(hidden, *w.k), F.linear(hidden, *w.v)
 
             def project_queries(states: Tensor) -> Tensor:
@@ -255,28 +269,32 @@ class MultiExitEncoder(nn.Module):
         values = values.view(B, T, H, dh).transpose(1, 2)
         n_real = int(piece_mask.sum())
         # without padding, no mask: SDPA can take its fastest kernel
-        mask = None if n_real == B * T else piece_mask[:, None, None, :]
+        mask = None if n_real == n_grid else piece_mask[:, None, None, :]
         dropout = self.attention_dropout if self.training else 0.0
         n_active = int(active.sum())
-        if n_active >= self.DENSE_FRACTION * B * T:
+        if n_active >= self.DENSE_FRACTION * n_grid:
             # (nearly) everything active: one dense pass, as Hugging Face does
-            queries = project_queries(hidden).view(B, T, H, dh).transpose(1, 2)
+            queries = project_queries(flat)[:n_grid].view(B, T, H, dh).transpose(1, 2)
             context = F.scaled_dot_product_attention(queries, keys, values, attn_mask=mask, dropout_p=dropout)
-            context = _masked_heads(context, head_mask).transpose(1, 2).reshape(B, T, inner)
-            out = finish(hidden, context)
+            context = _masked_heads(context, head_mask).transpose(1, 2).reshape(n_grid, inner)
+            out = finish(flat, pad_rows(context, flat.shape[0]))[:n_grid].view(B, T, d)
             # padding states are never read (masked as keys, never a word's state)
             return out if n_active == n_real else torch.where(active[..., None], out, hidden)
         rows, cols = active.nonzero(as_tuple=True)
-        packed = hidden[rows, cols]  # [q, d]
+        n_rows = rows_of(n_active)
+        rows_in, cols_in = pad_index(rows, n_rows), pad_index(cols, n_rows)
+        packed = hidden[rows_in, cols_in]  # [q, d] (q rounded up: real rows read again)
         queries = project_queries(packed)
         ranks = (active.cumsum(1) - 1)[rows, cols]
         q_len = int(active.sum(1).max())
+        q_len = bucket_length(q_len) if buckets else q_len
         padded_q = queries.new_zeros(B, q_len, inner)
-        padded_q[rows, ranks] = queries
+        padded_q[rows, ranks] = queries[:n_active]
         padded_q = padded_q.view(B, q_len, H, dh).transpose(1, 2)
         context = F.scaled_dot_product_attention(padded_q, keys, values, attn_mask=mask, dropout_p=dropout)
-        context = _masked_heads(context, head_mask).transpose(1, 2).reshape(B, q_len, inner)[rows, ranks]
-        out = finish(packed, context)
+        context = _masked_heads(context, head_mask).transpose(1, 2).reshape(B, q_len, inner)
+        context = context[rows_in, pad_index(ranks, n_rows)]
+        out = finish(packed, context)[:n_active]
         if torch.is_grad_enabled():
             return hidden.index_put((rows, cols), out.to(hidden.dtype))
         hidden[rows, cols] = out  # no autograd: update in place
@@ -368,6 +386,8 @@ class MultiExitEncoder(nn.Module):
             raise ValueError(
                 f"Training runs in {' or '.join(TRAINING_RESOLVED)} (bf16: mixed precision), got {precision!r}."
             )
+        if not training and self.shape_buckets:  # as predict runs: lengths the kernels reuse
+            batch = batch.padded_to(bucket_length(batch.piece_mask.shape[1]))
         hidden = self.embed(batch)
         if training:  # bf16: the products under autocast, the residual stream stays float32
             region = torch.autocast(hidden.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
@@ -448,6 +468,8 @@ class MultiExitEncoder(nn.Module):
         uncertainty = torch.zeros(B, W, device=device)
 
         rows = torch.arange(B, device=device)  # original row of each running sequence
+        lengths = bucket_length if self.shape_buckets else int
+        batch = batch.padded_to(lengths(batch.piece_mask.shape[1]))
         hidden = self.embed(batch).to(compute_dtype(precision))
         piece_mask, piece_words = batch.piece_mask, batch.piece_words
         word_starts, word_mask, word_ends = batch.word_starts, batch.word_mask, batch.word_ends
@@ -460,8 +482,11 @@ class MultiExitEncoder(nn.Module):
             if not (is_last or policy.needs_every_exit):
                 continue
             w_rows, w_cols = word_active.nonzero(as_tuple=True)
-            states = self._active_word_states(hidden, w_rows, w_cols, word_starts, word_ends)
-            probs = self.heads[index](states).softmax(-1)
+            n_words = w_rows.shape[0]
+            n_read = bucket_rows(n_words) if self.shape_buckets else n_words  # the classifier's rows, rounded up
+            read_rows, read_cols = pad_index(w_rows, n_read), pad_index(w_cols, n_read)
+            states = self._active_word_states(hidden, read_rows, read_cols, word_starts, word_ends)
+            probs = self.heads[index](states)[:n_words].softmax(-1)
             run_unc[w_rows, w_cols] = policy.uncertainty(probs)
             if is_last:
                 leaving = word_active
@@ -481,7 +506,7 @@ class MultiExitEncoder(nn.Module):
                 break
             if not bool(running.all()):
                 keep = running.nonzero(as_tuple=True)[0]
-                t_len = int(piece_mask[keep].sum(1).max())
+                t_len = lengths(int(piece_mask[keep].sum(1).max()))
                 w_len = int(word_mask[keep].sum(1).max())
                 rows, hidden = rows[keep], hidden[keep, :t_len].contiguous()
                 piece_mask, piece_words = piece_mask[keep, :t_len], piece_words[keep, :t_len]

@@ -26,20 +26,24 @@ from .precision import amx
 
 _onednn: Optional[bool] = None
 
-#: oneDNN's per-shape kernel cache, bounded (see `bound_onednn_kernel_cache`)
-ONEDNN_CACHE_ENTRIES = "8"
+#: oneDNN's per-shape kernel cache: room for every shape a pass can meet
+ONEDNN_CACHE_ENTRIES = "1024"
 
 
-def bound_onednn_kernel_cache() -> None:
-    """Bound oneDNN's kernel cache unless the user set its size.
+def size_onednn_kernel_cache() -> None:
+    """Give oneDNN's kernel cache room for every shape inference meets, unless
+    the user set its size.
 
-    oneDNN (torch's CPU kernels) compiles and caches one kernel per tensor
-    shape, 1,024 of them by default. Early exit keeps changing the shapes
-    (packed active pieces, finished rows dropped), so that cache kept growing
-    the resident memory by about 190 MiB per 10,000 docs; 8 entries keep it
-    flat (benchmarks/rss_growth.py). oneDNN reads the variable when its first
-    kernel is made, so this is called when an early-exit model is built, not
-    when the package is imported; a value the user set wins."""
+    oneDNN (torch's CPU kernels) makes and caches one kernel per tensor shape.
+    Inference rounds its shapes up to a bounded ladder (`shapes.py`): one
+    width and precision meet a few hundred product and attention shapes at
+    most, whatever the corpus, so a cache of 1,024 entries (oneDNN's own
+    default) always hits after a warm-up and its memory stays bounded. (An
+    earlier bound of 8 entries kept memory flat when shapes never repeated,
+    at the price of a new kernel for nearly every product on AMX CPUs.)
+    oneDNN reads the variable when its first kernel is made, so this is
+    called when an early-exit model is built, not when the package is
+    imported; a value the user set wins."""
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", ONEDNN_CACHE_ENTRIES)
 
 

@@ -1,0 +1,129 @@
+"""Shape buckets: inference products and attention meet a bounded set of
+shapes, whatever the batches, and labels and exits do not depend on them."""
+
+import pytest
+import torch
+
+from spacy_earlyexit.core.encoder import MultiExitEncoder
+from spacy_earlyexit.core.policies import FixedDepth, FullDepth, SentenceExit, TokenWindowExit
+from spacy_earlyexit.core.shapes import (
+    ShapeCounter,
+    bucket_length,
+    bucket_rows,
+    ladder_sizes,
+    pad_index,
+    pad_rows,
+)
+
+from .test_encoder import random_batch, tiny_backbone
+
+POLICIES = [
+    FullDepth(),
+    FixedDepth(2),
+    TokenWindowExit(0.4, window=1),
+    TokenWindowExit(0.9, window=0),
+    SentenceExit(0.5),
+]
+
+
+def test_ladders_round_up_within_their_bounds():
+    for n in range(1, 20_000):
+        rows, length = bucket_rows(n), bucket_length(n)
+        assert rows >= n and length >= n
+        assert rows - n <= 15 if n <= 256 else (rows - n) / n <= 1 / 16
+        assert length - n <= 7 if n <= 64 else (length - n) / n <= 1 / 4
+        assert bucket_rows(rows) == rows and bucket_length(length) == length  # sizes are fixed points
+    assert bucket_rows(0) == bucket_length(0) == 0
+    assert ladder_sizes(256) == list(range(16, 257, 16))
+    # the number of sizes grows with the logarithm of the largest, not with it
+    assert len(ladder_sizes(64 * 512)) < 140 and len(ladder_sizes(512, rows=False)) == 20
+
+
+def test_pad_rows_and_pad_index():
+    x = torch.arange(6.0).view(3, 2)
+    assert pad_rows(x, 3) is x
+    padded = pad_rows(x, 5)
+    assert padded.shape == (5, 2) and torch.equal(padded[:3], x) and not padded[3:].any()
+    index = torch.tensor([4, 2])
+    assert pad_index(index, 2) is index
+    assert pad_index(index, 5).tolist() == [4, 2, 4, 4, 4]
+
+
+def random_batches(n, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    for i in range(n):
+        size = int(torch.randint(1, 9, (1,), generator=gen))
+        lengths = torch.randint(1, 37, (size,), generator=gen).tolist()
+        yield random_batch(lengths, seed=seed * 1000 + i)
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    torch.manual_seed(0)
+    return MultiExitEncoder(tiny_backbone("bert"), 5, case_classes=0).eval()
+
+
+def test_inference_shapes_come_from_the_ladders(encoder):
+    """Whatever the batches and the policy, every product runs on a row count
+    of the ladder and attention on lengths of the ladder: the number of
+    distinct shapes is bounded independent of how many batches run."""
+    encoder.shape_buckets = True
+    rows_ok, lengths_ok = set(ladder_sizes(64 * 64)), set(ladder_sizes(64, rows=False))
+    with ShapeCounter() as counter:
+        for batch, policy in zip(random_batches(60), POLICIES * 12):
+            encoder.predict(batch, policy)
+        with torch.no_grad():  # calibration traces every exit this way
+            encoder(next(random_batches(1, seed=3)))
+    assert counter.shapes, "no kernels seen"
+    for op, shapes in counter.shapes.items():
+        for args in shapes:
+            if "attention" in op:
+                q_len, k_len, _ = args[0]
+                assert q_len in lengths_ok and k_len in lengths_ok, (op, args)
+            elif args[0][0] != 5:  # the one-time check that oneDNN fuses (a 5-row product)
+                assert args[0][0] in rows_ok, (op, args)
+
+
+def test_fewer_distinct_shapes_with_buckets(encoder):
+    counts = {}
+    for buckets in (False, True):
+        encoder.shape_buckets = buckets
+        with ShapeCounter() as counter:
+            for batch, policy in zip(random_batches(40, seed=1), POLICIES * 8):
+                encoder.predict(batch, policy)
+        counts[buckets] = counter.distinct()
+    encoder.shape_buckets = True
+    assert counts[True] < counts[False] / 2, counts
+
+
+@pytest.mark.parametrize("policy", POLICIES, ids=lambda p: type(p).__name__)
+def test_labels_exits_and_cost_do_not_depend_on_buckets(encoder, policy):
+    for batch in random_batches(6, seed=2):
+        outs = []
+        for buckets in (False, True):
+            encoder.shape_buckets = buckets
+            outs.append(encoder.predict(batch, policy))
+        off, on = outs
+        assert torch.equal(off.labels, on.labels) and torch.equal(off.exit_layers, on.exit_layers)
+        assert torch.equal(off.cost, on.cost) and torch.equal(off.full_cost, on.full_cost)
+        assert torch.allclose(off.probs, on.probs, atol=1e-5)
+    encoder.shape_buckets = True
+
+
+def test_a_sequence_is_labelled_alike_alone_and_in_any_batch(encoder):
+    encoder.shape_buckets = True
+    batch = random_batch([5, 17, 9, 30])
+    together = encoder.predict(batch, TokenWindowExit(0.4, window=1))
+    for row, n in enumerate([5, 17, 9, 30]):
+        single = batch.select_rows(torch.tensor([row]))
+        alone = encoder.predict(single, TokenWindowExit(0.4, window=1))
+        assert torch.equal(alone.labels[0, :n], together.labels[row, :n])
+        assert torch.equal(alone.exit_layers[0, :n], together.exit_layers[row, :n])
+
+
+def test_padded_batch_gives_the_same_words():
+    batch = random_batch([3, 6])
+    padded = batch.padded_to(16)
+    assert padded.input_ids.shape == (2, 16) and padded.piece_mask[:, 8:].sum() == 0
+    assert (padded.piece_words[:, 8:] == -1).all() and torch.equal(padded.word_starts, batch.word_starts)
+    assert batch.padded_to(4) is batch
