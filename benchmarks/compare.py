@@ -3,7 +3,7 @@
     python benchmarks/compare.py train SYSTEM --corpus corpus --output training/compare
     python benchmarks/compare.py measure --corpus corpus/test.spacy [--rounds 3]
         [--batch-size 64] [--threads 2] [--precisions fp32,bf16,int8]
-        [--peers hf-forward-fp32,hf-forward-bf16,onnxruntime-fp32,onnxruntime-int8]
+        [--peers hf-forward-fp32,hf-forward-bf16,onnxruntime-fp32,onnxruntime-int8,openvino]
         [--output benchmarks/results/compare.json]
 
 Systems (`train` builds the baselines; earlyexit's pipelines come from the
@@ -32,9 +32,18 @@ project's own workflow, `training/ner-calibrated` and `training/tagger-calibrate
   through a bf16 copy of the backbone), `onnxruntime-fp32`, `onnxruntime-int8`
   (the backbone exported to ONNX, and dynamically quantized with per-channel
   int8 weights, Optimum's usual recipe; the benchmark extra `pip install
-  onnxruntime onnx`, skipped with a note without it). `--peers` chooses them.
-  ONNX rows also report `min_cosine_to_fp32`: the smallest cosine similarity
-  of their last hidden states to torch fp32's on the first batch.
+  onnxruntime onnx`, skipped with a note without it), and `openvino` (the
+  same fp32 ONNX export read and compiled by OpenVINO's runtime for its CPU
+  plugin with its default hints, at `--threads` threads: it picks its
+  precision by itself, bf16 where the CPU multiplies bf16 natively, else
+  f32, and the row's precision is the one it picks here; its dynamic input
+  shapes are compiled once and prepared per new shape on first sight, in
+  the warm-up run; the benchmark extra `pip install openvino onnx`, skipped
+  with a note without it). `--peers` chooses them. ONNX Runtime and OpenVINO
+  rows also report `min_cosine_to_fp32`: the smallest cosine similarity of
+  their last hidden states to torch fp32's on the first batch; OpenVINO rows
+  the precision, performance hint and thread count its compiled model
+  reports (`inference_precision`, `performance_hint`, `inference_threads`).
 
 Baselines that are early-exit pipelines (`truncated-k*`) run in fp32.
 
@@ -372,12 +381,14 @@ def _score(nlp, task: str, predicted, references) -> float:
 def _prepare(nlp, system: System):
     """Put an earlyexit pipeline at the system's operating point and precision."""
     if system.point is not None or system.precision is not None:
+        from spacy_earlyexit.core.precision import PRECISIONS as COMPONENT_PRECISIONS
         from spacy_earlyexit.tools.evaluation import early_exit_component
 
         component = nlp.get_pipe(early_exit_component(nlp))
         if system.point is not None:
             component.use(system.point)
-        if system.precision is not None:
+        if system.precision is not None and (system.peer is None or system.precision in COMPONENT_PRECISIONS):
+            # (a peer's engine ignores the component's precision, and may run in one the component lacks)
             component.precision = system.precision
 
 
@@ -419,6 +430,9 @@ def _collect_peer_figures(system: System) -> None:
         system.extra["min_cosine_to_fp32"] = round(stand_in.min_cosine_to_fp32, 6)
     if getattr(stand_in, "size_mb", None) is not None:
         system.extra["onnx_size_mb"] = stand_in.size_mb
+    for key in ("inference_precision", "performance_hint", "inference_threads"):  # OpenVINO's compiled model
+        if getattr(stand_in, key, None) is not None:
+            system.extra[key] = getattr(stand_in, key)
 
 
 def _analytic_speedup(nlp, docs) -> Optional[float]:
@@ -584,6 +598,13 @@ def markdown_table(result: Dict) -> str:
                 f"{row['task']} {row['name']}: minimum cosine of its last hidden states to torch fp32 (first batch) "
                 f"{row['min_cosine_to_fp32']:.4f}"
                 + (f"; ONNX model {row['onnx_size_mb']:.0f} MB" if row.get("onnx_size_mb") is not None else "")
+                + (
+                    f"; OpenVINO inferred in {row['inference_precision']} (its default here), performance hint "
+                    f"{row.get('performance_hint')}, {row.get('inference_threads')} threads, dynamic shapes "
+                    "(compiled once, each new input shape prepared on first sight, in the warm-up)"
+                    if row.get("inference_precision") is not None
+                    else ""
+                )
             )
     if notes:
         lines += [""] + [f"- {note}" for note in notes]
@@ -600,6 +621,7 @@ FAMILY_COLORS = (
     ("spacy-transformers", "C3"),
     ("onnxruntime", "C5"),
     ("hf-forward", "C6"),
+    ("openvino", "C9"),
 )
 FAMILIES = {color: prefix for prefix, color in FAMILY_COLORS}
 
@@ -612,7 +634,8 @@ def family_color(name: str) -> str:
 
 
 #: one marker per precision in the plot
-PRECISION_MARKERS = {"fp32": "o", "bf16": "s", "int8": "D"}  # fp32 also for systems without a setting
+PRECISION_MARKERS = {"fp32": "o", "bf16": "s", "int8": "D", "fp16": "^"}  # fp32 also for systems without a setting
+# (fp16: only where OpenVINO picks it by itself, on some Arm CPUs)
 
 
 def pareto_plot(result: Dict, path: Path) -> None:
@@ -715,6 +738,7 @@ def _measure_systems(args, systems: List[System], workdir: Path) -> None:
         "native_bf16": native_bf16(),
         "torch": torch.__version__,
         "onnxruntime": _version_of("onnxruntime"),
+        "openvino": _version_of("openvino"),
         "threads": args.threads,
         "batch_size": args.batch_size,
         "rounds": args.rounds,

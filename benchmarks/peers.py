@@ -13,7 +13,21 @@ pipeline's own and only the network's engine differs:
   (dynamic batch and sequence axes) and run by ONNX Runtime; int8 is ONNX
   Runtime's dynamic quantization with per-channel int8 weights (the usual
   Optimum recipe). The exit head and its softmax run in torch fp32 on the
-  word states. Needs the benchmark extra: `pip install onnxruntime onnx`.
+  word states. Needs the benchmark extra: `pip install onnxruntime onnx`;
+- `openvino`: the same fp32 ONNX export (the very file `onnxruntime-fp32`
+  reads, when both run on one pipeline), read by OpenVINO
+  (`Core().read_model`) and compiled for its CPU plugin with its default
+  hints (performance hint latency, and the inference precision it picks by
+  itself: bf16 where the CPU multiplies bf16 natively, AMX or, with recent
+  releases, AVX512-BF16; f32 elsewhere; see `openvino_default_precision`),
+  at the comparison's thread count (`INFERENCE_NUM_THREADS`). The model
+  keeps its dynamic batch and sequence axes, as OpenVINO's default does: it
+  is compiled once, and the CPU plugin infers shapes and prepares its
+  kernels for each new input shape on first sight, kept for the shape's
+  later calls (the comparison's warm-up run sees every batch shape its timed
+  rounds see). The exit head and its softmax run in torch fp32, as for ONNX
+  Runtime. Needs the benchmark extra: `pip install openvino onnx` (the
+  export needs `onnx`).
 
 A peer is installed once on a pipeline of its own (`install`), and stays.
 torch is imported when a peer is used, not with this module.
@@ -30,36 +44,63 @@ PEERS: Dict[str, Tuple[str, str]] = {
     "hf-forward-bf16": ("hf", "bf16"),
     "onnxruntime-fp32": ("onnxruntime", "fp32"),
     "onnxruntime-int8": ("onnxruntime", "int8"),
+    # OpenVINO picks its precision by itself (see `openvino_default_precision`)
+    "openvino": ("openvino", "default"),
 }
 ONNX_OPSET = 17
+#: the modules each engine needs beyond torch (the ONNX export needs `onnx`)
+ENGINE_MODULES = {"onnxruntime": ("onnxruntime", "onnx"), "openvino": ("openvino", "onnx")}
+#: OpenVINO's element types -> the precision names of this project
+OPENVINO_PRECISIONS = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
 
 
 def precision_of(name: str) -> str:
-    """The precision peer `name` runs its network in."""
-    return PEERS[name][1]
+    """The precision peer `name` runs its network in (for `openvino`: the
+    one OpenVINO picks by default on this CPU)."""
+    precision = PEERS[name][1]
+    return openvino_default_precision() if precision == "default" else precision
+
+
+@cache
+def openvino_default_precision() -> str:
+    """The inference precision OpenVINO's CPU plugin picks when not told
+    (its `INFERENCE_PRECISION_HINT` default): "bf16" where the CPU multiplies
+    bf16 natively (AMX; AVX512-BF16 too with recent releases), "fp32"
+    elsewhere on x86 ("fp16" on some Arm CPUs)."""
+    import openvino
+
+    hint = openvino.Core().get_property("CPU", "INFERENCE_PRECISION_HINT")
+    return _openvino_precision_name(hint)
+
+
+def _openvino_precision_name(element_type) -> str:
+    name = getattr(element_type, "get_type_name", lambda: str(element_type))()
+    return OPENVINO_PRECISIONS.get(name, name)
 
 
 def unavailable(name: str) -> Optional[str]:
     """Why peer `name` cannot run here (None if it can)."""
     if name not in PEERS:
         return f"unknown peer '{name}' (known: {', '.join(PEERS)})"
-    if PEERS[name][0] == "onnxruntime":
-        missing = []
-        for module in ("onnxruntime", "onnx"):
-            try:
-                __import__(module)
-            except ImportError:
-                missing.append(module)
-        if missing:
-            return f"{' and '.join(missing)} not installed (the benchmark extra: pip install onnxruntime onnx)"
+    modules = ENGINE_MODULES.get(PEERS[name][0], ())
+    missing = []
+    for module in modules:
+        try:
+            __import__(module)
+        except ImportError:
+            missing.append(module)
+    if missing:
+        return f"{' and '.join(missing)} not installed (the benchmark extra: pip install {' '.join(modules)})"
     return None
 
 
-def install(name: str, component, directory: Path, threads: Optional[int] = None):
+def install(name: str, component, directory: Path, threads: Optional[int] = None, properties: Optional[Dict] = None):
     """Put peer `name` in place of `component.encoder.predict` for good (the
     pipeline is the peer's own); returns the stand-in (an `OnnxRuntimeForward`
-    for ONNX Runtime peers, whose `min_cosine_to_fp32` is known after its
-    first batch), or None for Hugging Face's forward."""
+    for ONNX Runtime peers, an `OpenVinoForward` for OpenVINO, whose
+    `min_cosine_to_fp32` is known after its first batch), or None for Hugging
+    Face's forward. `properties`: OpenVINO compile properties beyond the
+    thread count (tests; the comparison leaves OpenVINO's defaults)."""
     engine, _ = PEERS[name]
     encoder = component.encoder
     if engine == "hf":
@@ -69,7 +110,10 @@ def install(name: str, component, directory: Path, threads: Optional[int] = None
         stack.enter_context(huggingface_forward(encoder))  # entered once, left in place: its bf16 copy is kept
         encoder._peer_stack = stack  # keep the context alive with the encoder
         return None
-    stand_in = OnnxRuntimeForward(encoder, Path(directory), quantized=name.endswith("int8"), threads=threads)
+    if engine == "openvino":
+        stand_in = OpenVinoForward(encoder, Path(directory), threads=threads, properties=properties)
+    else:
+        stand_in = OnnxRuntimeForward(encoder, Path(directory), quantized=name.endswith("int8"), threads=threads)
     encoder.predict = stand_in.predict
     return stand_in
 
@@ -262,8 +306,12 @@ class OnnxRuntimeForward:
             feed["case_ids"] = batch.case_ids.cpu().numpy()
         if with_lexical:
             feed["lexical_ids"] = batch.lexical_ids.cpu().numpy()
+        return torch.from_numpy(self._run(feed, with_case, with_lexical))
+
+    def _run(self, feed: Dict, with_case: bool, with_lexical: bool):
+        """The engine on `feed` (numpy inputs by name): last_hidden_state as numpy."""
         (hidden,) = self.session(with_case, with_lexical).run(["last_hidden_state"], feed)
-        return torch.from_numpy(hidden)
+        return hidden
 
     def torch_hidden_states(self, batch):
         """The same, from torch in fp32 (the reference)."""
@@ -303,3 +351,41 @@ class OnnxRuntimeForward:
         full = encoder.layer_cost.full(n, batch.word_mask.sum(1).double(), encoder.n_layers)
         layers = torch.full_like(labels, encoder.n_layers)
         return ExitOutput(labels, layers, torch.zeros(labels.shape), full, full, probs)
+
+
+class OpenVinoForward(OnnxRuntimeForward):
+    """The encoder's backbone through OpenVINO's runtime, as a stand-in for
+    `MultiExitEncoder.predict` at full depth: the fp32 ONNX export of
+    `OnnxRuntimeForward` (the same file, reused when it exists in
+    `directory`), read by `openvino.Core().read_model` and compiled for
+    "CPU" with OpenVINO's default hints, `INFERENCE_NUM_THREADS` set to
+    `threads`, and any further `properties`. Its input shapes stay dynamic:
+    one compilation, kernels prepared per new shape at run time."""
+
+    def __init__(self, encoder, directory: Path, threads: Optional[int] = None, properties: Optional[Dict] = None):
+        super().__init__(encoder, directory, quantized=False, threads=threads)
+        self.properties = dict(properties or {})
+        #: the precision the compiled model infers in ("fp32", "bf16", ...), known once compiled
+        self.inference_precision: Optional[str] = None
+        #: the compiled model's performance hint and thread count, known once compiled
+        self.performance_hint: Optional[str] = None
+        self.inference_threads: Optional[int] = None
+
+    def session(self, with_case: bool, with_lexical: bool = False):
+        """An infer request of the model compiled for these inputs (compiled once)."""
+        key = (with_case, with_lexical)
+        if key not in self.sessions:
+            import openvino
+
+            core = openvino.Core()
+            model = core.read_model(str(self.model_path(with_case, with_lexical)))
+            compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": int(self.threads), **self.properties})
+            self.inference_precision = _openvino_precision_name(compiled.get_property("INFERENCE_PRECISION_HINT"))
+            self.performance_hint = str(compiled.get_property("PERFORMANCE_HINT")).split(".")[-1]
+            self.inference_threads = int(compiled.get_property("INFERENCE_NUM_THREADS"))
+            self.sessions[key] = compiled.create_infer_request()
+        return self.sessions[key]
+
+    def _run(self, feed: Dict, with_case: bool, with_lexical: bool):
+        # share_outputs=False (the default): the result is a copy, not the request's buffer
+        return self.session(with_case, with_lexical).infer(feed)["last_hidden_state"]

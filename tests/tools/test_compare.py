@@ -125,8 +125,18 @@ def _has_onnxruntime() -> bool:
     return True
 
 
+def _has_openvino() -> bool:
+    try:
+        import onnx  # noqa: F401
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 ONNX_PEERS = ["onnxruntime-fp32", "onnxruntime-int8"]
 HF_PEERS = ["hf-forward-fp32", "hf-forward-bf16"]
+OPENVINO_PEERS = ["openvino"] if _has_openvino() else []
 
 
 def test_discover_names_each_precision_and_the_peers(trained_ner, tmp_path, monkeypatch):
@@ -146,6 +156,7 @@ def test_discover_names_each_precision_and_the_peers(trained_ner, tmp_path, monk
         + [f"earlyexit-{p}-int8" for p in points]
         + HF_PEERS
         + (ONNX_PEERS if _has_onnxruntime() else [])
+        + OPENVINO_PEERS
         + [f"earlyexit-width-{p}" for p in width_points]
         + [f"earlyexit-width-{p}-bf16" for p in width_points]
         + [f"earlyexit-width-{p}-int8" for p in width_points]
@@ -156,13 +167,15 @@ def test_discover_names_each_precision_and_the_peers(trained_ner, tmp_path, monk
     assert (by_name["earlyexit-4x-bf16"].point, by_name["earlyexit-4x-bf16"].precision) == ("4x", "bf16")
     assert (by_name["earlyexit-full-int8"].point, by_name["earlyexit-full-int8"].precision) == ("full", "int8")
     assert by_name["truncated-k1"].precision == "fp32"  # an early-exit baseline: not the component's "auto"
-    for peer in HF_PEERS + (ONNX_PEERS if _has_onnxruntime() else []):
+    for peer in HF_PEERS + (ONNX_PEERS if _has_onnxruntime() else []) + OPENVINO_PEERS:
         system = by_name[peer]
         assert (system.point, system.peer, system.pipeline) == ("full", peer, str(earlyexit))
         assert system.load_key != system.pipeline  # a pipeline of its own
     assert by_name["hf-forward-bf16"].precision == "bf16" and by_name["hf-forward-fp32"].precision == "fp32"
     if _has_onnxruntime():
         assert by_name["onnxruntime-int8"].precision == "int8" and by_name["onnxruntime-fp32"].precision == "fp32"
+    if OPENVINO_PEERS:  # the precision OpenVINO picks by itself on this CPU
+        assert by_name["openvino"].precision == compare.peers_module().openvino_default_precision()
     # --precisions and --peers choose; today's names keep meaning fp32
     chosen = compare.discover(
         ["ner"], tmp_path / "none", {"ner": earlyexit}, {"ner": tmp_path / "none"}, ["bf16"], ["hf-forward-bf16"]
@@ -181,8 +194,9 @@ def test_discover_names_each_precision_and_the_peers(trained_ner, tmp_path, monk
     systems = compare.discover(
         ["ner"], tmp_path / "none", {"ner": earlyexit}, {"ner": tmp_path / "none"}, ["fp32"], progress=notes.append
     )
-    assert [s.name for s in systems] == ["earlyexit-full", "earlyexit-2x", "earlyexit-4x"] + HF_PEERS
-    assert len(notes) == 2 and all("onnxruntime" in n and "skipping" in n for n in notes)
+    assert [s.name for s in systems] == ["earlyexit-full", "earlyexit-2x", "earlyexit-4x"] + HF_PEERS + OPENVINO_PEERS
+    onnxruntime_notes = [n for n in notes if "onnxruntime" in n and "skipping" in n]
+    assert len(onnxruntime_notes) == 2 and len(notes) == 2 + (0 if OPENVINO_PEERS else 1)
 
 
 def test_each_system_runs_at_its_precision(trained_ner, tmp_path, monkeypatch):
