@@ -24,7 +24,7 @@ from ..core.encoder import WORD_POOLING, MultiExitEncoder
 from ..core.hf import keep_first_layers, load_pretrained
 from ..core.objective import SelfSampling
 from ..core.policies import ExitPolicy
-from ..core.projections import bound_onednn_kernel_cache
+from ..core.projections import size_onednn_kernel_cache
 from .shim import EarlyExitShim
 from .wordpieces import (
     N_CASE_CLASSES,
@@ -129,7 +129,7 @@ def MultiExitTransformer(
         raise ValueError(f"added_learn_rate_scale must be a finite number > 0, got {added_learn_rate_scale!r}.")
     lexical = LexicalFeatures(tuple(lexical_attrs), tuple(lexical_rows))  # validates
     install_fork_guard()
-    bound_onednn_kernel_cache()
+    size_onednn_kernel_cache()
     shim = EarlyExitShim(head_dropout=head_dropout)
     shim.span_getter = span_getter
     shim.added_learn_rate_scale = float(added_learn_rate_scale)
