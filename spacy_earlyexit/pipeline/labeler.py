@@ -1,6 +1,5 @@
 """Shared base of the early-exit pipeline components (spaCy's TrainablePipe contract)."""
 
-import threading
 import warnings
 from contextlib import contextmanager
 from dataclasses import replace
@@ -34,6 +33,7 @@ from ..core.width import DEFAULT_WIDTHS, check_width_menu, width_in_menu
 from ..core.width_training import WidthTraining, distill_step, frozen_teacher, width_self_sampling_step
 from .extensions import record_exits, register_extensions
 from .model import DocExits, check_wordpiece_budget, predict_exits, training_batch, training_inputs
+from .run_settings import ThreadRunSettings, check_point_name, checked_width, point_settings
 
 #: the settings both components share, with their defaults (each factory adds its own)
 SHARED_DEFAULTS = {
@@ -93,11 +93,11 @@ class EarlyExitLabeler(TrainablePipe):
         self.vocab = vocab
         self.model = model
         self.name = name
-        self._local = threading.local()  # per-thread settings of `using` blocks
         # the precision is saved in cfg (see `_restore_precision`)
         self._configured_precision = check_precision(precision)
         self.cfg: Dict = {"labels": [], "precision": precision, "configured_precision": precision}
-        self._default = RunSettings(FullDepth(), 1.0, check_precision(precision))
+        # the default run settings and each thread's `using` blocks (see run_settings.py)
+        self._run = ThreadRunSettings(RunSettings(FullDepth(), 1.0, check_precision(precision)))
         self.training_precision = check_training_precision(training_precision)
         self.exit_policy = exit_policy or FullDepth()
         self.scorer = scorer
@@ -132,23 +132,19 @@ class EarlyExitLabeler(TrainablePipe):
     # component's default, shared by every thread; inside a `using` block, the
     # calling thread's own; per call, those given through spaCy's
     # `component_cfg` (`nlp(text, component_cfg={name: {"operating_point":
-    # "2x"}})`), which touch no shared state.
+    # "2x"}})`), which touch no shared state. `run_settings.py` keeps them;
+    # copies and pickles carry the default only.
 
     @property
     def settings(self) -> RunSettings:
         """The settings this thread's calls run with now."""
-        stack = getattr(self._local, "stack", None)
-        return stack[-1] if stack else self._default
+        return self._run.current
 
     def _set(self, **changes) -> None:
         """Change the current settings: the calling thread's inside `using`,
         else the default."""
-        stack = getattr(self._local, "stack", None)
-        if stack:
-            stack[-1] = replace(stack[-1], **changes)
-        else:
-            self._default = replace(self._default, **changes)
-            self.cfg["precision"] = self._default.precision
+        if self._run.update(**changes):
+            self.cfg["precision"] = self._run.default.precision
 
     def point_settings(
         self,
@@ -161,46 +157,19 @@ class EarlyExitLabeler(TrainablePipe):
         """The settings of a named operating point (calibrated, or "full"),
         with `width`, `precision` or `exit_policy` overriding it; what is not
         given is taken from the current settings. Changes nothing."""
-        current = self.settings
-        if operating_point is not None:
-            self._point_name(operating_point)
-            if operating_point == "full":
-                current = RunSettings(FullDepth(), 1.0, current.precision, "full")
-            elif operating_point in self.operating_points:
-                spec = self.operating_points[operating_point]
-                current = RunSettings(
-                    policy_from_spec(spec),
-                    width_from_spec(spec, self.width_multipliers),
-                    check_precision(spec.get("precision", current.precision)),
-                    operating_point,
-                )
-            else:
-                known = ", ".join(["full", *self.operating_points]) or "full"
-                raise ValueError(
-                    f"'{self.name}' has no operating point '{operating_point}': use one of {known} "
-                    "(calibrate with `python -m spacy_earlyexit calibrate`)."
-                )
+        settings = point_settings(
+            self.settings,
+            operating_point,
+            self.operating_points,
+            self.width_multipliers,
+            width=width,
+            precision=precision,
+            owner=f"'{self.name}'",
+        )
         if exit_policy is not None:
             self._check_policy(exit_policy)
-            current = replace(current, policy=exit_policy, name=None)
-        if width is not None:
-            try:
-                checked = width_in_menu(width, self.width_multipliers)
-            except ValueError as err:
-                raise ValueError(f"'{self.name}': {err}") from err
-            if checked != current.width:
-                current = replace(current, width=checked, name=None)
-        if precision is not None:
-            current = replace(current, precision=check_precision(precision))
-        return current
-
-    def _point_name(self, operating_point) -> str:
-        if not isinstance(operating_point, str):
-            raise TypeError(
-                f"'{self.name}': an operating point is a name such as 'full' or '2x', "
-                f"got {type(operating_point).__name__}."
-            )
-        return operating_point
+            settings = replace(settings, policy=exit_policy, name=None)
+        return settings
 
     def use(self, operating_point: str) -> ExitPolicy:
         """Switch to a named operating point (calibrated, or "full"): its exit
@@ -211,7 +180,7 @@ class EarlyExitLabeler(TrainablePipe):
         Outside a `using` block this changes the default of every thread that
         calls the component; to choose a point for one call, pass it per call
         (`nlp(text, component_cfg={name: {"operating_point": "2x"}})`)."""
-        chosen = self.point_settings(self._point_name(operating_point))
+        chosen = self.point_settings(check_point_name(operating_point, f"'{self.name}'"))
         self._set(policy=chosen.policy, width=chosen.width, precision=chosen.precision, name=chosen.name)
         self._warn_if_not_rewired()
         return chosen.policy
@@ -234,14 +203,8 @@ class EarlyExitLabeler(TrainablePipe):
         else:
             chosen = self.point_settings(width=width, precision=precision, exit_policy=policy)
         self._warn_if_not_rewired(chosen.width)
-        stack = getattr(self._local, "stack", None)
-        if stack is None:
-            stack = self._local.stack = []
-        stack.append(chosen)
-        try:
+        with self._run.pushed(chosen):
             yield chosen.policy
-        finally:
-            stack.pop()
 
     @property
     def operating_point(self) -> Optional[str]:
@@ -270,11 +233,7 @@ class EarlyExitLabeler(TrainablePipe):
 
     @width.setter
     def width(self, value: float) -> None:
-        try:
-            checked = width_in_menu(value, self.width_multipliers)
-        except ValueError as err:
-            raise ValueError(f"'{self.name}': {err}") from err
-        self._set(width=checked, name=None)
+        self._set(width=checked_width(value, self.width_multipliers, f"'{self.name}'"), name=None)
         self._warn_if_not_rewired()
 
     def _warn_if_not_rewired(self, width: Optional[float] = None) -> None:
@@ -698,6 +657,16 @@ class EarlyExitLabeler(TrainablePipe):
         return scores
 
     # -- serialization ------------------------------------------------------------
+    # Copies and pickles (`copy.deepcopy(nlp)`, `pickle.dumps(nlp)`, the workers
+    # of `nlp.pipe(n_process=...)` under `spawn`) go through spaCy's own
+    # `__reduce__`, as for spaCy's components: the attributes, with the
+    # default run settings but no thread's `using` blocks (run_settings.py),
+    # and the model with its encoder and tokenizer (shim.py).
+
+    def __setstate__(self, state) -> None:
+        super().__setstate__(state)
+        register_extensions()  # a fresh process has not registered them yet
+
     def _restore_dims(self) -> None:
         if self.labels:
             self.model.set_dim("nO", len(self.output_labels), force=True)
@@ -709,8 +678,8 @@ class EarlyExitLabeler(TrainablePipe):
         saved, saved_configured = self.cfg.get("precision"), self.cfg.get("configured_precision")
         self.cfg["configured_precision"] = self._configured_precision
         if saved in PRECISIONS and saved_configured == self._configured_precision:
-            self._default = replace(self._default, precision=saved)
-        self.cfg["precision"] = self._default.precision
+            self._run.default = replace(self._run.default, precision=saved)
+        self.cfg["precision"] = self._run.default.precision
 
     def to_disk(self, path, *, exclude=tuple()) -> None:
         serialize = {

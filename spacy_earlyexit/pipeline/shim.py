@@ -233,6 +233,17 @@ class EarlyExitShim(PyTorchShim):
                     named[name].copy_(value)
             self._model.forget_packed_weights()
 
+    def __getstate__(self) -> Dict[str, Any]:
+        """Copies and pickles carry the encoder (without its packed inference
+        weights, see `MultiExitEncoder.__getstate__`), the tokenizer and the
+        settings, not the state of an optimizer: the torch optimizer and the
+        moving averages belong to this shim's weights and to a Thinc
+        optimizer that a copy does not share (a copy's first update starts
+        them afresh, as it would anyway: they are keyed by object identity)."""
+        state = dict(self.__dict__)
+        state.update(_torch_optimizer=None, _optimizer_owner=None, _averages={}, _averages_owner=None)
+        return state
+
     @property
     def encoder(self) -> MultiExitEncoder:
         if not isinstance(self._model, MultiExitEncoder):
