@@ -23,6 +23,7 @@ from .evaluation import (
     write_result,
 )
 from .options import CODE, COMPONENT, GPU_ID, PRECISION, floats, prepare
+from .outputs import check_output, exit_on_refusal
 
 DEFAULT_TOKEN_THRESHOLDS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
 DEFAULT_SENTENCE_THRESHOLDS = (0.05, 0.1, 0.2, 0.3)
@@ -158,6 +159,10 @@ def benchmark(
     gpu_id: int = GPU_ID,
 ) -> None:
     """Score, analytic speed-up and words per second for each exit policy (and width)."""
+    inputs = (pipeline, corpus, code_path)
+    if output:
+        with exit_on_refusal():
+            check_output(output, inputs)
     prepare(code_path, gpu_id)
 
     def points(n_layers: int):
@@ -188,5 +193,6 @@ def benchmark(
     )
     typer.echo(format_table(result))
     if output:
-        write_result(result, output)
+        with exit_on_refusal():
+            write_result(result, output, inputs)
         typer.echo(f"\nSaved to {output}")

@@ -31,7 +31,11 @@ alone (full width) and of width alone (full depth), named "3x-exit" and
 
 The chosen points are written into the pipeline's config (the component's
 `operating_points` and its default `operating_point`) and into its meta, so a
-saved or packaged pipeline loads with them and switches by name.
+saved or packaged pipeline loads with them and switches by name. The copy is
+made beside the output and renamed into place when complete; an output at,
+inside or around the pipeline or the dev corpus is refused, and so is an
+existing directory that is not an earlier calibrated pipeline, unless
+`--force` (`outputs.py`).
 """
 
 import json
@@ -55,7 +59,8 @@ from ..core.precision import resolve_precision
 from ..pipeline.labeler import EarlyExitLabeler
 from ..pipeline.model import DocExits, sequence_batches
 from .evaluation import OperatingPoint, corpus_examples, fresh_copy, keep_only_early_exit, measure, sentence_examples
-from .options import CODE, COMPONENT, GPU_ID, PRECISION, floats, prepare
+from .options import CODE, COMPONENT, FORCE, GPU_ID, PRECISION, floats, prepare
+from .outputs import check_output, exit_on_refusal, replacing_directory
 
 DEFAULT_TARGETS = (2.0, 3.0, 4.0)
 DEFAULT_MAX_DROP = 0.5
@@ -490,27 +495,54 @@ def searched_widths(component: EarlyExitLabeler) -> Tuple[float, ...]:
     return (1.0,)
 
 
-def write_calibrated(source: str, output: Path, result: Dict, dev_path: str) -> None:
-    """Copy the pipeline to `output` with the points in its config and meta."""
-    output = Path(output)
-    if output.exists():
-        shutil.rmtree(output)
-    shutil.copytree(source, output)
-    name = result["component"]
-    config = util.load_config(output / "config.cfg", interpolate=False)
-    specs = {p["name"]: {"policy": p["policy"], **p["params"]} for p in result["points"] if p["reached"]}
-    config["components"][name]["operating_points"] = specs
-    config["components"][name]["operating_point"] = result["default"] if result["default"] in specs else None
-    config.to_disk(output / "config.cfg")
-    meta = json.loads((output / "meta.json").read_text(encoding="utf8"))
-    meta.setdefault("requirements", [])
-    from .. import __version__
+def is_calibrated_pipeline(path: Path) -> bool:
+    """Whether `path` is a pipeline `calibrate` wrote (its meta says where it
+    was calibrated): how an output written before outputs carried a marker
+    (`outputs.MARKER_NAME`) is recognized."""
+    try:
+        meta = json.loads((Path(path) / "meta.json").read_text(encoding="utf8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and isinstance(meta.get("earlyexit"), dict) and "calibrated_on" in meta["earlyexit"]
 
-    requirement = f"spacy-earlyexit>={__version__}"
-    if not any(r.startswith("spacy-earlyexit") for r in meta["requirements"]):
-        meta["requirements"].append(requirement)
-    meta["earlyexit"] = {**result, "calibrated_on": str(dev_path)}
-    (output / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf8")
+
+def check_calibration_output(
+    source: str, output: Path, dev_path: str, force: bool = False, code_path: Optional[Path] = None
+) -> None:
+    """Refuse (`outputs.OutputRefused`) an output `calibrate` must not write:
+    the pipeline, the dev corpus or the code file, a path inside or around
+    one, or an existing directory that is not an earlier calibrated pipeline
+    (unless `force`)."""
+    check_output(
+        output, (source, dev_path, code_path), command="calibrate", force=force, earlier=is_calibrated_pipeline
+    )
+
+
+def write_calibrated(
+    source: str, output: Path, result: Dict, dev_path: str, force: bool = False, code_path: Optional[Path] = None
+) -> None:
+    """Copy the pipeline to `output` with the points in its config and meta.
+    The copy is made beside `output` and replaces it only when complete (see
+    `check_calibration_output` for which outputs are refused)."""
+    with replacing_directory(
+        output, (source, dev_path, code_path), command="calibrate", force=force, earlier=is_calibrated_pipeline
+    ) as partial:
+        shutil.copytree(source, partial, dirs_exist_ok=True)
+        name = result["component"]
+        config = util.load_config(partial / "config.cfg", interpolate=False)
+        specs = {p["name"]: {"policy": p["policy"], **p["params"]} for p in result["points"] if p["reached"]}
+        config["components"][name]["operating_points"] = specs
+        config["components"][name]["operating_point"] = result["default"] if result["default"] in specs else None
+        config.to_disk(partial / "config.cfg")
+        meta = json.loads((partial / "meta.json").read_text(encoding="utf8"))
+        meta.setdefault("requirements", [])
+        from .. import __version__
+
+        requirement = f"spacy-earlyexit>={__version__}"
+        if not any(r.startswith("spacy-earlyexit") for r in meta["requirements"]):
+            meta["requirements"].append(requirement)
+        meta["earlyexit"] = {**result, "calibrated_on": str(dev_path)}
+        (partial / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf8")
 
 
 def run_calibration(
@@ -524,9 +556,16 @@ def run_calibration(
     margin: float = DEFAULT_MARGIN,
     tolerance: float = DEFAULT_TOLERANCE,
     precision: Optional[str] = None,
+    force: bool = False,
+    code_path: Optional[Path] = None,
 ) -> Dict:
     """Load `pipeline`, calibrate its component on the dev corpus and write
-    the calibrated copy to `output`."""
+    the calibrated copy to `output`. An output that is or holds an input, or
+    an existing directory that is not an earlier calibrated pipeline (unless
+    `force`), is refused first (`outputs.OutputRefused`), with nothing
+    touched. (`code_path`: the user's code, imported by the caller, which
+    the output may not touch either.)"""
+    check_calibration_output(pipeline, output, dev_path, force, code_path)
     nlp = spacy.load(pipeline)
     component_name = keep_only_early_exit(nlp, component_name)
     examples = corpus_examples(nlp, dev_path)
@@ -534,7 +573,7 @@ def run_calibration(
     result = calibrate(
         nlp, component_name, examples, targets, max_drop, progress, margin, tolerance, precision, sentences
     )
-    write_calibrated(pipeline, output, result, dev_path)
+    write_calibrated(pipeline, output, result, dev_path, force, code_path)
     return result
 
 
@@ -558,23 +597,28 @@ def calibrate_command(
     precision: Optional[str] = PRECISION,
     code_path: Optional[Path] = CODE,
     gpu_id: int = GPU_ID,
+    force: bool = FORCE,
 ) -> None:
     """Choose operating points on dev and write them into a copy of the pipeline."""
-    prepare(code_path, gpu_id)
     if margin < 1.0 or tolerance < 0:
         raise typer.BadParameter("--margin must be >= 1 and --tolerance >= 0")
-    result = run_calibration(
-        pipeline,
-        str(dev),
-        output,
-        component,
-        floats(targets),
-        max_drop if max_drop >= 0 else None,
-        progress=lambda line: typer.echo(line, err=True),
-        margin=margin,
-        tolerance=tolerance,
-        precision=precision,
-    )
+    with exit_on_refusal():
+        check_calibration_output(pipeline, output, str(dev), force, code_path)
+        prepare(code_path, gpu_id)
+        result = run_calibration(
+            pipeline,
+            str(dev),
+            output,
+            component,
+            floats(targets),
+            max_drop if max_drop >= 0 else None,
+            progress=lambda line: typer.echo(line, err=True),
+            margin=margin,
+            tolerance=tolerance,
+            precision=precision,
+            force=force,
+            code_path=code_path,
+        )
     for point in result["points"]:
         if point["reached"]:
             typer.echo(

@@ -22,6 +22,7 @@ from .evaluation import (
     write_result,
 )
 from .options import CODE, GPU_ID, PRECISION, prepare
+from .outputs import check_output, exit_on_refusal
 
 
 def evaluate_operating_points(
@@ -182,6 +183,10 @@ def evaluate_points(
     gpu_id: int = GPU_ID,
 ) -> None:
     """Test figures of every calibrated operating point beside their dev figures."""
+    inputs = (pipeline, corpus, stage1, code_path)
+    if output:
+        with exit_on_refusal():
+            check_output(output, inputs)
     prepare(code_path, gpu_id)
     result = evaluate_operating_points(
         pipeline,
@@ -194,5 +199,6 @@ def evaluate_points(
     )
     typer.echo(format_points_table(result))
     if output:
-        write_result(result, output)
+        with exit_on_refusal():
+            write_result(result, output, inputs)
         typer.echo(f"\nSaved to {output}")

@@ -20,6 +20,7 @@ from ..core.batch import EncoderBatch, ExitOutput
 from ..core.encoder import MultiExitEncoder
 from ..core.policies import ExitPolicy, make_policy
 from ..pipeline.labeler import EarlyExitLabeler
+from .outputs import replacing_file
 
 
 @dataclass
@@ -236,6 +237,9 @@ def fmt_value(value: Optional[float], spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-def write_result(result: Dict, output: Path) -> None:
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(result, indent=2), encoding="utf8")
+def write_result(result: Dict, output: Path, inputs=()) -> None:
+    """Write `result` as JSON to `output`, a regular file (replaced once the
+    new one is complete) that is none of `inputs` nor inside one
+    (`outputs.replacing_file`)."""
+    with replacing_file(output, inputs) as partial:
+        partial.write_text(json.dumps(result, indent=2), encoding="utf8")

@@ -11,6 +11,11 @@ CODE = typer.Option(None, "--code", "-c", help="Python file with registered func
 GPU_ID = typer.Option(-1, "--gpu-id", "-g", help="GPU ID or -1 for CPU")
 PRECISION = typer.Option(None, "--precision", help="fp32, bf16, int8 or auto (default: the component's own setting)")
 COMPONENT = typer.Option(None, "--component", help="Early-exit component (default: the pipeline's first)")
+FORCE = typer.Option(
+    False,
+    "--force",
+    help="Replace an existing output directory that is not an earlier output of this command (never an input)",
+)
 
 
 def prepare(code_path: Optional[Path], gpu_id: int) -> None:

@@ -22,6 +22,7 @@ from ..pipeline.labeler import EarlyExitLabeler
 from ..pipeline.ner import EarlyExitNER
 from ..pipeline.tagger import EarlyExitTagger
 from .benchmark import OperatingPoint
+from .outputs import check_output, exit_on_refusal, replacing_file
 
 MISSING = "(missing)"
 METRIC_NAMES = {"ents_f": "entity F1", "tag_acc": "tag accuracy"}
@@ -57,9 +58,11 @@ def new_figure(width: float, height: float):
 
 
 def save_figure(figure, path: Path) -> Path:
+    """Save `figure` to `path`, a regular file replaced once the new one is
+    complete (`outputs.replacing_file`)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=150)
+    with replacing_file(path) as partial:
+        figure.savefig(partial, dpi=150)
     return path
 
 
@@ -383,6 +386,9 @@ def plot(
         raise typer.BadParameter("at most two benchmark files: stage 2, then stage 1", param_hint="BENCHMARKS")
     if (pipeline is None) != (corpus is None):
         raise typer.BadParameter("--pipeline and --corpus go together", param_hint="--pipeline/--corpus")
+    with exit_on_refusal():
+        for written in [f"{output}-tradeoff.png"] + ([f"{output}-exit-layers.png"] if pipeline else []):
+            check_output(written, [*benchmarks, points, pipeline, corpus])
     try:
         new_figure(1, 1)  # fail before any slow work
     except MatplotlibMissing as err:

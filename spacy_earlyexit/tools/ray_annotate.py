@@ -31,6 +31,7 @@ from .annotate import (
     AnnotateSummary,
     BadRecordError,
     Rejected,
+    check_output_paths,
     doc_lines,
     fit_max_length,
     input_files,
@@ -165,6 +166,7 @@ def annotate_with_ray(
         raise AnnotateError(f"{output_path}: annotating with Ray writes JSONL (a .jsonl output).")
     if on_error not in ON_ERROR:
         raise AnnotateError(f"on_error must be one of {', '.join(ON_ERROR)}, not {on_error!r}.")
+    check_output_paths(output_path, (pipeline, input_path, code_path))
     files = [{"path": str(path.resolve()), "name": name} for path, name in input_files(input_path)]
     ranges = line_ranges(files, num_actors, lines_per_task)
     kwargs = {

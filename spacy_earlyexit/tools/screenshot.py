@@ -10,6 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional, Union
 
+from .outputs import check_output, replacing_file
+
 CHROMIUM_ARGS = (
     "--headless=new",
     "--no-sandbox",
@@ -90,13 +92,14 @@ def screenshot_page(driver, url: str, width: int = 1100) -> bytes:
 
 
 def screenshot_html(html: str, output: Union[str, Path], width: int = 1100) -> Path:
-    """Render an HTML page in headless Chromium and save a PNG of it."""
-    output = Path(output)
+    """Render an HTML page in headless Chromium and save a PNG of it to
+    `output`, a regular file (replaced once the new one is complete)."""
+    output = check_output(output)  # before starting a browser
     with tempfile.TemporaryDirectory(prefix="earlyexit-page-") as tmp:
         page = Path(tmp) / "page.html"
         page.write_text(html, encoding="utf8")
         with chromium_driver(width=width) as driver:
             png = screenshot_page(driver, page.as_uri(), width)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_bytes(png)
+    with replacing_file(output) as partial:
+        partial.write_bytes(png)
     return output

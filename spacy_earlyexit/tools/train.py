@@ -6,13 +6,19 @@ the final steps of a run never reach `model-best`, and a small corpus is
 evaluated rarely or never. `plan_training` turns `max_epochs` into
 `max_steps` and an evaluation frequency such that the model is evaluated at
 least once per epoch and at the very last step.
+
+The output directory is written beside its final place and renamed into it
+when training ends (`outputs.replacing_directory`): an interrupted run leaves
+an earlier output as it was. It may not hold or lie inside what training
+reads (`training_inputs`), and replaces only an earlier output of this
+command unless `--force`.
 """
 
 import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import typer
@@ -22,6 +28,8 @@ from thinc.api import Config
 from wasabi import msg
 
 from ..pipeline.schedules import steps_per_epoch
+from .options import FORCE
+from .outputs import check_output, exit_on_refusal, replacing_directory
 
 #: written by `train` into its output directory: how long the run took and
 #: the dev score of every evaluation
@@ -50,6 +58,57 @@ def resolved_run_length(config_path: Path, overrides: Dict[str, Any]) -> Dict[st
         "training.eval_frequency": int(resolved["every"]),
         "training.max_steps": int(resolved["steps"]),
     }
+
+
+def is_training_output(path: Path) -> bool:
+    """Whether `path` is an output directory of this command (its record of
+    the run): how an output written before outputs carried a marker
+    (`outputs.MARKER_NAME`) is recognized."""
+    return (Path(path) / TRAINING_TIME_FILE).is_file()
+
+
+def training_inputs(config: Config, config_path: Path, code_path: Optional[Path] = None) -> List[Any]:
+    """What a training run reads, as named in its interpolated config: the
+    config and code files, every `[paths]` value, the corpora's paths,
+    sourced pipelines, `init_from` pipelines, vectors, pretrained tok2vec
+    weights and the encoders' names (a local model directory). Values that
+    name no existing path are skipped by the output check."""
+    found: List[Any] = [config_path, code_path]
+
+    def add(value: Any) -> None:
+        if isinstance(value, (str, Path)) and str(value):
+            found.append(value)
+
+    def sections(value: Any) -> List[dict]:
+        return [v for v in value.values() if isinstance(v, dict)] if isinstance(value, dict) else []
+
+    for value in (config.get("paths") or {}).values():
+        add(value)
+    for corpus in sections(config.get("corpora")):
+        add(corpus.get("path"))
+    for component in sections(config.get("components")):
+        add(component.get("source"))
+        model = component.get("model")
+        if isinstance(model, dict):
+            add(model.get("name"))
+    initialize = config.get("initialize") or {}
+    add(initialize.get("vectors"))
+    add(initialize.get("init_tok2vec"))
+    for component in sections(initialize.get("components")):
+        add(component.get("init_from"))
+    return found
+
+
+def _point_logs_at(directory: Path, written: str, final: str) -> None:
+    """The pipelines saved in `directory` name the JSONL log in their config
+    where it was written (`written`, in the temporary directory): name it
+    where it ends up (`final`)."""
+    for config_file in sorted(directory.glob("model-*/config.cfg")):
+        config = util.load_config(config_file, interpolate=False)
+        logger = config.get("training", {}).get("logger", {})
+        if logger.get("output_file") == written:
+            logger["output_file"] = final
+            config.to_disk(config_file)
 
 
 def _logger_overrides(config: Config, overrides: Dict[str, Any], output_path: Optional[Path]) -> Dict[str, Any]:
@@ -132,17 +191,21 @@ def train(
     code_path: Optional[Path] = typer.Option(None, "--code", "-c", help="Python file with registered functions"),
     use_gpu: int = typer.Option(-1, "--gpu-id", "-g", help="GPU ID or -1 for CPU"),
     evals_per_epoch: int = typer.Option(1, "--evals-per-epoch", help="Dev evaluations per epoch (and one at the end)"),
+    force: bool = FORCE,
 ) -> None:
     """`spacy train` with a run length that follows the corpus: `max_epochs`
     becomes a step count measured on the training corpus, with the dev set
     evaluated at least once per epoch and at the last step. Other options and
-    `--section.key value` overrides are those of `spacy train`."""
-    from spacy.cli.train import train as spacy_train
-
-    if code_path:
-        util.import_file("functions", code_path)
+    `--section.key value` overrides are those of `spacy train`. The output
+    directory appears (or replaces an earlier one) when training ends."""
     overrides = parse_config_overrides(ctx.args)
     config = util.load_config(config_path, overrides=overrides, interpolate=True)
+    inputs = training_inputs(config, config_path, code_path)
+    if output_path is not None:
+        with exit_on_refusal():
+            check_output(output_path, inputs, command="train", force=force, earlier=is_training_output)
+    if code_path:
+        util.import_file("functions", code_path)
     plan, per_epoch = plan_training(config, evals_per_epoch, overrides)
     if counts_itself(config):
         if evals_per_epoch != 1 and "training.eval_frequency.evals_per_epoch" not in overrides:
@@ -150,12 +213,38 @@ def train(
         plan = resolved_run_length(config_path, {**overrides, **plan})
         # the blocks are replaced by their numbers: settings inside them are spent
         overrides = {k: v for k, v in overrides.items() if not k.startswith(RUN_LENGTH_BLOCKS)}
-    plan.update(_logger_overrides(config, overrides, output_path))
     if "training.max_steps" in plan:
         msg.info(
             f"Run length from the corpus: max_steps {plan['training.max_steps']}, evaluating every "
             f"{plan['training.eval_frequency']} steps and at the last one"
         )
+    if output_path is None:
+        _run_training(config, config_path, None, use_gpu, overrides, plan)
+        return
+    with exit_on_refusal():
+        with replacing_directory(
+            output_path, inputs, command="train", force=force, earlier=is_training_output
+        ) as partial:
+            _run_training(config, config_path, partial, use_gpu, overrides, plan)
+            log = plan.get("training.logger.output_file")
+            if log is not None:
+                _point_logs_at(partial, log, str(Path(output_path) / TRAINING_LOG_FILE))
+    msg.good(f"Saved to {output_path}")
+
+
+def _run_training(
+    config: Config,
+    config_path: Path,
+    output_path: Optional[Path],
+    use_gpu: int,
+    overrides: Dict[str, Any],
+    plan: Dict[str, Any],
+) -> None:
+    """Run `spacy train` into `output_path` with the planned overrides (and
+    the JSONL log there), and record how long it took there."""
+    from spacy.cli.train import train as spacy_train
+
+    plan.update(_logger_overrides(config, overrides, output_path))
     started = time.perf_counter()
     spacy_train(config_path, output_path, use_gpu=use_gpu, overrides={**overrides, **plan})
     if output_path is not None:

@@ -7,6 +7,7 @@ from typing import Dict, List, Optional, Sequence
 import typer
 from wasabi import msg
 
+from .outputs import check_output, exit_on_refusal
 from .plots import METRIC_NAMES, MatplotlibMissing, load_json, log_words_axis, new_figure, save_figure
 
 #: (label, colour, marker) of each front
@@ -124,6 +125,8 @@ def plot_width(
     ),
 ) -> None:
     """Plot the Pareto fronts of adaptive width alone, token exit alone and both."""
+    with exit_on_refusal():
+        check_output(output, (benchmark, points))
     try:
         path = plot_width_fronts(load_json(benchmark), output, load_json(points) if points else None)
     except MatplotlibMissing as err:

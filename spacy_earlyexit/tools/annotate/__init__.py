@@ -58,6 +58,10 @@ number of records done and the committed sizes of the output and the rejects
 file. A run killed at any point and started again with the same input and
 pipeline drops whatever was written after the last commit and goes on from
 there: no document or rejected record is lost or written twice.
+
+An output whose files (the output, its state or its rejects) would be the
+pipeline, an input file or the code file, or lie inside or around one, is
+refused before anything is read or written (`check_output_paths`).
 """
 
 import sys
@@ -66,11 +70,13 @@ from typing import Optional
 
 import typer
 
+from ..outputs import OutputRefused
 from .output import (
     DOCBIN_REJECTS_NAME,
     DOCBIN_STATE_NAME,
     STATE_VERSION,
     OutputWriter,
+    check_output_paths,
     initial_state,
     output_format_of,
     rejects_path_of,
@@ -171,7 +177,7 @@ def annotate(
             on_error=on_error,
             progress=progress,
         )
-    except AnnotateError as err:
+    except (AnnotateError, OutputRefused) as err:
         if tty:
             typer.echo("", err=True)
         typer.echo(f"Error: {err}", err=True)
@@ -213,6 +219,7 @@ __all__ = [
     "annotate_corpus",
     "annotated_chunks",
     "available_cores",
+    "check_output_paths",
     "doc_lines",
     "doc_record",
     "exit_summary",

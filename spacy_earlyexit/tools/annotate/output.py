@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+from ..outputs import check_not_input
 from .records import ChunkResult
 from .sources import AnnotateError, input_files
 
@@ -167,6 +168,15 @@ def run_settings(pipeline: str, input_path: Path, output_path: Path, text_field:
         "field": text_field,
         "format": output_format_of(output_path),
     }
+
+
+def check_output_paths(output_path: Path, inputs) -> None:
+    """Refuse (`outputs.OutputRefused`) an output whose files (the output,
+    its state and its rejects) would be an input (the pipeline, the input
+    files, the code file), inside one or around one. An existing output is
+    not refused: a run resumes it (or, with `resume=False`, starts it over)."""
+    for path in (output_path, state_path_of(output_path), rejects_path_of(output_path)):
+        check_not_input(path, inputs)
 
 
 def _output_exists(output_path: Path) -> bool:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional
 
-from .output import OutputWriter, initial_state, run_settings, shard_paths, state_path_of
+from .output import OutputWriter, check_output_paths, initial_state, run_settings, shard_paths, state_path_of
 from .records import (
     DOCBIN_RECORD_KEYS,
     USER_DATA_KEY,
@@ -229,6 +229,7 @@ def annotate_corpus(
         raise AnnotateError(f"on_error must be one of {', '.join(ON_ERROR)}, not {on_error!r}.")
     if n_process < 0:
         n_process = available_cores()
+    check_output_paths(output_path, (pipeline, input_path, code_path))
     settings = run_settings(pipeline, input_path, output_path, text_field)
     state, resumed = initial_state(output_path, settings, resume)
     total = sum(1 for _ in source_doc_ids(input_path))
