@@ -2,7 +2,8 @@
 the pipeline in one process and samples the resident set size (RSS).
 
     python benchmarks/rss_growth.py PIPELINE [--docs 50000] [--corpus CORPUS.spacy]
-        [--warmup 5000] [--every 1000] [--batch-size 64] [--heaps-k 40] [--output FILE.json]
+        [--warmup 5000] [--every 1000] [--batch-size 64] [--heaps-k 40]
+        [--point NAME] [--precision P] [--output FILE.json]
 
 Docs are 5-60 words: spans of the corpus sentences (--corpus) or of synthetic
 Zipf-distributed text, cycled with variation; words never seen before are mixed
@@ -111,6 +112,8 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=1000, help="sample RSS every this many docs")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--heaps-k", type=float, default=40.0, help="new words: K * sqrt(tokens) (0: none)")
+    parser.add_argument("--point", default=None, help="operating point (default: the pipeline's own)")
+    parser.add_argument("--precision", default=None, help="fp32, bf16, int8 or auto (default: the component's)")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
 
@@ -119,6 +122,9 @@ def main() -> None:
     warmup = min(args.warmup, args.docs // 5)
     warmup -= warmup % args.every  # on a sample
     nlp = spacy.load(args.pipeline)
+    run_cfg = {k: v for k, v in (("operating_point", args.point), ("precision", args.precision)) if v is not None}
+    names = [name for name, pipe in nlp.pipeline if hasattr(pipe, "operating_points")]
+    component_cfg = {name: run_cfg for name in names} if run_cfg else None
     sentences = base_sentences(args.corpus, random.Random(0))
     samples: List[Dict[str, Any]] = [
         {"docs": 0, "words": 0, "seconds": 0.0, "rss_mb": rss_mb(), "n_strings": len(nlp.vocab.strings)}
@@ -126,7 +132,10 @@ def main() -> None:
     n_words = 0
     start = time.perf_counter()
     for i, doc in enumerate(
-        nlp.pipe(stream_texts(sentences, args.docs, args.heaps_k), batch_size=args.batch_size), start=1
+        nlp.pipe(
+            stream_texts(sentences, args.docs, args.heaps_k), batch_size=args.batch_size, component_cfg=component_cfg
+        ),
+        start=1,
     ):
         n_words += len(doc)
         if i % args.every == 0 or i == args.docs:
@@ -159,6 +168,9 @@ def main() -> None:
         "words": n_words,
         "batch_size": args.batch_size,
         "heaps_k": args.heaps_k,
+        "point": args.point,
+        "precision": args.precision,
+        "shape_buckets": os.environ.get("SPACY_EARLYEXIT_SHAPE_BUCKETS", "1") != "0",
         "warmup_docs": base["docs"],
         "cores": len(os.sched_getaffinity(0)),
         "torch_threads": torch.get_num_threads(),
