@@ -18,7 +18,7 @@ from spacy.training import Example, validate_examples, validate_get_examples
 from spacy.vocab import Vocab
 from thinc.api import Model, set_dropout_rate
 
-from ..core.importance import Importance, compute_importance, rewire
+from ..core.importance import Importance
 from ..core.objective import SelfSampling, exit_loss, layer_loss_weights
 from ..core.points import RunSettings, policy_from_spec, width_from_spec
 from ..core.policies import ExitPolicy, FullDepth
@@ -29,11 +29,12 @@ from ..core.precision import (
     resolve_precision,
     resolve_training_precision,
 )
-from ..core.width import DEFAULT_WIDTHS, check_width_menu, width_in_menu
-from ..core.width_training import WidthTraining, distill_step, frozen_teacher, width_self_sampling_step
+from ..core.width import DEFAULT_WIDTHS, check_width_menu
+from ..core.width_training import WidthTraining
 from .extensions import record_exits, register_extensions
-from .model import DocExits, check_wordpiece_budget, predict_exits, training_batch, training_inputs
+from .model import DocExits, check_wordpiece_budget, predict_exits
 from .run_settings import ThreadRunSettings, check_point_name, checked_width, point_settings
+from .width_stages import prepare_width_training, rewire_width, trained_widths, width_update
 
 #: the settings both components share, with their defaults (each factory adds its own)
 SHARED_DEFAULTS = {
@@ -396,21 +397,10 @@ class EarlyExitLabeler(TrainablePipe):
         self._check_settings()
 
     def _prepare_width_training(self, get_examples: Callable[[], Iterable[Example]]) -> None:
-        """Before a width-adaptive stage: rank heads and neurons on training
-        examples unless the encoder is already rewired, and keep a frozen
-        full-width copy as the distillation teacher."""
-        settings = self.width_training
-        widths = self._trained_widths()
-        encoder = self.encoder
-        if len(widths) > 1 and not encoder.width_rewired:
-            self.rewire_for_width(islice(get_examples(), settings.importance_examples))
-        self._teacher = frozen_teacher(encoder) if settings.phase == "distill" else None
+        prepare_width_training(self, get_examples)
 
     def _trained_widths(self) -> tuple:
-        widths = self.width_training.widths or self.width_multipliers
-        for width in widths:
-            width_in_menu(width, self.width_multipliers)
-        return tuple(widths)
+        return trained_widths(self)
 
     def _initialize_from(self, source: str) -> None:
         import spacy
@@ -569,33 +559,9 @@ class EarlyExitLabeler(TrainablePipe):
             for eg in examples
         ]
 
-    # -- adaptive width ------------------------------------------------------------
+    # -- adaptive width (`width_stages.py`) -------------------------------------------
     def _update_width(self, examples: List[Example], drop: float) -> float:
-        """One step of the width-adaptive stage (`width_training.py`):
-        gradients accumulate on the encoder's parameters; returns the loss."""
-        inputs = training_inputs(self.model, [eg.predicted for eg in examples])
-        if inputs is None:
-            return 0.0
-        batch, rows, groups = inputs
-        encoder = self.encoder
-        encoder.set_dropout(self.model.attrs.get("dropout_rate"))
-        weights = torch.tensor(layer_loss_weights(encoder.n_layers, self.model.attrs["layer_weighting"]))
-        widths = self._trained_widths()
-        precision = self.model.attrs["training_precision"]
-        try:
-            if self.width_training.phase == "distill":
-                if self._teacher is None:  # update without initialize: the current weights teach
-                    self._teacher = frozen_teacher(encoder)
-                return distill_step(
-                    encoder, self._teacher, batch, widths, self.width_training, weights, precision=precision
-                )
-            gold = self._batch_gold(examples, rows, batch.n_words)
-            sampling = SelfSampling(**self.model.attrs["self_sampling"])
-            return width_self_sampling_step(
-                encoder, batch, groups, torch.from_numpy(gold), sampling, widths, weights, precision=precision
-            )
-        finally:
-            encoder.set_dropout(None)
+        return width_update(self, examples, drop)
 
     def rewire_for_width(self, examples: Iterable[Example], *, batch_size: int = 32) -> Importance:
         """Rank every layer's attention heads and feed-forward neurons by their
@@ -609,33 +575,7 @@ class EarlyExitLabeler(TrainablePipe):
         batch_size (int): examples per forward/backward pass.
         RETURNS (Importance): the importance before permuting, [L, H] and [L, F].
         """
-        examples = list(examples)
-        validate_examples(examples, f"{type(self).__name__}.rewire_for_width")
-        shim = self._shim
-        encoder = shim.encoder
-        weights = torch.tensor(layer_loss_weights(encoder.n_layers, self.model.attrs["layer_weighting"]))
-
-        def batches():
-            for chunk in util.minibatch(examples, batch_size):
-                built = training_batch(self.model, [eg.predicted for eg in chunk])
-                if built is None:
-                    continue
-                batch, rows = built
-                gold = self._batch_gold(chunk, rows, batch.n_words)
-                if (gold >= 0).any():
-                    gold_t = torch.from_numpy(gold).to(encoder.device)
-                    yield batch, lambda logits, gold_t=gold_t: exit_loss(logits, gold_t, weights)[0]
-
-        importance = compute_importance(encoder, batches())
-        if not bool(importance.heads.any()):
-            raise ValueError(
-                f"'{self.name}' cannot rewire for width: the examples have no gold "
-                "annotation it learns from, so no head or neuron has an importance."
-            )
-        rewire(encoder, importance)
-        shim._torch_optimizer = None  # its moments belong to the old order of the weights
-        shim.forget_averages()  # and so do the averages
-        return importance
+        return rewire_width(self, examples, batch_size=batch_size)
 
     # -- scoring -----------------------------------------------------------------
     def score(self, examples: Iterable[Example], **kwargs) -> Dict[str, object]:

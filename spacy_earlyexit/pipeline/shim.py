@@ -1,5 +1,6 @@
 """The PyTorch shim of the multi-exit model: it holds the encoder and its
-tokenizer, applies optimizer steps, and serializes both as a Hugging Face
+tokenizer, applies optimizer steps (the fused AdamW step and the weight
+averages are in `optimizer.py`), and serializes both as a Hugging Face
 config, tokenizer files and safetensors weights (an allow-list of file names,
 never pickle, never code from the files).
 """
@@ -9,7 +10,7 @@ import json
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 import srsly
 import torch
@@ -17,6 +18,7 @@ from thinc.api import PyTorchShim, get_torch_default_device, xp2torch
 
 from ..core.encoder import MultiExitEncoder
 from ..core.hf import EncoderLoadError, backbone_from_config, load_tokenizer
+from .optimizer import FusedAdamW, is_plain_adamw
 from .wordpieces import SpanGetter
 
 WEIGHTS_FILE = "model.safetensors"
@@ -76,11 +78,8 @@ class EarlyExitShim(PyTorchShim):
         #: learning-rate multiplier of the weights the backbone does not have
         self.added_learn_rate_scale = 1.0
         self._warned_scale = False
-        self._torch_optimizer: Optional[torch.optim.Optimizer] = None
-        self._optimizer_owner: Optional[tuple] = None
-        # moving averages of the weights (the optimizer's `use_averages`), by parameter name
-        self._averages: Dict[str, torch.Tensor] = {}
-        self._averages_owner: Optional[tuple] = None
+        # the fused AdamW step's torch optimizer and weight averages (`optimizer.py`)
+        self._adamw = FusedAdamW()
 
     def finish_update(self, optimizer) -> None:
         """Apply the gradients with PyTorch's fused AdamW, following the Thinc
@@ -96,15 +95,7 @@ class EarlyExitShim(PyTorchShim):
         `optimizer.averages` under the keys `use_params` reads, so spaCy's
         training loop evaluates and saves the averaged weights as it does for
         its own components."""
-        decoupled = bool(getattr(optimizer, "L2_is_weight_decay", True)) or not getattr(optimizer, "L2", 0.0)
-        plain_adam = (
-            decoupled
-            and getattr(optimizer, "b1", 0) > 0
-            and getattr(optimizer, "b2", 0) > 0
-            and not getattr(optimizer, "use_radam", False)
-            and not self._mixed_precision
-        )
-        if not plain_adam:
+        if not is_plain_adamw(optimizer, self._mixed_precision):
             if self.added_learn_rate_scale != 1.0 and not self._warned_scale:
                 warnings.warn(
                     "added_learn_rate_scale applies to Adam with decoupled weight decay "
@@ -115,46 +106,12 @@ class EarlyExitShim(PyTorchShim):
                 self._warned_scale = True
             super().finish_update(optimizer)
         else:
-            self._fused_adamw_step(optimizer)
+            self._adamw.step(
+                self._model, optimizer, self.added_learn_rate_scale, self._average_key, (self.id, "averages")
+            )
         if isinstance(self._model, MultiExitEncoder):
             # neither update bumps the weights' versions: drop narrow widths' packed copies
             self._model.forget_packed_weights()
-
-    def _parameter_groups(self) -> List[dict]:
-        """The trainable weights, the backbone's and the added ones (with
-        their learning-rate scale) in groups of their own."""
-        added = set(self._model.added_parameter_names()) if isinstance(self._model, MultiExitEncoder) else set()
-        groups = {True: [], False: []}
-        for name, param in self._model.named_parameters():
-            if param.requires_grad:
-                groups[name in added].append(param)
-        return [
-            {"params": params, "lr_scale": scale}
-            for params, scale in ((groups[False], 1.0), (groups[True], self.added_learn_rate_scale))
-            if params
-        ]
-
-    def _fused_adamw_step(self, optimizer) -> None:
-        owner = (id(optimizer), id(self._model))
-        if self._torch_optimizer is None or self._optimizer_owner != owner:
-            groups = self._parameter_groups()
-            self._torch_optimizer = torch.optim.AdamW(groups, lr=float(optimizer.learn_rate), fused=True)
-            self._optimizer_owner = owner
-        params = [p for group in self._torch_optimizer.param_groups for p in group["params"]]
-        decay = float(optimizer.L2) if optimizer.L2_is_weight_decay else 0.0
-        for group in self._torch_optimizer.param_groups:
-            group.update(
-                lr=float(optimizer.learn_rate) * group["lr_scale"],
-                betas=(float(optimizer.b1), float(optimizer.b2)),
-                eps=float(optimizer.eps),
-                weight_decay=decay,
-            )
-        if optimizer.grad_clip:
-            torch.nn.utils.clip_grad_norm_(params, float(optimizer.grad_clip))
-        self._torch_optimizer.step()
-        self._torch_optimizer.zero_grad(set_to_none=True)
-        if getattr(optimizer, "averages", None) is not None:
-            self._update_averages(optimizer)
 
     def _average_key(self, name: str) -> str:
         # the key format of thinc's PyTorchShim.use_params
@@ -163,32 +120,21 @@ class EarlyExitShim(PyTorchShim):
     def forget_averages(self) -> None:
         """Drop the moving averages (the weights were replaced or reordered);
         the next step starts them again from the weights."""
-        self._averages = {}
-        self._averages_owner = None
+        self._adamw.forget_averages()
 
-    @torch.no_grad()
-    def _update_averages(self, optimizer) -> None:
-        named = [(name, p) for name, p in self._model.named_parameters() if p.requires_grad]
-        owner = (id(optimizer), id(self._model))
-        if self._averages_owner != owner:
-            self._averages = {}
-            self._averages_owner = owner
-        counter = (self.id, "averages")
-        optimizer.nr_update[counter] += 1
-        t = optimizer.nr_update[counter]
-        weight = 1.0 - min((1.0 + t) / (10.0 + t), 0.9999)
-        stale, fresh = [], []
-        for name, param in named:
-            average = self._averages.get(name)
-            if average is None or average.shape != param.shape or average.device != param.device:
-                average = self._averages[name] = param.detach().clone()
-            else:
-                stale.append(average)
-                fresh.append(param.detach())
-            # the tensor itself (on the weights' device; no CuPy needed)
-            optimizer.averages[self._average_key(name)] = average
-        if stale:
-            torch._foreach_lerp_(stale, fresh, weight)
+    @property
+    def _torch_optimizer(self) -> Optional[torch.optim.Optimizer]:
+        """The fused step's torch optimizer (None before the first step)."""
+        return self._adamw.torch_optimizer
+
+    @_torch_optimizer.setter
+    def _torch_optimizer(self, value: Optional[torch.optim.Optimizer]) -> None:
+        self._adamw.torch_optimizer = value
+
+    @property
+    def _averages(self) -> Dict[str, torch.Tensor]:
+        """The moving averages of the weights, by parameter name."""
+        return self._adamw.averages
 
     @contextlib.contextmanager
     def use_params(self, params):
@@ -241,7 +187,7 @@ class EarlyExitShim(PyTorchShim):
         optimizer that a copy does not share (a copy's first update starts
         them afresh, as it would anyway: they are keyed by object identity)."""
         state = dict(self.__dict__)
-        state.update(_torch_optimizer=None, _optimizer_owner=None, _averages={}, _averages_owner=None)
+        state["_adamw"] = FusedAdamW()
         return state
 
     @property
