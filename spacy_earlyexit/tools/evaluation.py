@@ -9,7 +9,7 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, TypeVar
 
 import torch
 from spacy.language import Language
@@ -21,6 +21,8 @@ from ..core.encoder import MultiExitEncoder
 from ..core.policies import ExitPolicy, make_policy
 from ..pipeline.labeler import EarlyExitLabeler
 from .outputs import replacing_file
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -145,11 +147,26 @@ def sentence_examples(nlp: Language, examples: List[Example]) -> List[Example]:
     return [_example_of(nlp, doc) for doc in sentence_docs([eg.reference for eg in examples])]
 
 
-def _timed_pipe(nlp: Language, examples: List[Example], batch_size: int) -> tuple:
-    inputs = [fresh_copy(eg.predicted) for eg in examples]  # tokenized, unannotated
+def timed_pipe(nlp: Language, inputs: List[Doc], batch_size: int) -> Tuple[List[Doc], float]:
+    """The docs `nlp.pipe` makes of `inputs`, and the seconds it took."""
     start = time.perf_counter()
     docs = list(nlp.pipe(inputs, batch_size=batch_size))
     return docs, time.perf_counter() - start
+
+
+def _timed_pipe(nlp: Language, examples: List[Example], batch_size: int) -> tuple:
+    return timed_pipe(nlp, [fresh_copy(eg.predicted) for eg in examples], batch_size)  # tokenized, unannotated
+
+
+def interleaved_rounds(runs: Sequence[T], rounds: int, rotate: bool = False) -> Iterator[Tuple[int, T]]:
+    """(round index, run) for every run in turn, round after round, so that a
+    noisy stretch of time hits every run alike; with `rotate`, each round
+    starts one run later than the one before."""
+    runs = list(runs)
+    for round_index in range(rounds):
+        shift = round_index % len(runs) if rotate and runs else 0
+        for run in runs[shift:] + runs[:shift]:
+            yield round_index, run
 
 
 def _policy_context(component: EarlyExitLabeler, point: OperatingPoint, policy: Optional[ExitPolicy]):
@@ -200,19 +217,18 @@ def measure_interleaved(
     hits all points alike; words per second is the median over rounds, the
     score and analytic speed-up come from the first round (they do not vary)."""
     n_words = sum(len(eg.predicted) for eg in examples)
-    for round_index in range(max(1, rounds)):
-        for nlp, name, point in runs:
-            if round_index == 0:
-                measure(nlp, name, examples, point, batch_size)
-            else:
-                with _policy_context(nlp.get_pipe(name), point, None):
-                    _, seconds = _timed_pipe(nlp, examples, batch_size)
-                point.round_words_per_second.append(n_words / seconds)
-            progress(
-                f"[round {round_index + 1}/{rounds}] {point.label}: score {fmt_value(point.score, '.4f')}, "
-                f"FLOPs speed-up {fmt_value(point.flops_speedup, '.2f')}x, "
-                f"{fmt_value(point.round_words_per_second[-1], ',.0f')} words/s"
-            )
+    for round_index, (nlp, name, point) in interleaved_rounds(runs, max(1, rounds)):
+        if round_index == 0:
+            measure(nlp, name, examples, point, batch_size)
+        else:
+            with _policy_context(nlp.get_pipe(name), point, None):
+                _, seconds = _timed_pipe(nlp, examples, batch_size)
+            point.round_words_per_second.append(n_words / seconds)
+        progress(
+            f"[round {round_index + 1}/{rounds}] {point.label}: score {fmt_value(point.score, '.4f')}, "
+            f"FLOPs speed-up {fmt_value(point.flops_speedup, '.2f')}x, "
+            f"{fmt_value(point.round_words_per_second[-1], ',.0f')} words/s"
+        )
     for _, _, point in runs:
         point.words_per_second = statistics.median(point.round_words_per_second)
         point.seconds = n_words / point.words_per_second

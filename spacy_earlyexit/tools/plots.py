@@ -22,6 +22,7 @@ from ..pipeline.labeler import EarlyExitLabeler
 from ..pipeline.ner import EarlyExitNER
 from ..pipeline.tagger import EarlyExitTagger
 from .benchmark import OperatingPoint
+from .evaluation import fresh_copy
 from .outputs import check_output, exit_on_refusal, replacing_file
 
 MISSING = "(missing)"
@@ -286,9 +287,7 @@ def exit_layers_by_label(
         raise ValueError(f"'{component_name}' is not an early-exit component.")
     gold_label = _gold_label_getter(component)
     gold_docs = [doc for doc in gold_docs if len(doc)]
-    inputs = [
-        Doc(nlp.vocab, words=[t.text for t in doc], spaces=[bool(t.whitespace_) for t in doc]) for doc in gold_docs
-    ]
+    inputs = [fresh_copy(doc, nlp.vocab) for doc in gold_docs]
     counts: Dict[str, Counter] = {}
     with nlp.select_pipes(enable=[component_name]):
         for gold, predicted in zip(gold_docs, nlp.pipe(inputs, batch_size=batch_size)):

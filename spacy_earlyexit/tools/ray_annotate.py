@@ -20,7 +20,6 @@ imported only when a function here is called.
 """
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Type
@@ -42,6 +41,7 @@ from .annotate import (
     reject_line,
     rejects_path_of,
     token_attrs,
+    whole_output,
 )
 
 RAY_MISSING = (
@@ -195,52 +195,31 @@ def annotate_with_ray(
     dataset.context.execution_options.preserve_order = True
     say = progress or (lambda line: None)
     start = time.perf_counter()
-    n_docs = n_words = n_rejects = 0
-    output_path.parent.mkdir(parents=True, exist_ok=True)
-    partial = output_path.with_name(output_path.name + ".partial")
+    n_docs = n_words = 0
     rejects_path = rejects_path_of(output_path)
-    rejects_partial = rejects_path.with_name(rejects_path.name + ".partial")
-    try:
-        with (
-            partial.open("w", encoding="utf8", newline="") as file,
-            rejects_partial.open("w", encoding="utf8", newline="") as rejects,
-        ):
-            for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-                rows = zip(batch["id"], batch["line"], batch["n_words"], batch["reason"])
-                for doc_id, line, words, reason in rows:
-                    if reason:
-                        if on_error == "fail":
-                            raise BadRecordError(
-                                str(doc_id),
-                                str(reason),
-                                (
-                                    f"{doc_id}: {reason}. Stopped there (nothing written); run again with "
-                                    f"on_error='skip' to set bad records aside in {rejects_path}."
-                                ),
-                            )
-                        rejects.write(reject_line(Rejected(str(doc_id), str(reason))))
-                        n_rejects += 1
-                        continue
-                    file.write(str(line))
-                    n_docs += 1
-                    n_words += int(words)
-                elapsed = time.perf_counter() - start
-                say(f"{n_docs} docs, {n_words:,} words, {n_words / elapsed if elapsed > 0 else 0.0:,.0f} words/s")
-            for done in (file, rejects):
-                done.flush()
-                os.fsync(done.fileno())
-    except BaseException:  # no half-written output stays behind (there is no resuming a Ray run)
-        for path in (partial, rejects_partial):
-            if path.exists():
-                path.unlink()
-        raise
-    if n_rejects:
-        os.replace(rejects_partial, rejects_path)
-    else:
-        rejects_partial.unlink()
-        if rejects_path.exists():
-            rejects_path.unlink()  # from an earlier run
-    os.replace(partial, output_path)
+    # no half-written output stays behind (there is no resuming a Ray run)
+    with whole_output(output_path) as written:
+        for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+            rows = zip(batch["id"], batch["line"], batch["n_words"], batch["reason"])
+            for doc_id, line, words, reason in rows:
+                if reason:
+                    if on_error == "fail":
+                        raise BadRecordError(
+                            str(doc_id),
+                            str(reason),
+                            (
+                                f"{doc_id}: {reason}. Stopped there (nothing written); run again with "
+                                f"on_error='skip' to set bad records aside in {rejects_path}."
+                            ),
+                        )
+                    written.reject(reject_line(Rejected(str(doc_id), str(reason))))
+                    continue
+                written.output.write(str(line))
+                n_docs += 1
+                n_words += int(words)
+            elapsed = time.perf_counter() - start
+            say(f"{n_docs} docs, {n_words:,} words, {n_words / elapsed if elapsed > 0 else 0.0:,.0f} words/s")
+    n_rejects = written.rejected
     return AnnotateSummary(
         n_docs + n_rejects,
         0,

@@ -76,6 +76,7 @@ from .output import (
     DOCBIN_STATE_NAME,
     STATE_VERSION,
     OutputWriter,
+    WholeOutput,
     check_output_paths,
     initial_state,
     output_format_of,
@@ -85,6 +86,7 @@ from .output import (
     shard_name,
     shard_paths,
     state_path_of,
+    whole_output,
 )
 from .records import (
     DOCBIN_RECORD_KEYS,
@@ -214,6 +216,7 @@ __all__ = [
     "STATE_VERSION",
     "SourceDoc",
     "USER_DATA_KEY",
+    "WholeOutput",
     "annotate",
     "annotate_chunk",
     "annotate_corpus",
@@ -242,4 +245,5 @@ __all__ = [
     "source_doc_ids",
     "state_path_of",
     "token_attrs",
+    "whole_output",
 ]

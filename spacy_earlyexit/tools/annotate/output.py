@@ -1,10 +1,11 @@
 """Durable output of `annotate`: JSONL or DocBin shards, the rejects file and
 the resume state, each chunk committed with fsync and an atomic state write."""
 
+import contextlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, TextIO, Tuple
 
 from ..outputs import check_not_input
 from .records import ChunkResult
@@ -32,13 +33,18 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _sync(file) -> None:
+    """Make what was written to the open `file` durable."""
+    file.flush()
+    os.fsync(file.fileno())
+
+
 def _write_atomic(path: Path, data: bytes) -> None:
     """Replace `path` with `data`: readers see the old or the new file, never a mix."""
     tmp = path.with_name(path.name + ".tmp")
     with tmp.open("wb") as file:
         file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
+        _sync(file)
     os.replace(tmp, path)
     _fsync_dir(path.parent)
 
@@ -120,16 +126,14 @@ class OutputWriter:
         """Make the chunk and its rejects durable on disk (not yet committed)."""
         if self.format == "jsonl":
             self._file.write(chunk.payload)
-            self._file.flush()
-            os.fsync(self._file.fileno())
+            _sync(self._file)
         else:
             _write_atomic(self.path / shard_name(self.state["chunks_done"]), chunk.payload)
         if chunk.rejects:
             if self._rejects is None:  # the first reject: the file entry is made durable by the commit
                 self._rejects = self.rejects_path.open("w+b")
             self._rejects.write(chunk.rejects)
-            self._rejects.flush()
-            os.fsync(self._rejects.fileno())
+            _sync(self._rejects)
 
     def commit(self, chunk: Optional[ChunkResult] = None, complete: bool = False) -> None:
         """Record a written chunk (and whether the run is complete) in the state file, atomically."""
@@ -155,6 +159,60 @@ class OutputWriter:
             if file is not None:
                 file.close()
                 setattr(self, name, None)
+
+
+def partial_path_of(path: Path) -> Path:
+    """Where an output written in one go lies until it is complete."""
+    return path.with_name(path.name + ".partial")
+
+
+class WholeOutput:
+    """The open files of an output written in one go (no resuming): the
+    JSONL output and its rejects file; `rejected` counts the rejected records."""
+
+    def __init__(self, output: TextIO, rejects: TextIO) -> None:
+        self.output = output
+        self.rejects = rejects
+        self.rejected = 0
+
+    def reject(self, line: str) -> None:
+        self.rejects.write(line)
+        self.rejected += 1
+
+
+@contextlib.contextmanager
+def whole_output(output_path: Path) -> Iterator[WholeOutput]:
+    """Write a JSONL output and its rejects file in one go: both are written
+    under `.partial` names, made durable, and renamed into place only when the
+    block ends without an error; the rejects file only if a record was
+    rejected (one from an earlier run is removed). On an error nothing stays
+    behind."""
+    output_path = Path(output_path)
+    rejects_path = rejects_path_of(output_path)
+    partial, rejects_partial = partial_path_of(output_path), partial_path_of(rejects_path)
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with (
+            partial.open("w", encoding="utf8", newline="") as file,
+            rejects_partial.open("w", encoding="utf8", newline="") as rejects,
+        ):
+            written = WholeOutput(file, rejects)
+            yield written
+            _sync(file)
+            _sync(rejects)
+    except BaseException:
+        for path in (partial, rejects_partial):
+            if path.exists():
+                path.unlink()
+        raise
+    if written.rejected:
+        os.replace(rejects_partial, rejects_path)
+    else:
+        rejects_partial.unlink()
+        if rejects_path.exists():
+            rejects_path.unlink()  # from an earlier run
+    os.replace(partial, output_path)
+    _fsync_dir(output_path.parent)
 
 
 def run_settings(pipeline: str, input_path: Path, output_path: Path, text_field: str) -> Dict[str, Any]:

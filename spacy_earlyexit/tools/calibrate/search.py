@@ -1,0 +1,267 @@
+"""Calibration's step 3: the search. Every candidate is simulated, the best
+simulated ones are run for real, and the best that really reaches each
+target (or stays within the allowed drop) is kept. The function that runs a
+candidate for real is a parameter (`real`, default `real_run`)."""
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from spacy.language import Language
+from spacy.training import Example
+
+from ...core.precision import resolve_precision
+from ...pipeline.labeler import EarlyExitLabeler
+from ..evaluation import OperatingPoint, measure
+from .simulation import Candidate, candidates, simulate, simulated_score
+from .tracing import trace
+
+DEFAULT_TARGETS = (2.0, 3.0, 4.0)
+DEFAULT_MAX_DROP = 0.5
+#: speed-up targets are sought at this multiple on dev
+DEFAULT_MARGIN = 1.05
+#: score (in points, as max_drop) a candidate must gain per doubling of
+#: speed-up beyond the target (a quarter point: on a CoNLL-sized dev set
+#: smaller differences between neighbouring candidates are resampling noise)
+DEFAULT_TOLERANCE = 0.25
+#: real dev runs per target, at most
+MAX_REAL_RUNS = 4
+#: runs a spec for real: (nlp, component name, examples, spec) -> (score, speed-up)
+RealRun = Callable[[Language, str, List[Example], Dict], Tuple[float, float]]
+
+
+@dataclass
+class CalibratedPoint:
+    name: str
+    target: float  # speed-up, or the allowed score drop (kind "max_drop")
+    kind: str  # "speedup" or "max_drop"
+    search: str = "joint"  # "joint", or "exit" / "width" alone
+    spec: Optional[Dict] = None
+    reached: bool = False
+    dev_score: Optional[float] = None
+    flops_speedup: Optional[float] = None
+    dev_score_sentences: Optional[float] = None  # the point on dev's sentences, one doc each
+    note: str = ""
+    tried: List[Dict] = field(default_factory=list)
+
+    def to_dict(self) -> Dict:
+        spec = dict(self.spec or {})
+        return {
+            "name": self.name,
+            "target": self.target,
+            "kind": self.kind,
+            "search": self.search,
+            "policy": spec.pop("policy", None),
+            "params": spec,
+            "reached": self.reached,
+            "dev_score": self.dev_score,
+            "dev_flops_speedup": self.flops_speedup,
+            "dev_score_sentences": self.dev_score_sentences,
+            "note": self.note,
+        }
+
+
+def real_run(nlp: Language, name: str, examples: List[Example], spec: Dict) -> Tuple[float, float]:
+    """Run `spec` for real on `examples` through `nlp.pipe`: its score and
+    analytic speed-up (the real-run function `choose` and `calibrate` take
+    by default)."""
+    params = {k: v for k, v in spec.items() if k not in ("policy", "width")}
+    point = OperatingPoint(spec["policy"], params, width=float(spec.get("width", 1.0)))
+    measure(nlp, name, examples, point, batch_size=64)
+    return float(point.score or 0.0), float(point.flops_speedup or 1.0)
+
+
+def overshoot_adjusted(score: float, speedup: float, wanted: float, tolerance: float) -> float:
+    """A candidate's dev score less `tolerance` per doubling of speed-up beyond
+    what was asked for: speed past the target is taken only when it costs
+    (almost) nothing on dev, because dev differences that small are noise and
+    the extra speed does cost score on unseen text."""
+    return score - tolerance / 100.0 * math.log2(max(speedup, wanted) / wanted)
+
+
+def choose(
+    nlp,
+    name,
+    examples,
+    component,
+    simulated: List[Candidate],
+    point: CalibratedPoint,
+    full_score: float,
+    progress,
+    margin: float = DEFAULT_MARGIN,
+    tolerance: float = DEFAULT_TOLERANCE,
+    real: RealRun = real_run,
+) -> None:
+    """Run the best simulated candidates for real and keep the best that
+    reaches the target; when the simulation misleads (a model not trained for
+    frozen neighbours), bisect the threshold of the best family for real.
+    `real(nlp, name, examples, spec)` runs a candidate's spec for real and
+    returns its (score, speed-up)."""
+    L = component.encoder.n_layers
+    floor = full_score - point.target / 100.0
+    wanted = point.target * margin
+
+    def sought(candidate: Candidate) -> float:
+        # a fixed depth (at any width) costs the same on any text: no margin
+        return point.target if candidate.layer is not None else wanted
+
+    if point.search != "joint":
+        simulated = [c for c in simulated if c.family(L) == point.search]
+    if point.kind == "speedup":
+        pool = sorted(
+            (c for c in simulated if c.speedup >= sought(c) * 0.995),
+            key=lambda c: (-overshoot_adjusted(c.score, c.speedup, sought(c), tolerance), c.speedup),
+        )
+    else:
+        pool = sorted((c for c in simulated if c.score >= floor), key=lambda c: (-c.speedup, -c.score))
+
+    def ok(candidate: Candidate, score: float, speedup: float) -> bool:
+        return speedup >= sought(candidate) * 0.995 if point.kind == "speedup" else score >= floor
+
+    def run(candidate: Candidate) -> Tuple[float, float]:
+        spec = candidate.spec(L)
+        score, speedup = real(nlp, name, examples, spec)
+        point.tried.append({"spec": spec, "simulated": [candidate.score, candidate.speedup], "real": [score, speedup]})
+        progress(f"  {point.name}: {candidate.describe()}: real {100 * score:.2f} at {speedup:.2f}x")
+        return score, speedup
+
+    found: List[Tuple[float, float, float, Dict]] = []  # score, speed-up, sought speed-up, spec
+    for candidate in pool[:2]:
+        score, speedup = run(candidate)
+        if ok(candidate, score, speedup):
+            found.append((score, speedup, sought(candidate), candidate.spec(L)))
+    tokee = [c for c in pool if c.layer is None]
+    if not found and tokee:
+        # bisect the threshold of the best TOKEE family: speed-up rises and score falls with it
+        best = tokee[0]
+        lo, hi = (0.0, 1.01) if point.kind == "speedup" else (0.0, best.threshold)
+        for _ in range(MAX_REAL_RUNS + 1):
+            middle = Candidate(best.window, (lo + hi) / 2, best.upper_factor, width=best.width)
+            score, speedup = run(middle)
+            if ok(middle, score, speedup):
+                found.append((score, speedup, wanted, middle.spec(L)))
+            if (point.kind == "speedup") == ok(middle, score, speedup):
+                hi = middle.threshold
+            else:
+                lo = middle.threshold
+    if not found:
+        if not pool:
+            fastest = max(c.speedup for c in simulated)
+            point.note = (
+                f"not reached: the fastest candidate reaches {fastest:.2f}x on dev "
+                f"(sought {wanted:.2f}x: the target times the margin {margin:g})"
+                if point.kind == "speedup"
+                else "not reached: no candidate stays within the allowed drop on dev"
+            )
+        else:
+            last = point.tried[-1]["real"]
+            point.note = (
+                f"not reached on dev after {len(point.tried)} real runs (last: {100 * last[0]:.2f} at {last[1]:.2f}x)"
+            )
+        return
+    if point.kind == "speedup":
+        chosen = max(found, key=lambda f: (overshoot_adjusted(f[0], f[1], f[2], tolerance), -f[1]))
+    else:
+        chosen = max(found, key=lambda f: (f[1], f[0]))
+    point.dev_score, point.flops_speedup, _, point.spec = chosen
+    point.reached = True
+
+
+def calibrate(
+    nlp: Language,
+    component_name: str,
+    examples: List[Example],
+    targets: Sequence[float] = DEFAULT_TARGETS,
+    max_drop: Optional[float] = DEFAULT_MAX_DROP,
+    progress=print,
+    margin: float = DEFAULT_MARGIN,
+    tolerance: float = DEFAULT_TOLERANCE,
+    precision: Optional[str] = None,
+    sentences: Optional[List[Example]] = None,
+    real: RealRun = real_run,
+) -> Dict:
+    """Operating points for `component_name`, chosen on `examples` (dev), in
+    `precision` (default: the component's own), the precision they will run
+    in: simulation and real runs alike. With `sentences` (dev's sentences as
+    docs of their own), full depth and every chosen point are also scored
+    on them: points are chosen on documents, reported on both shapes.
+    `real` runs a spec for real (`real_run`; see `choose`)."""
+    component: EarlyExitLabeler = nlp.get_pipe(component_name)
+    precision = precision or component.precision
+    resolved = resolve_precision(precision, component.encoder.device)
+    n_layers = component.encoder.n_layers
+    widths = searched_widths(component)
+    simulated = []
+    with component.using("full", precision=precision):
+        full_score, _ = real(nlp, component_name, examples, {"policy": "full"})
+        progress(f"full depth on dev ({resolved}): {100 * full_score:.2f}")
+        for width in widths:
+            tr = trace(nlp, component, examples, width, resolved)
+            for candidate in candidates(width=width, n_layers=n_layers):
+                exits, candidate.speedup = simulate(tr, component, candidate)
+                candidate.score = simulated_score(tr, component, examples, exits)
+                simulated.append(candidate)
+            progress(
+                f"width {width:g}: simulated {len(simulated)} candidates so far; "
+                f"fastest {max(c.speedup for c in simulated):.2f}x"
+            )
+    # names are config section keys: no dots ("2.5x" becomes "2_5x")
+    names = [f"{t:g}x".replace(".", "_") for t in targets]
+    points = [CalibratedPoint(name, float(t), "speedup") for name, t in zip(names, targets)]
+    if len(widths) > 1:
+        for search in ("exit", "width"):
+            points += [
+                CalibratedPoint(f"{name}-{search}", float(t), "speedup", search) for name, t in zip(names, targets)
+            ]
+    if max_drop is not None:
+        points.append(CalibratedPoint("max-drop", float(max_drop), "max_drop"))
+    with component.using("full", precision=precision):
+        for point in points:
+            choose(
+                nlp,
+                component_name,
+                examples,
+                component,
+                simulated,
+                point,
+                full_score,
+                progress,
+                margin,
+                tolerance,
+                real,
+            )
+            status = f"{100 * point.dev_score:.2f} at {point.flops_speedup:.2f}x" if point.reached else point.note
+            progress(f"{point.name}: {status}")
+        full_sentences = None
+        if sentences:
+            full_sentences, _ = real(nlp, component_name, sentences, {"policy": "full"})
+            for point in points:
+                if point.reached:
+                    point.dev_score_sentences, _ = real(nlp, component_name, sentences, point.spec)
+            progress(
+                f"dev sentences: full {100 * full_sentences:.2f}; "
+                + ", ".join(f"{p.name} {100 * p.dev_score_sentences:.2f}" for p in points if p.reached)
+            )
+    reached = [p for p in points if p.reached]
+    default = next((p.name for p in reversed(reached) if p.kind == "max_drop"), "full")
+    return {
+        "component": component_name,
+        "metric": component.score_key,
+        "full": {"dev_score": full_score, "dev_score_sentences": full_sentences},
+        "default": default,
+        "margin": margin,
+        "tolerance": tolerance,
+        "precision": precision,
+        "resolved_precision": resolved,
+        "widths": list(widths),
+        "points": [p.to_dict() for p in points],
+    }
+
+
+def searched_widths(component: EarlyExitLabeler) -> Tuple[float, ...]:
+    """The component's width menu when its encoder was rewired for adaptive
+    width (narrower widths of an unranked encoder keep arbitrary heads), else
+    full width only."""
+    if component.encoder.width_rewired:
+        return tuple(sorted(component.width_multipliers, reverse=True))
+    return (1.0,)

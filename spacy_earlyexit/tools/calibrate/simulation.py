@@ -1,0 +1,166 @@
+"""Calibration's step 2: the candidate grid, each candidate simulated from a
+trace (its exits, analytic speed-up and score) in a fraction of a second."""
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy
+import torch
+from spacy.training import Example
+
+from ...core.policies import TokenWindowExit, upper_half_thresholds
+from ...pipeline.labeler import EarlyExitLabeler
+from ...pipeline.model import DocExits
+from ..evaluation import fresh_copy
+from .tracing import Trace
+
+THRESHOLDS = (
+    0.005,
+    0.01,
+    0.02,
+    0.03,
+    0.05,
+    0.07,
+    0.1,
+    0.13,
+    0.16,
+    0.2,
+    0.25,
+    0.3,
+    0.35,
+    0.4,
+    0.45,
+    0.5,
+    0.55,
+    0.6,
+    0.7,
+    0.8,
+    0.9,
+    1.01,
+)
+WINDOWS = (1, 2, 3)
+UPPER_FACTORS = (1.0, 2.0)
+
+
+@dataclass
+class Candidate:
+    """A TOKEE setting, or (with `layer`) a fixed depth, at a width."""
+
+    window: int = 1
+    threshold: float = 0.0
+    upper_factor: float = 1.0
+    score: float = 0.0
+    speedup: float = 1.0
+    width: float = 1.0
+    layer: Optional[int] = None  # fixed depth (the encoder's depth: full depth)
+
+    def spec(self, n_layers: int) -> Dict:
+        if self.layer is not None:
+            spec = {"policy": "full"} if self.layer >= n_layers else {"policy": "fixed_depth", "layer": self.layer}
+        else:
+            layers = upper_half_thresholds(self.threshold, self.upper_factor, n_layers)
+            spec = {
+                "policy": "token_window",
+                "threshold": self.threshold,
+                "window": self.window,
+                "layer_thresholds": [round(t, 6) for t in layers],
+            }
+        if self.width < 1.0:
+            spec["width"] = self.width
+        return spec
+
+    def policy(self, n_layers: int) -> TokenWindowExit:
+        """The TOKEE policy of this candidate (not for fixed depths)."""
+        return TokenWindowExit(
+            self.threshold,
+            self.window,
+            layer_thresholds=upper_half_thresholds(self.threshold, self.upper_factor, n_layers),
+        )
+
+    def family(self, n_layers: int) -> str:
+        """ "exit" (full width), "width" (full depth, narrower) or "joint"."""
+        if self.width >= 1.0:
+            return "exit"
+        return "width" if self.layer is not None and self.layer >= n_layers else "joint"
+
+    def describe(self) -> str:
+        what = (
+            f"fixed depth {self.layer}"
+            if self.layer is not None
+            else f"window={self.window} threshold={self.threshold:.4g} upper x{self.upper_factor:g}"
+        )
+        return f"{what}, width {self.width:g}" if self.width < 1.0 else what
+
+
+def simulate(tr: Trace, component: EarlyExitLabeler, candidate: Candidate) -> Tuple[torch.Tensor, float]:
+    """Exit layers [S, W] of a candidate and its analytic speed-up, from the
+    trace: the exit rule of `TokenWindowExit` on the traced uncertainties, the
+    cost counted as inference counts it (`LayerCost.of_exits`)."""
+    S, L, W = tr.uncertainty.shape
+    if candidate.layer is not None:
+        exits = torch.full((S, W), min(candidate.layer, L), dtype=torch.long)
+    else:
+        policy = candidate.policy(L)
+        values = torch.where(tr.word_mask[:, None, :], tr.uncertainty, torch.zeros(()))
+        below = torch.stack(
+            [policy.exits(index, L, values[:, index], tr.word_mask, tr.word_mask) for index in range(L)], dim=1
+        )
+        below[:, -1, :] = True  # the last layer labels every word still running
+        exits = below.float().argmax(1) + 1  # first layer where the word may leave, 1-based
+    layer_cost = component.encoder.layer_cost
+    word_pieces = tr.pieces * tr.word_mask
+    cost = layer_cost.of_exits(
+        tr.n_pieces, tr.n_special, word_pieces, exits, L, candidate.width, every_exit=candidate.layer is None
+    )
+    full = layer_cost.full(tr.n_pieces.double(), tr.word_mask.sum(1).double(), L)
+    return exits, float(full.sum() / cost.sum())
+
+
+def simulated_score(tr: Trace, component: EarlyExitLabeler, examples: List[Example], exits: torch.Tensor) -> float:
+    """The component's score when every word is labelled at its exit (decoded
+    as the component decodes)."""
+    at_exit = (exits - 1)[:, None, :]
+    label_ids = tr.labels.gather(1, at_exit)[:, 0, :].numpy()
+    probs = None
+    if tr.probs is not None:
+        C = tr.probs.shape[-1]
+        probs = tr.probs.gather(1, at_exit[..., None].expand(-1, -1, -1, C))[:, 0].numpy()
+    L = tr.labels.shape[1]
+    exits_np = exits.numpy()
+    per_doc = []
+    for d in range(len(examples)):
+        where = (numpy.asarray(tr.owner_sequence[d], dtype="int64"), numpy.asarray(tr.owner_word[d], dtype="int64"))
+        n = len(tr.owner_word[d])
+        per_doc.append(
+            DocExits(
+                label_ids=label_ids[where],
+                exit_layers=exits_np[where],
+                uncertainty=numpy.zeros(n, "float32"),
+                cost=0.0,
+                full_cost=0.0,
+                n_layers=L,
+                label_probs=probs[where] if probs is not None else None,
+            )
+        )
+    classes = component.output_labels
+    predicted = []
+    for eg, ids in zip(examples, component.decode(per_doc)):
+        doc = fresh_copy(eg.predicted)
+        component.write_labels(doc, [classes[i] for i in ids])
+        predicted.append(Example(doc, eg.reference))
+    return float(component.scorer(predicted)[component.score_key] or 0.0)
+
+
+def candidates(
+    windows: Sequence[int] = WINDOWS,
+    thresholds: Sequence[float] = THRESHOLDS,
+    upper_factors: Sequence[float] = UPPER_FACTORS,
+    width: float = 1.0,
+    n_layers: Optional[int] = None,
+) -> List[Candidate]:
+    """The TOKEE grid at `width`, and every fixed depth up to `n_layers` (the
+    full depth included) when it is given."""
+    grid = [Candidate(w, t, f, width=width) for w in windows for f in upper_factors for t in thresholds]
+    if n_layers is not None:
+        grid += [Candidate(width=width, layer=layer) for layer in range(1, n_layers + 1)]
+    return grid
