@@ -59,7 +59,6 @@ and training minutes. Written as JSON, a markdown table and a Pareto plot.
 
 import argparse
 import hashlib
-import importlib.util
 import json
 import os
 import platform
@@ -68,30 +67,21 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 ROOT = Path(__file__).resolve().parent.parent
+if __package__ in (None, ""):  # run as `python benchmarks/compare.py`: the package benchmarks is in the root
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import peers as peer_module  # noqa: E402
+from spacy_earlyexit.core.precision import RESOLVED as PRECISIONS  # noqa: E402
+
 CONFIGS = ROOT / "configs"
 EARLYEXIT_POINTS = ("full", "2x", "3x", "4x")
-#: the precisions the earlyexit points are measured in (fp32 names carry no suffix)
-PRECISIONS = ("fp32", "bf16", "int8")
-
-
-def peers_module():
-    """benchmarks/peers.py (loaded by path: benchmarks/ is not a package)."""
-    name = "spacy_earlyexit_benchmark_peers"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent / "peers.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-PEERS = tuple(peers_module().PEERS)
+#: the precisions the earlyexit points are measured in (fp32 names carry no suffix): PRECISIONS
+PEERS = tuple(peer_module.PEERS)
 
 
 @dataclass
@@ -257,10 +247,9 @@ def discover(
     unknown = [p for p in precisions if p not in PRECISIONS]
     if unknown:
         raise ValueError(f"unknown precision(s) {', '.join(unknown)}: use {', '.join(PRECISIONS)}")
-    peers_mod = peers_module()
     runnable_peers = []
     for peer in peers:
-        reason = peers_mod.unavailable(peer)
+        reason = peer_module.unavailable(peer)
         if reason is None:
             runnable_peers.append(peer)
         else:
@@ -309,7 +298,7 @@ def discover(
                         task,
                         str(pipeline),
                         "full",
-                        peers_mod.precision_of(peer),
+                        peer_module.precision_of(peer),
                         peer=peer,
                         train_minutes=minutes,
                         train_note=note,
@@ -398,7 +387,7 @@ def install_peer(nlp, system: System, directory: Path, threads: Optional[int] = 
     from spacy_earlyexit.tools.evaluation import early_exit_component
 
     component = nlp.get_pipe(early_exit_component(nlp))
-    system.stand_in = peers_module().install(system.peer, component, Path(directory), threads)
+    system.stand_in = peer_module.install(system.peer, component, Path(directory), threads)
 
 
 def peer_directory(workdir: Path, system: System) -> Path:
@@ -457,6 +446,8 @@ def measure_speed(
 ) -> None:
     """Score once (the warm-up run), then `rounds` timed runs per system and
     shape, interleaved, the order rotating every round."""
+    from spacy_earlyexit.tools.evaluation import interleaved_rounds, timed_pipe
+
     for shape, references in shapes.items():
         n_words = sum(len(d) for d in references)
         for system in systems:
@@ -468,20 +459,15 @@ def measure_speed(
             if shape == "documents":
                 system.analytic_speedup = system.analytic_speedup or _analytic_speedup(nlp, predicted)
             progress(f"[{shape}] {system.task} {system.name}: score {system.score[shape]:.4f}")
-        for round_index in range(rounds):
-            order = systems[round_index % len(systems) :] + systems[: round_index % len(systems)]
-            for system in order:
-                nlp = loaded[system.load_key]
-                _prepare(nlp, system)
-                inputs = _inputs(references, nlp.vocab)
-                start = time.perf_counter()
-                for _ in nlp.pipe(inputs, batch_size=batch_size):
-                    pass
-                system.rounds.setdefault(shape, []).append(n_words / (time.perf_counter() - start))
-                progress(
-                    f"[{shape} round {round_index + 1}/{rounds}] {system.task} {system.name}: "
-                    f"{system.rounds[shape][-1]:,.0f} words/s"
-                )
+        for round_index, system in interleaved_rounds(systems, rounds, rotate=True):
+            nlp = loaded[system.load_key]
+            _prepare(nlp, system)
+            _, seconds = timed_pipe(nlp, _inputs(references, nlp.vocab), batch_size)
+            system.rounds.setdefault(shape, []).append(n_words / seconds)
+            progress(
+                f"[{shape} round {round_index + 1}/{rounds}] {system.task} {system.name}: "
+                f"{system.rounds[shape][-1]:,.0f} words/s"
+            )
 
 
 def peak_rss(system: System, corpus: str, batch_size: int, threads: int, workdir: Optional[Path] = None) -> float:

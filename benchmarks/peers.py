@@ -36,6 +36,7 @@ torch is imported when a peer is used, not with this module.
 import contextlib
 from functools import cache
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Dict, List, Optional, Tuple
 
 #: peer name -> (engine, precision the network runs in)
@@ -131,14 +132,20 @@ def _backbone_with_case_class():
         def __init__(self, encoder):
             super().__init__()
             self.backbone = encoder.backbone
+            # registered here so that the export sees their weights; added by the encoder's own method
             self.case_embedding = encoder.case_embedding
             self.lexical_embedding = encoder.lexical_embedding
+            self.add_token_features = encoder.add_token_features
 
         def forward(self, input_ids, attention_mask, case_ids=None, lexical_ids=None):
+            exporting = torch.onnx.is_in_onnx_export()
+            # the ONNX exporter has no embedding_bag with padding_idx (what the encoder sums the
+            # lexical rows with): under export the same sum, row 0 being the zero row, in plain ops
+            features = SimpleNamespace(case_ids=case_ids, lexical_ids=None if exporting else lexical_ids)
+
             def add_case(module, inputs, out):
-                if case_ids is not None:
-                    out = out + self.case_embedding(case_ids).to(out.dtype)
-                if lexical_ids is not None:
+                out = self.add_token_features(out, features)
+                if exporting and lexical_ids is not None:
                     out = out + self.lexical_embedding(lexical_ids).sum(-2).to(out.dtype)
                 return out
 

@@ -1,25 +1,22 @@
-"""Fixtures: tiny randomly initialized encoders saved as local model directories."""
+"""Fixtures and shared helpers: tiny randomly initialized encoders (saved as
+local model directories, or as backbones and encoders), random batches,
+small annotated corpora and trained pipelines."""
 
-import importlib.util
 import string
 from pathlib import Path
 
 import pytest
 import spacy
+import torch
 from spacy.tokens import DocBin
 from spacy.training import Example
+from transformers import BertConfig, BertModel, DistilBertConfig, DistilBertModel, RobertaConfig, RobertaModel
 
 import spacy_earlyexit  # noqa: F401  registers factories and extensions
+from spacy_earlyexit.core.batch import EncoderBatch
+from spacy_earlyexit.core.encoder import MultiExitEncoder
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def load_script(relative_path: str, name: str):
-    """A script of the repository (benchmarks/, examples/) imported as a module."""
-    spec = importlib.util.spec_from_file_location(name, REPO / relative_path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 WORDS = ["angela", "merkel", "visited", "paris", "on", "tuesday", "the", "cat", "sat", "mat", "berlin", "john"]
@@ -28,7 +25,7 @@ WORDS = ["angela", "merkel", "visited", "paris", "on", "tuesday", "the", "cat", 
 def make_tiny_bert_dir(path: Path, hidden: int = 32, layers: int = 3, heads: int = 2, seed: int = 0) -> Path:
     """A 3-layer BERT with random weights and a character-level wordpiece vocab."""
     import torch
-    from transformers import BertConfig, BertModel, BertTokenizerFast
+    from transformers import BertTokenizerFast
 
     path.mkdir(parents=True, exist_ok=True)
     chars = list(string.ascii_lowercase + string.digits + string.punctuation)
@@ -49,6 +46,57 @@ def make_tiny_bert_dir(path: Path, hidden: int = 32, layers: int = 3, heads: int
     torch.manual_seed(seed)
     BertModel(config).save_pretrained(str(path))
     return path
+
+
+def tiny_backbone(kind: str):
+    common = dict(vocab_size=50, max_position_embeddings=40)
+    if kind == "bert":
+        return BertModel(
+            BertConfig(hidden_size=24, num_hidden_layers=3, num_attention_heads=2, intermediate_size=48, **common)
+        )
+    if kind == "roberta":
+        return RobertaModel(
+            RobertaConfig(
+                hidden_size=24,
+                num_hidden_layers=3,
+                num_attention_heads=2,
+                intermediate_size=48,
+                pad_token_id=1,
+                **common,
+            )
+        )
+    return DistilBertModel(DistilBertConfig(dim=24, n_layers=3, n_heads=2, hidden_dim=48, **common))
+
+
+def random_batch(lengths, seed=0, vocab=50, start=5):
+    """Sequences of the given numbers of words, one piece per word plus [CLS]/[SEP]."""
+    gen = torch.Generator().manual_seed(seed)
+    B, T, W = len(lengths), max(lengths) + 2, max(lengths)
+    ids = torch.zeros(B, T, dtype=torch.long)
+    piece_mask = torch.zeros(B, T, dtype=torch.bool)
+    piece_words = torch.full((B, T), -1, dtype=torch.long)
+    word_starts = torch.zeros(B, W, dtype=torch.long)
+    word_mask = torch.zeros(B, W, dtype=torch.bool)
+    for b, n in enumerate(lengths):
+        ids[b, : n + 2] = torch.randint(start, vocab, (n + 2,), generator=gen)
+        piece_mask[b, : n + 2] = True
+        piece_words[b, 1 : n + 1] = torch.arange(n)
+        word_starts[b, :n] = torch.arange(1, n + 1)
+        word_mask[b, :n] = True
+    return EncoderBatch(ids, piece_mask, piece_words, word_starts, word_mask)
+
+
+def four_head_encoder(seed: int = 0) -> MultiExitEncoder:
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=50,
+        hidden_size=24,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=48,
+        max_position_embeddings=40,
+    )
+    return MultiExitEncoder(BertModel(config), n_labels=5).eval()
 
 
 @pytest.fixture(scope="session")
@@ -140,3 +188,16 @@ def saved_pipeline(tiny_model_dir, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("pipelines") / "ner_tagger"
     nlp.to_disk(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def four_head_stage(tmp_path_factory):
+    """A trained four-head NER pipeline (never rewired) and its model directory."""
+    model_dir = make_tiny_bert_dir(tmp_path_factory.mktemp("tiny_bert_4h_training"), heads=4)
+    spacy.util.fix_random_seed(0)
+    nlp = spacy.blank("en")
+    nlp.add_pipe("earlyexit_ner", config=model_config(model_dir))
+    train(nlp, ner_examples(nlp), steps=40)
+    path = tmp_path_factory.mktemp("stage") / "ner"
+    nlp.to_disk(path)
+    return model_dir, path

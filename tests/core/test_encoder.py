@@ -2,50 +2,14 @@
 
 import pytest
 import torch
-from transformers import BertConfig, BertModel, DistilBertConfig, DistilBertModel, RobertaConfig, RobertaModel
+from transformers import BertConfig
 
 from spacy_earlyexit.core.batch import EncoderBatch
 from spacy_earlyexit.core.encoder import MultiExitEncoder
 from spacy_earlyexit.core.objective import layer_loss_weights
 from spacy_earlyexit.core.policies import FixedDepth, FullDepth
 
-
-def tiny_backbone(kind: str):
-    common = dict(vocab_size=50, max_position_embeddings=40)
-    if kind == "bert":
-        return BertModel(
-            BertConfig(hidden_size=24, num_hidden_layers=3, num_attention_heads=2, intermediate_size=48, **common)
-        )
-    if kind == "roberta":
-        return RobertaModel(
-            RobertaConfig(
-                hidden_size=24,
-                num_hidden_layers=3,
-                num_attention_heads=2,
-                intermediate_size=48,
-                pad_token_id=1,
-                **common,
-            )
-        )
-    return DistilBertModel(DistilBertConfig(dim=24, n_layers=3, n_heads=2, hidden_dim=48, **common))
-
-
-def random_batch(lengths, seed=0, vocab=50, start=5):
-    """Sequences of the given numbers of words, one piece per word plus [CLS]/[SEP]."""
-    gen = torch.Generator().manual_seed(seed)
-    B, T, W = len(lengths), max(lengths) + 2, max(lengths)
-    ids = torch.zeros(B, T, dtype=torch.long)
-    piece_mask = torch.zeros(B, T, dtype=torch.bool)
-    piece_words = torch.full((B, T), -1, dtype=torch.long)
-    word_starts = torch.zeros(B, W, dtype=torch.long)
-    word_mask = torch.zeros(B, W, dtype=torch.bool)
-    for b, n in enumerate(lengths):
-        ids[b, : n + 2] = torch.randint(start, vocab, (n + 2,), generator=gen)
-        piece_mask[b, : n + 2] = True
-        piece_words[b, 1 : n + 1] = torch.arange(n)
-        word_starts[b, :n] = torch.arange(1, n + 1)
-        word_mask[b, :n] = True
-    return EncoderBatch(ids, piece_mask, piece_words, word_starts, word_mask)
+from ..conftest import random_batch, tiny_backbone
 
 
 @pytest.mark.parametrize("lengths", [[7, 3, 5], [6, 6]])  # packed and dense paths

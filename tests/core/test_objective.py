@@ -6,7 +6,7 @@ import torch
 from spacy_earlyexit.core.encoder import MultiExitEncoder
 from spacy_earlyexit.core.objective import SampledExits, SelfSampling, exit_loss, layer_loss_weights
 
-from .test_encoder import random_batch, tiny_backbone
+from ..conftest import random_batch, tiny_backbone
 
 
 def test_exit_loss_gradient_matches_autograd_and_skips_exited_words():

@@ -14,7 +14,7 @@ from spacy_earlyexit.core.policies import (
     normalized_entropy,
 )
 
-from .test_encoder import random_batch, tiny_backbone
+from ..conftest import random_batch, tiny_backbone
 
 POLICIES = [
     lambda t: TokenWindowExit(t, window=2),

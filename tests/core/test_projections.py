@@ -10,8 +10,7 @@ from spacy_earlyexit.core import projections
 from spacy_earlyexit.core.policies import FullDepth, TokenWindowExit
 from spacy_earlyexit.core.projections import Projection, is_exact_gelu
 
-from ..pipeline.test_width import four_head_encoder
-from .test_encoder import random_batch
+from ..conftest import four_head_encoder, random_batch
 
 ONEDNN = [False] + ([True] if projections.onednn_available() else [])
 

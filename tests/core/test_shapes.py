@@ -15,7 +15,7 @@ from spacy_earlyexit.core.shapes import (
     pad_rows,
 )
 
-from .test_encoder import random_batch, tiny_backbone
+from ..conftest import random_batch, tiny_backbone
 
 POLICIES = [
     FullDepth(),

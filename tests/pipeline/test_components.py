@@ -300,3 +300,21 @@ def test_n_layers_beyond_the_encoder_is_a_clear_error(tiny_model_dir):
     nlp.add_pipe("earlyexit_ner", config=model_config(tiny_model_dir, n_layers=4))
     with pytest.raises(ValueError, match="has 3 layers"):
         nlp.initialize(lambda: ner_examples(nlp))
+
+
+@pytest.mark.issue(21)
+def test_tagger_keeps_existing_tags_unless_overwrite(tiny_model_dir):
+    spacy.util.fix_random_seed(0)
+    nlp = spacy.blank("en")
+    tagger = nlp.add_pipe("earlyexit_tagger", config=model_config(tiny_model_dir))
+    assert tagger.overwrite is False and nlp.config["components"]["earlyexit_tagger"]["overwrite"] is False
+    train(nlp, tag_examples(nlp), steps=30)
+    text = TAG_DATA[0][0]
+    doc = nlp.make_doc(text)
+    doc[0].tag_ = "XX"
+    doc = tagger(doc)
+    assert doc[0].tag_ == "XX" and all(t.tag_ for t in doc)
+    tagger.overwrite = True
+    doc = nlp.make_doc(text)
+    doc[0].tag_ = "XX"
+    assert tagger(doc)[0].tag_ != "XX"

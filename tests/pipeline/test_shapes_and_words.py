@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy
 import pytest
 import spacy
-from spacy.tokens import Doc, DocBin, Span
+from spacy.tokens import Doc, Span
 from spacy.training import Example
 from thinc.api import Config
 
@@ -171,47 +171,6 @@ def test_run_length_functions_evaluate_each_epoch_and_at_the_last_step(tmp_path)
     assert plan_training(config) == ({}, None)
     config["training"]["max_epochs"] = 2
     assert plan_training(config) == ({"training.max_epochs": 0, "training.max_steps.epochs": 2}, None)
-
-
-def _documents_with_sentences(nlp, copies=3):
-    sentences = [eg.reference for eg in ner_examples(nlp)]
-    docs = []
-    for _ in range(copies):
-        doc = Doc.from_docs(sentences)
-        starts = {0}
-        for sent in sentences[:-1]:
-            starts.add(max(starts) + len(sent))
-        for token in doc:
-            token.is_sent_start = token.i in starts
-        docs.append(doc)
-    return docs
-
-
-def test_calibration_and_evaluation_report_both_shapes(trained_ner, tmp_path):
-    from spacy_earlyexit.tools.calibrate import run_calibration
-    from spacy_earlyexit.tools.evaluate_points import evaluate_operating_points
-
-    trained_ner.to_disk(tmp_path / "trained")
-    dev = tmp_path / "dev.spacy"
-    docs = _documents_with_sentences(trained_ner)
-    assert all(len(list(doc.sents)) == 3 for doc in docs)
-    DocBin(docs=docs).to_disk(dev)
-    result = run_calibration(
-        str(tmp_path / "trained"), str(dev), tmp_path / "calibrated", targets=(2.0,), progress=lambda line: None
-    )
-    assert result["full"]["dev_score_sentences"] is not None
-    reached = [p for p in result["points"] if p["reached"]]
-    assert reached and all(p["dev_score_sentences"] is not None for p in reached)
-    test = evaluate_operating_points(str(tmp_path / "calibrated"), str(dev), rounds=1, progress=lambda line: None)
-    assert test["full"]["test_score_sentences"] is not None and test["full"]["words_per_second_sentences"] > 0
-    assert all(p["test_score_sentences"] is not None for p in test["points"] if p["reached"])
-    # a corpus without sentence marks: no sentence figures, nothing made up
-    plain = tmp_path / "plain.spacy"
-    DocBin(docs=[eg.reference for eg in ner_examples(trained_ner)]).to_disk(plain)
-    result = run_calibration(
-        str(tmp_path / "trained"), str(plain), tmp_path / "plain-calibrated", targets=(2.0,), progress=lambda line: None
-    )
-    assert result["full"]["dev_score_sentences"] is None
 
 
 def test_own_train_command_passes_the_config_s_own_run_length_and_logs_every_evaluation(tmp_path):

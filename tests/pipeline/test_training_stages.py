@@ -1,5 +1,6 @@
 """Training stages and operating points: dropout, corpus-length schedule,
-stage 2 from a stage-1 pipeline, calibration and switching by name."""
+stage 2 from a stage-1 pipeline and switching by name (calibration:
+tests/tools/test_calibrate.py)."""
 
 import numpy
 import pytest
@@ -9,8 +10,6 @@ from thinc.api import Config
 from spacy_earlyexit.core.policies import FullDepth, TokenWindowExit
 from spacy_earlyexit.pipeline.architectures import warmup_linear_epochs
 from spacy_earlyexit.pipeline.schedules import steps_per_epoch
-from spacy_earlyexit.tools import calibrate
-from spacy_earlyexit.tools.calibrate import CalibratedPoint, Candidate, run_calibration
 from spacy_earlyexit.tools.train import plan_training
 
 from ..conftest import model_config, ner_corpus, ner_examples
@@ -151,107 +150,3 @@ def test_operating_points_switch_by_name_and_through_the_config(trained_ner, tmp
         spacy.blank("en").add_pipe(
             "earlyexit_ner", config={**model_config(tmp_path), "operating_points": {"x": {"threshold": 0.1}}}
         )
-
-
-def test_calibration_writes_points_that_load_by_name(trained_ner, tmp_path):
-    source = tmp_path / "trained"
-    trained_ner.to_disk(source)
-    dev = ner_corpus(trained_ner, tmp_path / "dev.spacy")
-    result = run_calibration(
-        str(source), dev, tmp_path / "calibrated", targets=(2.0, 100.0), max_drop=0.5, progress=lambda line: None
-    )
-    by_name = {p["name"]: p for p in result["points"]}
-    assert by_name["2x"]["reached"] and by_name["2x"]["dev_flops_speedup"] >= 2.0 * result["margin"] * 0.995
-    assert not by_name["100x"]["reached"] and "not reached" in by_name["100x"]["note"]
-    assert by_name["max-drop"]["reached"] and by_name["max-drop"]["dev_score"] >= result["full"]["dev_score"] - 0.005
-    nlp = spacy.load(tmp_path / "calibrated")
-    ner = nlp.get_pipe("earlyexit_ner")
-    assert set(ner.operating_points) == {"2x", "max-drop"}
-    assert ner.operating_point == result["default"] == "max-drop"
-    assert nlp.meta["earlyexit"]["points"][0]["name"] == "2x"
-    assert any(r.startswith("spacy-earlyexit") for r in nlp.meta["requirements"])
-    doc = nlp("Angela Merkel visited Paris on Tuesday .")
-    assert doc._.earlyexit_speedup >= 1.0
-    fast = spacy.load(tmp_path / "calibrated", config={"components.earlyexit_ner.operating_point": "2x"})
-    assert fast.get_pipe("earlyexit_ner").operating_point == "2x"
-    assert fast.get_pipe("earlyexit_ner").exit_policy.params() == {k: v for k, v in by_name["2x"]["params"].items()} | {
-        "uncertainty": "entropy"
-    }
-    assert fast("Angela Merkel visited Paris on Tuesday .")._.earlyexit_speedup > 1.0
-
-
-class _FakeComponent:
-    encoder = type("Encoder", (), {"n_layers": 6})()
-
-
-FLAT_CURVE = {0.05: (0.9140, 2.12), 0.1: (0.9141, 2.45), 0.2: (0.9143, 2.88), 0.3: (0.9000, 3.3)}
-
-
-def _choose_on_a_flat_curve(monkeypatch, margin, tolerance, curve=FLAT_CURVE, target=2.0):
-    """By default: candidates whose dev score barely moves between 2.1x and 2.9x, then falls."""
-    monkeypatch.setattr(calibrate, "_real", lambda nlp, name, examples, spec: curve[spec["threshold"]])
-    simulated = [Candidate(2, t, 1.0, score=s, speedup=x) for t, (s, x) in curve.items()]
-    point = CalibratedPoint(f"{target:g}x", target, "speedup")
-    calibrate._choose(
-        None,
-        "ner",
-        [],
-        _FakeComponent(),
-        simulated,
-        point,
-        0.9141,
-        lambda line: None,
-        margin=margin,
-        tolerance=tolerance,
-    )
-    return point
-
-
-def test_calibration_keeps_the_least_aggressive_of_tied_points(monkeypatch):
-    point = _choose_on_a_flat_curve(monkeypatch, margin=1.0, tolerance=0.1)
-    assert point.reached and point.spec["threshold"] == 0.05 and point.flops_speedup == 2.12
-    greedy = _choose_on_a_flat_curve(monkeypatch, margin=1.0, tolerance=0.0)
-    assert greedy.spec["threshold"] == 0.2  # without a tolerance the best dev score wins, at 2.88x
-
-
-def test_calibration_takes_the_better_score_when_speedups_are_close(monkeypatch):
-    curve = {0.25: (0.9105, 3.21), 0.2: (0.9126, 3.25)}
-    point = _choose_on_a_flat_curve(monkeypatch, margin=1.05, tolerance=0.25, curve=curve, target=3.0)
-    assert point.spec["threshold"] == 0.2 and point.dev_score == 0.9126
-
-
-def test_calibration_seeks_speedup_targets_with_a_margin(monkeypatch):
-    point = _choose_on_a_flat_curve(monkeypatch, margin=1.1, tolerance=0.1)
-    assert point.reached and point.flops_speedup >= 2.2 and point.spec["threshold"] == 0.1
-    unreachable = _choose_on_a_flat_curve(monkeypatch, margin=2.0, tolerance=0.1)
-    assert not unreachable.reached and "margin 2" in unreachable.note
-
-
-def test_calibration_holds_fixed_depths_to_the_target_itself(monkeypatch):
-    """A fixed depth costs the same on any text: it needs no margin, while a
-    TOKEE setting at the same dev speed-up does."""
-
-    def real(nlp, name, examples, spec):
-        return (0.93, 3.0) if spec["policy"] == "fixed_depth" else (0.92, 3.0)
-
-    monkeypatch.setattr(calibrate, "_real", real)
-    simulated = [Candidate(layer=2, score=0.93, speedup=3.0), Candidate(1, 0.3, 1.0, score=0.92, speedup=3.0)]
-    point = CalibratedPoint("3x", 3.0, "speedup")
-    calibrate._choose(
-        None, "tagger", [], _FakeComponent(), simulated, point, 0.94, lambda line: None, margin=1.05, tolerance=0.25
-    )
-    assert point.reached and point.spec == {"policy": "fixed_depth", "layer": 2}
-    tokee_only = CalibratedPoint("3x", 3.0, "speedup")
-    calibrate._choose(
-        None,
-        "tagger",
-        [],
-        _FakeComponent(),
-        simulated[1:],
-        tokee_only,
-        0.94,
-        lambda line: None,
-        margin=1.05,
-        tolerance=0.25,
-    )
-    assert not tokee_only.reached and "margin 1.05" in tokee_only.note

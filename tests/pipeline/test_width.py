@@ -9,35 +9,19 @@ import numpy
 import pytest
 import spacy
 import torch
-from transformers import BertConfig, BertModel
 
 from spacy_earlyexit.core.cost import LayerCost
-from spacy_earlyexit.core.encoder import MultiExitEncoder
 from spacy_earlyexit.core.importance import compute_importance, rewire
 from spacy_earlyexit.core.policies import FullDepth, TokenWindowExit
 from spacy_earlyexit.core.width import kept
 
-from ..conftest import NER_DATA, make_tiny_bert_dir, model_config, ner_examples, train
-from ..core.test_encoder import random_batch
+from ..conftest import NER_DATA, four_head_encoder, make_tiny_bert_dir, model_config, ner_examples, random_batch, train
 
 # most tests run narrow widths on a pipeline that was never rewired, on purpose
 pytestmark = pytest.mark.filterwarnings("ignore:.*never ranked by importance:UserWarning")
 
 WIDTHS = (0.25, 0.5, 0.75, 1.0)
 TEXTS = [text for text, _ in NER_DATA] + ["Merkel and John visited the cat .", "", "Paris", "John " * 30 + "."]
-
-
-def four_head_encoder(seed: int = 0) -> MultiExitEncoder:
-    torch.manual_seed(seed)
-    config = BertConfig(
-        vocab_size=50,
-        hidden_size=24,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        intermediate_size=48,
-        max_position_embeddings=40,
-    )
-    return MultiExitEncoder(BertModel(config), n_labels=5).eval()
 
 
 def importance_batches(encoder, batch, seed=0):

@@ -9,9 +9,7 @@ from thinc.api import Config
 from spacy_earlyexit.core.objective import SelfSampling, distillation_loss, sample_widths
 from spacy_earlyexit.core.width_training import WidthTraining
 
-from ..conftest import make_tiny_bert_dir, model_config, ner_examples, train
-from ..core.test_encoder import random_batch
-from .test_width import four_head_encoder
+from ..conftest import four_head_encoder, model_config, ner_examples, random_batch
 
 WIDTH_CONFIG = """
 [nlp]
@@ -43,19 +41,6 @@ phase = "{phase}"
 [initialize.components.earlyexit_ner]
 init_from = "{source}"
 """
-
-
-@pytest.fixture(scope="module")
-def four_head_stage(tmp_path_factory):
-    """A trained four-head NER pipeline (never rewired) and its model directory."""
-    model_dir = make_tiny_bert_dir(tmp_path_factory.mktemp("tiny_bert_4h_training"), heads=4)
-    spacy.util.fix_random_seed(0)
-    nlp = spacy.blank("en")
-    nlp.add_pipe("earlyexit_ner", config=model_config(model_dir))
-    train(nlp, ner_examples(nlp), steps=40)
-    path = tmp_path_factory.mktemp("stage") / "ner"
-    nlp.to_disk(path)
-    return model_dir, path
 
 
 def _stage(model_dir, source, phase):
@@ -203,50 +188,6 @@ def test_trained_widths_must_be_in_the_menu(four_head_stage, tmp_path):
     examples = ner_examples(nlp)
     with pytest.raises(ValueError, match="not in the width menu"):
         nlp.initialize(lambda: examples)
-
-
-def test_calibration_searches_width_and_exit_jointly_and_alone(four_head_stage, tmp_path):
-    from spacy.tokens import DocBin
-
-    from spacy_earlyexit.tools.calibrate import run_calibration
-    from spacy_earlyexit.tools.evaluate_points import evaluate_operating_points
-
-    _, source = four_head_stage
-    nlp = spacy.load(source)
-    ner = nlp.get_pipe("earlyexit_ner")
-    ner.rewire_for_width(ner_examples(nlp))
-    nlp.to_disk(tmp_path / "rewired")
-    dev = tmp_path / "dev.spacy"
-    DocBin(docs=[eg.reference for eg in ner_examples(nlp)] * 4).to_disk(dev)
-    result = run_calibration(
-        str(tmp_path / "rewired"),
-        str(dev),
-        tmp_path / "calibrated",
-        targets=(1.5,),
-        max_drop=None,
-        progress=lambda line: None,
-        margin=1.0,
-    )
-    assert result["widths"] == [1.0, 0.75, 0.5, 0.25]
-    by_name = {p["name"]: p for p in result["points"]}
-    assert set(by_name) == {"1_5x", "1_5x-exit", "1_5x-width"}
-    assert by_name["1_5x-exit"]["params"].get("width", 1.0) == 1.0
-    width_only = by_name["1_5x-width"]
-    assert width_only["reached"] and width_only["policy"] == "full" and width_only["params"]["width"] < 1.0
-    # the joint search sees every candidate of the other two: it is at least as good on dev
-    reached = [p for p in by_name.values() if p["reached"]]
-    assert by_name["1_5x"]["reached"]
-    assert by_name["1_5x"]["dev_score"] >= max(p["dev_score"] for p in reached) - 0.0025 * 2
-    loaded = spacy.load(tmp_path / "calibrated")
-    loaded_ner = loaded.get_pipe("earlyexit_ner")
-    loaded_ner.use("1_5x-width")
-    assert loaded_ner.width == width_only["params"]["width"]
-    doc = loaded("Angela Merkel visited Paris on Tuesday .")
-    assert doc._.earlyexit_speedup == pytest.approx(width_only["dev_flops_speedup"], rel=0.5)
-    # test figures of every point, width-only included, measured at its width
-    test = evaluate_operating_points(str(tmp_path / "calibrated"), str(dev), rounds=1, progress=lambda line: None)
-    rows = {row["name"]: row for row in test["points"]}
-    assert rows["1_5x-width"]["flops_speedup"] > 1.0 and rows["1_5x-width"]["search"] == "width"
 
 
 def _point(policy, width, score, speedup, wps, **params):

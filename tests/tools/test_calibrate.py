@@ -1,15 +1,17 @@
-"""Calibration's trace and simulation, tested directly against inference
-(they share its batching and its cost count), and the tagger's `overwrite`."""
+"""Calibration: its trace and simulation, tested directly against inference
+(they share its batching and its cost count), the choice among candidates,
+and the points it writes."""
 
 import pytest
 import spacy
 import torch
+from spacy.tokens import Doc, DocBin
 
 from spacy_earlyexit.core.policies import FixedDepth, TokenWindowExit
-from spacy_earlyexit.tools.calibrate import Candidate, simulate, trace
+from spacy_earlyexit.tools.calibrate import CalibratedPoint, Candidate, choose, run_calibration, simulate, trace
 from spacy_earlyexit.tools.evaluation import OperatingPoint, fresh_copy, measure
 
-from ..conftest import TAG_DATA, model_config, ner_examples, tag_examples, train
+from ..conftest import model_config, ner_corpus, ner_examples, train
 
 
 @pytest.fixture(scope="module")
@@ -59,23 +61,6 @@ def test_simulated_exits_follow_the_token_window_rule(ner):
             assert torch.equal(leaving, below & words & (exits[s] > index))
 
 
-def test_cost_counts_every_layer_once_per_running_word(ner):
-    encoder = ner.get_pipe("earlyexit_ner").encoder
-    cost = encoder.layer_cost
-    n = torch.tensor([6.0])
-    special = torch.tensor([2.0])
-    pieces = torch.tensor([[1.0, 2.0, 1.0]])
-    exits = torch.tensor([[1, 3, 2]])
-    got = cost.of_exits(n, special, pieces, exits, 3, every_exit=True)
-    expected = sum(
-        cost.layer(n, special + torch.tensor([q]), 1.0) + cost.classifier(torch.tensor([a]))
-        for q, a in ((4.0, 3.0), (3.0, 2.0), (2.0, 1.0))
-    )
-    assert got.item() == pytest.approx(expected.item())
-    once = cost.of_exits(n, special, pieces, torch.full((1, 3), 3), 3, every_exit=False)
-    assert once.item() == pytest.approx(cost.full(n, torch.tensor([3.0]), 3).item())
-
-
 def test_predict_reports_the_cost_of_its_own_exits(ner):
     component = ner.get_pipe("earlyexit_ner")
     doc = ner.make_doc("Angela Merkel visited Paris on Tuesday and Berlin on Friday .")
@@ -85,19 +70,200 @@ def test_predict_reports_the_cost_of_its_own_exits(ner):
         assert 0 < pred.cost <= pred.full_cost
 
 
-@pytest.mark.issue(21)
-def test_tagger_keeps_existing_tags_unless_overwrite(tiny_model_dir):
-    spacy.util.fix_random_seed(0)
-    nlp = spacy.blank("en")
-    tagger = nlp.add_pipe("earlyexit_tagger", config=model_config(tiny_model_dir))
-    assert tagger.overwrite is False and nlp.config["components"]["earlyexit_tagger"]["overwrite"] is False
-    train(nlp, tag_examples(nlp), steps=30)
-    text = TAG_DATA[0][0]
-    doc = nlp.make_doc(text)
-    doc[0].tag_ = "XX"
-    doc = tagger(doc)
-    assert doc[0].tag_ == "XX" and all(t.tag_ for t in doc)
-    tagger.overwrite = True
-    doc = nlp.make_doc(text)
-    doc[0].tag_ = "XX"
-    assert tagger(doc)[0].tag_ != "XX"
+def test_calibration_writes_points_that_load_by_name(trained_ner, tmp_path):
+    source = tmp_path / "trained"
+    trained_ner.to_disk(source)
+    dev = ner_corpus(trained_ner, tmp_path / "dev.spacy")
+    result = run_calibration(
+        str(source), dev, tmp_path / "calibrated", targets=(2.0, 100.0), max_drop=0.5, progress=lambda line: None
+    )
+    by_name = {p["name"]: p for p in result["points"]}
+    assert by_name["2x"]["reached"] and by_name["2x"]["dev_flops_speedup"] >= 2.0 * result["margin"] * 0.995
+    assert not by_name["100x"]["reached"] and "not reached" in by_name["100x"]["note"]
+    assert by_name["max-drop"]["reached"] and by_name["max-drop"]["dev_score"] >= result["full"]["dev_score"] - 0.005
+    nlp = spacy.load(tmp_path / "calibrated")
+    ner = nlp.get_pipe("earlyexit_ner")
+    assert set(ner.operating_points) == {"2x", "max-drop"}
+    assert ner.operating_point == result["default"] == "max-drop"
+    assert nlp.meta["earlyexit"]["points"][0]["name"] == "2x"
+    assert any(r.startswith("spacy-earlyexit") for r in nlp.meta["requirements"])
+    doc = nlp("Angela Merkel visited Paris on Tuesday .")
+    assert doc._.earlyexit_speedup >= 1.0
+    fast = spacy.load(tmp_path / "calibrated", config={"components.earlyexit_ner.operating_point": "2x"})
+    assert fast.get_pipe("earlyexit_ner").operating_point == "2x"
+    assert fast.get_pipe("earlyexit_ner").exit_policy.params() == {k: v for k, v in by_name["2x"]["params"].items()} | {
+        "uncertainty": "entropy"
+    }
+    assert fast("Angela Merkel visited Paris on Tuesday .")._.earlyexit_speedup > 1.0
+
+
+class _FakeComponent:
+    encoder = type("Encoder", (), {"n_layers": 6})()
+
+
+FLAT_CURVE = {0.05: (0.9140, 2.12), 0.1: (0.9141, 2.45), 0.2: (0.9143, 2.88), 0.3: (0.9000, 3.3)}
+
+
+def _choose_on_a_flat_curve(margin, tolerance, curve=FLAT_CURVE, target=2.0):
+    """By default: candidates whose dev score barely moves between 2.1x and 2.9x, then falls."""
+    simulated = [Candidate(2, t, 1.0, score=s, speedup=x) for t, (s, x) in curve.items()]
+    point = CalibratedPoint(f"{target:g}x", target, "speedup")
+    choose(
+        None,
+        "ner",
+        [],
+        _FakeComponent(),
+        simulated,
+        point,
+        0.9141,
+        lambda line: None,
+        margin=margin,
+        tolerance=tolerance,
+        real=lambda nlp, name, examples, spec: curve[spec["threshold"]],
+    )
+    return point
+
+
+def test_calibration_keeps_the_least_aggressive_of_tied_points():
+    point = _choose_on_a_flat_curve(margin=1.0, tolerance=0.1)
+    assert point.reached and point.spec["threshold"] == 0.05 and point.flops_speedup == 2.12
+    greedy = _choose_on_a_flat_curve(margin=1.0, tolerance=0.0)
+    assert greedy.spec["threshold"] == 0.2  # without a tolerance the best dev score wins, at 2.88x
+
+
+def test_calibration_takes_the_better_score_when_speedups_are_close():
+    curve = {0.25: (0.9105, 3.21), 0.2: (0.9126, 3.25)}
+    point = _choose_on_a_flat_curve(margin=1.05, tolerance=0.25, curve=curve, target=3.0)
+    assert point.spec["threshold"] == 0.2 and point.dev_score == 0.9126
+
+
+def test_calibration_seeks_speedup_targets_with_a_margin():
+    point = _choose_on_a_flat_curve(margin=1.1, tolerance=0.1)
+    assert point.reached and point.flops_speedup >= 2.2 and point.spec["threshold"] == 0.1
+    unreachable = _choose_on_a_flat_curve(margin=2.0, tolerance=0.1)
+    assert not unreachable.reached and "margin 2" in unreachable.note
+
+
+def test_calibration_holds_fixed_depths_to_the_target_itself():
+    """A fixed depth costs the same on any text: it needs no margin, while a
+    TOKEE setting at the same dev speed-up does."""
+
+    def real(nlp, name, examples, spec):
+        return (0.93, 3.0) if spec["policy"] == "fixed_depth" else (0.92, 3.0)
+
+    simulated = [Candidate(layer=2, score=0.93, speedup=3.0), Candidate(1, 0.3, 1.0, score=0.92, speedup=3.0)]
+    point = CalibratedPoint("3x", 3.0, "speedup")
+    choose(
+        None,
+        "tagger",
+        [],
+        _FakeComponent(),
+        simulated,
+        point,
+        0.94,
+        lambda line: None,
+        margin=1.05,
+        tolerance=0.25,
+        real=real,
+    )
+    assert point.reached and point.spec == {"policy": "fixed_depth", "layer": 2}
+    tokee_only = CalibratedPoint("3x", 3.0, "speedup")
+    choose(
+        None,
+        "tagger",
+        [],
+        _FakeComponent(),
+        simulated[1:],
+        tokee_only,
+        0.94,
+        lambda line: None,
+        margin=1.05,
+        tolerance=0.25,
+        real=real,
+    )
+    assert not tokee_only.reached and "margin 1.05" in tokee_only.note
+
+
+def _documents_with_sentences(nlp, copies=3):
+    sentences = [eg.reference for eg in ner_examples(nlp)]
+    docs = []
+    for _ in range(copies):
+        doc = Doc.from_docs(sentences)
+        starts = {0}
+        for sent in sentences[:-1]:
+            starts.add(max(starts) + len(sent))
+        for token in doc:
+            token.is_sent_start = token.i in starts
+        docs.append(doc)
+    return docs
+
+
+def test_calibration_and_evaluation_report_both_shapes(trained_ner, tmp_path):
+    from spacy_earlyexit.tools.calibrate import run_calibration
+    from spacy_earlyexit.tools.evaluate_points import evaluate_operating_points
+
+    trained_ner.to_disk(tmp_path / "trained")
+    dev = tmp_path / "dev.spacy"
+    docs = _documents_with_sentences(trained_ner)
+    assert all(len(list(doc.sents)) == 3 for doc in docs)
+    DocBin(docs=docs).to_disk(dev)
+    result = run_calibration(
+        str(tmp_path / "trained"), str(dev), tmp_path / "calibrated", targets=(2.0,), progress=lambda line: None
+    )
+    assert result["full"]["dev_score_sentences"] is not None
+    reached = [p for p in result["points"] if p["reached"]]
+    assert reached and all(p["dev_score_sentences"] is not None for p in reached)
+    test = evaluate_operating_points(str(tmp_path / "calibrated"), str(dev), rounds=1, progress=lambda line: None)
+    assert test["full"]["test_score_sentences"] is not None and test["full"]["words_per_second_sentences"] > 0
+    assert all(p["test_score_sentences"] is not None for p in test["points"] if p["reached"])
+    # a corpus without sentence marks: no sentence figures, nothing made up
+    plain = tmp_path / "plain.spacy"
+    DocBin(docs=[eg.reference for eg in ner_examples(trained_ner)]).to_disk(plain)
+    result = run_calibration(
+        str(tmp_path / "trained"), str(plain), tmp_path / "plain-calibrated", targets=(2.0,), progress=lambda line: None
+    )
+    assert result["full"]["dev_score_sentences"] is None
+
+
+def test_calibration_searches_width_and_exit_jointly_and_alone(four_head_stage, tmp_path):
+    from spacy.tokens import DocBin
+
+    from spacy_earlyexit.tools.calibrate import run_calibration
+    from spacy_earlyexit.tools.evaluate_points import evaluate_operating_points
+
+    _, source = four_head_stage
+    nlp = spacy.load(source)
+    ner = nlp.get_pipe("earlyexit_ner")
+    ner.rewire_for_width(ner_examples(nlp))
+    nlp.to_disk(tmp_path / "rewired")
+    dev = tmp_path / "dev.spacy"
+    DocBin(docs=[eg.reference for eg in ner_examples(nlp)] * 4).to_disk(dev)
+    result = run_calibration(
+        str(tmp_path / "rewired"),
+        str(dev),
+        tmp_path / "calibrated",
+        targets=(1.5,),
+        max_drop=None,
+        progress=lambda line: None,
+        margin=1.0,
+    )
+    assert result["widths"] == [1.0, 0.75, 0.5, 0.25]
+    by_name = {p["name"]: p for p in result["points"]}
+    assert set(by_name) == {"1_5x", "1_5x-exit", "1_5x-width"}
+    assert by_name["1_5x-exit"]["params"].get("width", 1.0) == 1.0
+    width_only = by_name["1_5x-width"]
+    assert width_only["reached"] and width_only["policy"] == "full" and width_only["params"]["width"] < 1.0
+    # the joint search sees every candidate of the other two: it is at least as good on dev
+    reached = [p for p in by_name.values() if p["reached"]]
+    assert by_name["1_5x"]["reached"]
+    assert by_name["1_5x"]["dev_score"] >= max(p["dev_score"] for p in reached) - 0.0025 * 2
+    loaded = spacy.load(tmp_path / "calibrated")
+    loaded_ner = loaded.get_pipe("earlyexit_ner")
+    loaded_ner.use("1_5x-width")
+    assert loaded_ner.width == width_only["params"]["width"]
+    doc = loaded("Angela Merkel visited Paris on Tuesday .")
+    assert doc._.earlyexit_speedup == pytest.approx(width_only["dev_flops_speedup"], rel=0.5)
+    # test figures of every point, width-only included, measured at its width
+    test = evaluate_operating_points(str(tmp_path / "calibrated"), str(dev), rounds=1, progress=lambda line: None)
+    rows = {row["name"]: row for row in test["points"]}
+    assert rows["1_5x-width"]["flops_speedup"] > 1.0 and rows["1_5x-width"]["search"] == "width"

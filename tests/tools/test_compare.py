@@ -8,13 +8,11 @@ import pytest
 import spacy
 from spacy.tokens import DocBin
 
+from benchmarks import compare, peers
 from spacy_earlyexit.core.policies import TokenWindowExit
 
-from ..conftest import NER_DATA, load_script, ner_examples
-
-
-def _compare_module():
-    return load_script("benchmarks/compare.py", "compare")
+from ..conftest import NER_DATA, ner_examples
+from .conftest import TEXTS
 
 
 def _earlyexit_with_points(trained_ner, path: Path) -> Path:
@@ -39,7 +37,6 @@ def _two_docs(nlp) -> list:
 
 
 def test_compare_measures_every_system_in_both_shapes(trained_ner, tmp_path):
-    compare = _compare_module()
     earlyexit = _earlyexit_with_points(trained_ner, tmp_path / "earlyexit")
     cnn = spacy.blank("en")
     cnn.add_pipe("ner")
@@ -140,7 +137,6 @@ OPENVINO_PEERS = ["openvino"] if _has_openvino() else []
 
 
 def test_discover_names_each_precision_and_the_peers(trained_ner, tmp_path, monkeypatch):
-    compare = _compare_module()
     earlyexit = _earlyexit_with_points(trained_ner, tmp_path / "earlyexit")
     (tmp_path / "baselines" / "ner-truncated-k1" / "model-best").mkdir(parents=True)
     notes = []
@@ -175,7 +171,7 @@ def test_discover_names_each_precision_and_the_peers(trained_ner, tmp_path, monk
     if _has_onnxruntime():
         assert by_name["onnxruntime-int8"].precision == "int8" and by_name["onnxruntime-fp32"].precision == "fp32"
     if OPENVINO_PEERS:  # the precision OpenVINO picks by itself on this CPU
-        assert by_name["openvino"].precision == compare.peers_module().openvino_default_precision()
+        assert by_name["openvino"].precision == peers.openvino_default_precision()
     # --precisions and --peers choose; today's names keep meaning fp32
     chosen = compare.discover(
         ["ner"], tmp_path / "none", {"ner": earlyexit}, {"ner": tmp_path / "none"}, ["bf16"], ["hf-forward-bf16"]
@@ -201,7 +197,6 @@ def test_discover_names_each_precision_and_the_peers(trained_ner, tmp_path, monk
 
 def test_each_system_runs_at_its_precision(trained_ner, tmp_path, monkeypatch):
     monkeypatch.setenv("SPACY_EARLYEXIT_NATIVE_BF16", "1")  # run bf16 even where it is emulated
-    compare = _compare_module()
     earlyexit = _earlyexit_with_points(trained_ner, tmp_path / "earlyexit")
     systems = compare.discover(
         ["ner"], tmp_path / "none", {"ner": earlyexit}, {"ner": tmp_path / "none"}, peers=HF_PEERS
@@ -243,13 +238,6 @@ def _labels(nlp, texts):
     return [list(d.label_ids) for d in component.predict([nlp.make_doc(t) for t in texts])]
 
 
-TEXTS = [text for text, _ in NER_DATA] + [
-    "ANGELA merkel Visited PARIS and berlin on tuesday , said John .",
-    "the Cat",
-    "Paris",
-]
-
-
 @pytest.fixture()
 def ner_copy(trained_ner, tmp_path):
     """A loaded copy of the trained pipeline, its casing embedding made
@@ -272,8 +260,6 @@ def test_onnxruntime_fp32_labels_as_hugging_face_forward(ner_copy, tmp_path):
     pytest.importorskip("onnx")
     import torch
 
-    compare = _compare_module()
-    peers = compare.peers_module()
     from spacy_earlyexit.tools.evaluation import huggingface_forward
 
     component = ner_copy.get_pipe("earlyexit_ner")
@@ -304,8 +290,6 @@ def test_onnxruntime_fp32_labels_as_hugging_face_forward(ner_copy, tmp_path):
 def test_onnxruntime_int8_runs_and_reports_its_cosine(ner_copy, tmp_path):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
-    compare = _compare_module()
-    peers = compare.peers_module()
     component = ner_copy.get_pipe("earlyexit_ner")
     stand_in = peers.install("onnxruntime-int8", component, tmp_path / "onnx", threads=1)
     component.encoder.train()
@@ -331,7 +315,6 @@ def test_onnxruntime_int8_runs_and_reports_its_cosine(ner_copy, tmp_path):
 
 def test_compare_writes_the_peers_and_precisions(trained_ner, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("SPACY_EARLYEXIT_NATIVE_BF16", "1")  # the rss subprocesses inherit it
-    compare = _compare_module()
     earlyexit = tmp_path / "earlyexit"
     trained_ner.to_disk(earlyexit)  # no calibrated points: full depth only
     docs = _two_docs(trained_ner)
@@ -390,7 +373,6 @@ def test_onnxruntime_peer_reads_words_as_the_pipeline_does(tiny_model_dir, tmp_p
     with huggingface_forward(encoder):
         expected = _labels(nlp, TEXTS)
     assert expected == _labels(nlp, TEXTS)  # Hugging Face's forward = the own loop, at full depth
-    peers = _compare_module().peers_module()
     stand_in = peers.install("onnxruntime-fp32", component, tmp_path / "onnx", threads=1)
     assert _labels(nlp, TEXTS) == expected
     assert stand_in.min_cosine_to_fp32 > 0.9999

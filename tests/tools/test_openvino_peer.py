@@ -21,14 +21,12 @@ from ..conftest import NER_DATA, TAG_DATA, ner_tagger_examples
 pytest.importorskip("openvino")
 pytest.importorskip("onnx")  # the peer reads the shared ONNX export
 
-from .test_compare import TEXTS, _compare_module  # noqa: E402
+from benchmarks import compare, peers  # noqa: E402
+
+from .conftest import TEXTS  # noqa: E402
 
 COMPONENTS = {"ner": ("trained_ner", "earlyexit_ner"), "tag": ("trained_tagger", "earlyexit_tagger")}
 MORE_TEXTS = TEXTS + [text for text, _ in TAG_DATA] + ["Tuesday", "the mat , the cat and PARIS"]
-
-
-def _peers():
-    return _compare_module().peers_module()
 
 
 def _copy(request, task, tmp_path):
@@ -74,7 +72,6 @@ def test_openvino_f32_labels_as_the_product_at_full_depth_fp32(request, task, tm
     component.batch_sequences = 2  # several batches of several shapes
     expected, expected_probs = _predict(nlp, component)
     expected_annotations = _annotations(nlp, task)
-    peers = _peers()
     stand_in = peers.install(
         "openvino", component, tmp_path / "peer", threads=1, properties={"INFERENCE_PRECISION_HINT": "f32"}
     )
@@ -109,7 +106,6 @@ def test_openvino_f32_labels_as_the_product_at_full_depth_fp32(request, task, tm
 def test_openvino_keeps_its_defaults_and_shares_the_onnx_export(request, tmp_path):
     import openvino
 
-    peers = _peers()
     nlp, component = _copy(request, "ner", tmp_path)
     stand_in = peers.install("openvino", component, tmp_path / "peer", threads=1)
     docs = list(nlp.pipe(MORE_TEXTS, batch_size=2))
@@ -138,7 +134,6 @@ def test_openvino_keeps_its_defaults_and_shares_the_onnx_export(request, tmp_pat
 def test_openvino_is_unavailable_without_its_modules(monkeypatch):
     import sys
 
-    peers = _peers()
     assert peers.unavailable("openvino") is None
     monkeypatch.setitem(sys.modules, "openvino", None)
     assert "openvino not installed" in peers.unavailable("openvino")
@@ -154,8 +149,6 @@ def _tagged_docs(nlp) -> list:
 
 
 def test_compare_measures_openvino_for_both_tasks_and_shapes(trained_ner, trained_tagger, tmp_path):
-    compare = _compare_module()
-    peers = compare.peers_module()
     trained_ner.to_disk(tmp_path / "ner")
     trained_tagger.to_disk(tmp_path / "tag")
     docs = _tagged_docs(trained_ner)

@@ -12,8 +12,9 @@ import pytest
 import spacy
 from typer.testing import CliRunner
 
-from spacy_earlyexit.tools import calibrate as calibrate_tool
+from spacy_earlyexit.tools.calibrate import run as calibration_run
 from spacy_earlyexit.tools.calibrate import run_calibration
+from spacy_earlyexit.tools.calibrate import writing as calibration_writing
 from spacy_earlyexit.tools.cli import app
 from spacy_earlyexit.tools.evaluation import write_result
 from spacy_earlyexit.tools.outputs import (
@@ -206,7 +207,7 @@ def quick_search(monkeypatch):
         calls.append(name)
         return dict(RESULT)
 
-    monkeypatch.setattr(calibrate_tool, "calibrate", search)
+    monkeypatch.setattr(calibration_run, "calibrate", search)
     return calls
 
 
@@ -278,7 +279,7 @@ def test_an_interrupted_calibration_leaves_the_earlier_output_intact(workspace, 
         copytree(*args, **kwargs)
         raise KeyboardInterrupt()  # once the pipeline is copied, before its config is written
 
-    monkeypatch.setattr(calibrate_tool.shutil, "copytree", interrupted)
+    monkeypatch.setattr(calibration_writing.shutil, "copytree", interrupted)
     with pytest.raises(KeyboardInterrupt):
         run_calibration(str(workspace / "trained"), str(workspace / "dev.spacy"), output, progress=lambda line: None)
     assert snapshot(workspace) == before

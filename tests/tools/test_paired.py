@@ -6,9 +6,8 @@ import pytest
 import spacy
 from spacy.tokens import Doc
 
-from ..conftest import load_script
+from benchmarks import paired
 
-paired = load_script("benchmarks/paired.py", "paired")
 VOCAB = spacy.blank("en").vocab
 
 

@@ -5,15 +5,20 @@ the install command rather than skip."""
 
 import os
 import signal
-import time
 from pathlib import Path
 
 import pytest
 
 from spacy_earlyexit.tools.annotate import BadRecordError, annotate_corpus
-from spacy_earlyexit.tools.ray_annotate import RAY_MISSING, RayAnnotator, annotate_with_ray, require_ray
+from spacy_earlyexit.tools.ray_annotate import (
+    RAY_MISSING,
+    RayAnnotator,
+    annotate_with_ray,
+    line_ranges,
+    require_ray,
+)
 
-from .test_annotate import write_corpus, write_mixed
+from .conftest import write_corpus, write_mixed
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -64,38 +69,24 @@ class CrashOnceAnnotator(RayAnnotator):
         return super().__call__(batch)
 
 
-class RecordingAnnotator(RayAnnotator):
-    """Leaves one file per batch, named by its actor's process id."""
-
-    def __init__(self, pipeline, *, record_dir: str, **kwargs):
-        super().__init__(pipeline, **kwargs)
-        self.record_dir = Path(record_dir)
-
-    def __call__(self, batch):
-        (self.record_dir / f"{os.getpid()}-{batch['id'][0].replace('/', '_')}").write_text("")
-        time.sleep(0.5)  # long enough that the first actor cannot take every range alone
-        return super().__call__(batch)
-
-
-def test_ray_spreads_one_file_over_every_actor(local_ray, saved_pipeline, corpus_and_reference, tmp_path):
-    corpus, reference = corpus_and_reference
+def test_ray_cuts_one_file_into_ranges_for_every_actor(local_ray, saved_pipeline, tmp_path):
+    """One file is cut into ranges of lines, so that no single actor has to
+    take it whole; however Ray spreads the ranges, the output is the
+    single-process output, byte for byte."""
     one_file = tmp_path / "all.txt"
     one_file.write_text("\n".join(f"Angela Merkel visited Paris {i} ." for i in range(40)) + "\n")
-    records = tmp_path / "records"
-    records.mkdir()
+    files = [{"path": str(one_file), "name": "all.txt"}]
+    ranges = line_ranges(files, num_actors=2, lines_per_task=4)
+    assert [(r["start"], r["stop"]) for r in ranges] == [(start, start + 4) for start in range(1, 41, 4)]
+    assert len(line_ranges(files, num_actors=2)) >= 2  # the automatic size cuts it too
+    reference = tmp_path / "single.jsonl"
+    annotate_corpus(str(saved_pipeline), one_file, reference)
+    output = tmp_path / "out.jsonl"
     annotate_with_ray(
-        str(saved_pipeline),
-        one_file,
-        tmp_path / "out.jsonl",
-        num_actors=2,
-        batch_size=2,
-        num_cpus_per_actor=1,
-        annotator=RecordingAnnotator,
-        annotator_kwargs={"record_dir": str(records)},
-        lines_per_task=4,
+        str(saved_pipeline), one_file, output, num_actors=2, batch_size=2, num_cpus_per_actor=1, lines_per_task=4
     )
-    assert len({path.name.split("-")[0] for path in records.iterdir()}) == 2
-    assert len((tmp_path / "out.jsonl").read_text().splitlines()) == 40
+    assert output.read_bytes() == reference.read_bytes()
+    assert len(output.read_text().splitlines()) == 40
 
 
 def test_ray_output_is_the_single_process_output(local_ray, saved_pipeline, corpus_and_reference, tmp_path):

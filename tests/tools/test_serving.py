@@ -14,7 +14,7 @@ from contextlib import ExitStack
 import pytest
 import spacy
 
-from ..conftest import load_script
+from examples import serve
 
 SHALLOW = {"policy": "fixed_depth", "layer": 1}
 TEXTS = [
@@ -27,9 +27,6 @@ TEXTS = [
 #: requests alternate between these: the pipeline's default (None), "full" and "shallow"
 POINTS = [None, "full", "shallow"]
 N_REQUESTS = 48
-
-
-serve = load_script("examples/serve.py", "serve_example")
 
 
 @pytest.fixture(scope="module")
