@@ -17,7 +17,7 @@ from .cost import LayerCost
 from .hf import LayerView, config_value, layer_views
 from .objective import SampledExits
 from .policies import ExitPolicy, FullDepth
-from .precision import RESOLVED, TRAINING_RESOLVED, compute_dtype
+from .precision import RESOLVED, TRAINING_RESOLVED, amx, compute_dtype
 from .projections import InferenceLayer, fuses, inference_layer
 from .shapes import bucket_length, bucket_rows, buckets_enabled, pad_index, pad_rows
 from .width import check_width, kept
@@ -125,6 +125,10 @@ class MultiExitEncoder(nn.Module):
         #: a bounded set of sizes, so that CPU kernels and their caches are
         #: reused (shapes.py; SPACY_EARLYEXIT_SHAPE_BUCKETS=0 turns it off)
         self.shape_buckets = buckets_enabled()
+        #: whether attention's lengths are rounded up too (with shape_buckets);
+        #: None: where attention makes kernels per length, bf16 on AMX CPUs
+        #: (elsewhere the padding costs more than it saves)
+        self.length_buckets: Optional[bool] = None
         #: (layer, width, precision) -> (weights' identity and version, InferenceLayer), see inference_layer
         self._packed: Dict[Tuple[int, float, str], Tuple[tuple, InferenceLayer]] = {}
         # Uncased encoders cannot see capitalization: a small embedding of each
@@ -145,6 +149,15 @@ class MultiExitEncoder(nn.Module):
         #: how a word's state is read from its pieces: "first" piece, or the
         #: mean of its "first_last" pieces (a word's ending, e.g. its suffix)
         self.word_pooling = word_pooling
+
+    def _rounds_lengths(self, precision: str) -> bool:
+        """Whether inference at a resolved `precision` rounds attention's
+        sequence and query lengths up (`length_buckets`)."""
+        if not self.shape_buckets:
+            return False
+        if self.length_buckets is not None:
+            return self.length_buckets
+        return precision == "bf16" and self.device.type == "cpu" and amx()
 
     def added_parameter_names(self) -> List[str]:
         """Names of the weights the pretrained backbone does not have (the
@@ -234,8 +247,9 @@ class MultiExitEncoder(nn.Module):
         saves and the layer runs densely, keeping inactive pieces unchanged.
         Without autograd and with `shape_buckets`, every product runs on a row
         count rounded up by `bucket_rows` (padding rows repeat a real row or
-        are zeros; their results are dropped) and attention on a query length
-        rounded up by `bucket_length`, so kernels see a bounded set of shapes.
+        are zeros; their results are dropped) and, with length buckets,
+        attention on a query length rounded up by `bucket_length`, so kernels
+        see a bounded set of shapes.
         Returns a new hidden tensor in training (autograd), else updates in place."""
         view = self._views[index]
         B, T, d = hidden.shape
@@ -287,7 +301,7 @@ class MultiExitEncoder(nn.Module):
         queries = project_queries(packed)
         ranks = (active.cumsum(1) - 1)[rows, cols]
         q_len = int(active.sum(1).max())
-        q_len = bucket_length(q_len) if buckets else q_len
+        q_len = bucket_length(q_len) if inference and self._rounds_lengths(precision) else q_len
         padded_q = queries.new_zeros(B, q_len, inner)
         padded_q[rows, ranks] = queries[:n_active]
         padded_q = padded_q.view(B, q_len, H, dh).transpose(1, 2)
@@ -386,7 +400,7 @@ class MultiExitEncoder(nn.Module):
             raise ValueError(
                 f"Training runs in {' or '.join(TRAINING_RESOLVED)} (bf16: mixed precision), got {precision!r}."
             )
-        if not training and self.shape_buckets:  # as predict runs: lengths the kernels reuse
+        if not training and self._rounds_lengths(precision):  # as predict runs: lengths the kernels reuse
             batch = batch.padded_to(bucket_length(batch.piece_mask.shape[1]))
         hidden = self.embed(batch)
         if training:  # bf16: the products under autocast, the residual stream stays float32
@@ -468,7 +482,7 @@ class MultiExitEncoder(nn.Module):
         uncertainty = torch.zeros(B, W, device=device)
 
         rows = torch.arange(B, device=device)  # original row of each running sequence
-        lengths = bucket_length if self.shape_buckets else int
+        lengths = bucket_length if self._rounds_lengths(precision) else int
         batch = batch.padded_to(lengths(batch.piece_mask.shape[1]))
         hidden = self.embed(batch).to(compute_dtype(precision))
         piece_mask, piece_words = batch.piece_mask, batch.piece_words

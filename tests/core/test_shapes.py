@@ -6,6 +6,7 @@ import torch
 
 from spacy_earlyexit.core.encoder import MultiExitEncoder
 from spacy_earlyexit.core.policies import FixedDepth, FullDepth, SentenceExit, TokenWindowExit
+from spacy_earlyexit.core.precision import RESOLVED
 from spacy_earlyexit.core.shapes import (
     ShapeCounter,
     bucket_length,
@@ -67,7 +68,7 @@ def test_inference_shapes_come_from_the_ladders(encoder):
     """Whatever the batches and the policy, every product runs on a row count
     of the ladder and attention on lengths of the ladder: the number of
     distinct shapes is bounded independent of how many batches run."""
-    encoder.shape_buckets = True
+    encoder.shape_buckets = encoder.length_buckets = True
     rows_ok, lengths_ok = set(ladder_sizes(64 * 64)), set(ladder_sizes(64, rows=False))
     with ShapeCounter() as counter:
         for batch, policy in zip(random_batches(60), POLICIES * 12):
@@ -86,18 +87,21 @@ def test_inference_shapes_come_from_the_ladders(encoder):
 
 def test_fewer_distinct_shapes_with_buckets(encoder):
     counts = {}
+    encoder.length_buckets = True
     for buckets in (False, True):
         encoder.shape_buckets = buckets
         with ShapeCounter() as counter:
             for batch, policy in zip(random_batches(40, seed=1), POLICIES * 8):
                 encoder.predict(batch, policy)
         counts[buckets] = counter.distinct()
-    encoder.shape_buckets = True
+    encoder.shape_buckets, encoder.length_buckets = True, None
     assert counts[True] < counts[False] / 2, counts
 
 
+@pytest.mark.parametrize("lengths", [True, None], ids=["lengths", "rows"])
 @pytest.mark.parametrize("policy", POLICIES, ids=lambda p: type(p).__name__)
-def test_labels_exits_and_cost_do_not_depend_on_buckets(encoder, policy):
+def test_labels_exits_and_cost_do_not_depend_on_buckets(encoder, policy, lengths):
+    encoder.length_buckets = lengths
     for batch in random_batches(6, seed=2):
         outs = []
         for buckets in (False, True):
@@ -107,11 +111,25 @@ def test_labels_exits_and_cost_do_not_depend_on_buckets(encoder, policy):
         assert torch.equal(off.labels, on.labels) and torch.equal(off.exit_layers, on.exit_layers)
         assert torch.equal(off.cost, on.cost) and torch.equal(off.full_cost, on.full_cost)
         assert torch.allclose(off.probs, on.probs, atol=1e-5)
-    encoder.shape_buckets = True
+    encoder.shape_buckets, encoder.length_buckets = True, None
+
+
+def test_lengths_are_rounded_where_attention_makes_kernels_per_length(encoder, monkeypatch):
+    """By default only bf16 on an AMX CPU pads attention's lengths; rows are
+    rounded at every precision; the switches override both."""
+    encoder.shape_buckets, encoder.length_buckets = True, None
+    for flag, expected in (("1", {"bf16": True, "fp32": False, "int8": False}), ("0", dict.fromkeys(RESOLVED, False))):
+        monkeypatch.setenv("SPACY_EARLYEXIT_AMX", flag)
+        assert {p: encoder._rounds_lengths(p) for p in RESOLVED} == expected
+    encoder.length_buckets = True
+    assert encoder._rounds_lengths("fp32")
+    encoder.shape_buckets = False
+    assert not encoder._rounds_lengths("bf16")
+    encoder.shape_buckets, encoder.length_buckets = True, None
 
 
 def test_a_sequence_is_labelled_alike_alone_and_in_any_batch(encoder):
-    encoder.shape_buckets = True
+    encoder.shape_buckets = encoder.length_buckets = True
     batch = random_batch([5, 17, 9, 30])
     together = encoder.predict(batch, TokenWindowExit(0.4, window=1))
     for row, n in enumerate([5, 17, 9, 30]):
@@ -119,6 +137,7 @@ def test_a_sequence_is_labelled_alike_alone_and_in_any_batch(encoder):
         alone = encoder.predict(single, TokenWindowExit(0.4, window=1))
         assert torch.equal(alone.labels[0, :n], together.labels[row, :n])
         assert torch.equal(alone.exit_layers[0, :n], together.exit_layers[row, :n])
+    encoder.length_buckets = None
 
 
 def test_padded_batch_gives_the_same_words():
