@@ -17,7 +17,7 @@ from .cost import LayerCost
 from .hf import LayerView, config_value, layer_views
 from .objective import SampledExits
 from .policies import ExitPolicy, FullDepth
-from .precision import RESOLVED, TRAINING_RESOLVED, compute_dtype
+from .precision import RESOLVED, TRAINING_RESOLVED, amx, compute_dtype
 from .projections import InferenceLayer, fuses, inference_layer
 from .shapes import bucket_length, bucket_rows, buckets_enabled, pad_index, pad_rows
 from .width import check_width, kept
@@ -126,8 +126,8 @@ class MultiExitEncoder(nn.Module):
         #: reused (shapes.py; SPACY_EARLYEXIT_SHAPE_BUCKETS=0 turns it off)
         self.shape_buckets = buckets_enabled()
         #: whether attention's lengths are rounded up too (with shape_buckets);
-        #: None: where attention makes kernels per length, bf16 on the CPU
-        #: (oneDNN's brgemm; in fp32 and int8 the padding only costs)
+        #: None: where attention makes kernels per length, bf16 on AMX CPUs
+        #: (elsewhere the padding costs more than it saves)
         self.length_buckets: Optional[bool] = None
         #: (layer, width, precision) -> (weights' identity and version, InferenceLayer), see inference_layer
         self._packed: Dict[Tuple[int, float, str], Tuple[tuple, InferenceLayer]] = {}
@@ -157,7 +157,7 @@ class MultiExitEncoder(nn.Module):
             return False
         if self.length_buckets is not None:
             return self.length_buckets
-        return precision == "bf16" and self.device.type == "cpu"
+        return precision == "bf16" and self.device.type == "cpu" and amx()
 
     def added_parameter_names(self) -> List[str]:
         """Names of the weights the pretrained backbone does not have (the

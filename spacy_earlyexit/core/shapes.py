@@ -15,7 +15,7 @@ the corpus size; the padding is at most a sixteenth of the rows past 256 rows
 (at most 15 rows below that) and at most a quarter of a sequence's pieces (at most
 7 below 64), and it is masked (attention) or dropped (rows), so labels and
 exits do not depend on it. Lengths are rounded only where attention makes
-kernels per length (bf16 on the CPU; `MultiExitEncoder.length_buckets`).
+kernels per length (bf16 on AMX CPUs; `MultiExitEncoder.length_buckets`).
 `SPACY_EARLYEXIT_SHAPE_BUCKETS=0` turns all of it off (for measuring what it
 does).
 """

@@ -114,11 +114,13 @@ def test_labels_exits_and_cost_do_not_depend_on_buckets(encoder, policy, lengths
     encoder.shape_buckets, encoder.length_buckets = True, None
 
 
-def test_lengths_are_rounded_where_attention_makes_kernels_per_length(encoder):
-    """By default only bf16 (on the CPU) pads attention's lengths; rows are
+def test_lengths_are_rounded_where_attention_makes_kernels_per_length(encoder, monkeypatch):
+    """By default only bf16 on an AMX CPU pads attention's lengths; rows are
     rounded at every precision; the switches override both."""
     encoder.shape_buckets, encoder.length_buckets = True, None
-    assert {p: encoder._rounds_lengths(p) for p in RESOLVED} == {"bf16": True, "fp32": False, "int8": False}
+    for flag, expected in (("1", {"bf16": True, "fp32": False, "int8": False}), ("0", dict.fromkeys(RESOLVED, False))):
+        monkeypatch.setenv("SPACY_EARLYEXIT_AMX", flag)
+        assert {p: encoder._rounds_lengths(p) for p in RESOLVED} == expected
     encoder.length_buckets = True
     assert encoder._rounds_lengths("fp32")
     encoder.shape_buckets = False
