@@ -1,12 +1,13 @@
 """Peers of the early-exit loop on the same trained network, for benchmarks/compare.py.
 
-Each peer replaces `encoder.predict` of an early-exit pipeline (at full depth)
-by another way of running the same weights, all layers, and the last exit's
+Each peer is an engine (`spacy_earlyexit.core.engines.Engine`) that an
+early-exit pipeline at full depth runs on instead of its own layer loop:
+another way of running the same weights, all layers, and the last exit's
 classifier, so that tokenization, batching, alignment and annotation stay the
 pipeline's own and only the network's engine differs:
 
 - `hf-forward-fp32`, `hf-forward-bf16`: Hugging Face's own `forward`
-  (`tools/evaluation.huggingface_forward`), in fp32, or through a bf16 copy of
+  (`core.engines.HuggingFaceForward`), in fp32, or through a bf16 copy of
   the backbone (the component runs at precision bf16);
 - `onnxruntime-fp32`, `onnxruntime-int8`: the backbone, with the casing
   embedding added after the embeddings as the pipeline does, exported to ONNX
@@ -29,8 +30,8 @@ pipeline's own and only the network's engine differs:
   Runtime. Needs the benchmark extra: `pip install openvino onnx` (the
   export needs `onnx`).
 
-A peer is installed once on a pipeline of its own (`install`), and stays.
-torch is imported when a peer is used, not with this module.
+A peer is installed once on a pipeline of its own (`install`: the component's
+`engine`), and stays.
 """
 
 import contextlib
@@ -38,6 +39,8 @@ from functools import cache
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Dict, List, Optional, Tuple
+
+from spacy_earlyexit.core.engines import Engine, HuggingFaceForward, full_depth_output
 
 #: peer name -> (engine, precision the network runs in)
 PEERS: Dict[str, Tuple[str, str]] = {
@@ -96,27 +99,22 @@ def unavailable(name: str) -> Optional[str]:
 
 
 def install(name: str, component, directory: Path, threads: Optional[int] = None, properties: Optional[Dict] = None):
-    """Put peer `name` in place of `component.encoder.predict` for good (the
-    pipeline is the peer's own); returns the stand-in (an `OnnxRuntimeForward`
-    for ONNX Runtime peers, an `OpenVinoForward` for OpenVINO, whose
-    `min_cosine_to_fp32` is known after its first batch), or None for Hugging
-    Face's forward. `properties`: OpenVINO compile properties beyond the
-    thread count (tests; the comparison leaves OpenVINO's defaults)."""
-    engine, _ = PEERS[name]
+    """Make peer `name` the engine `component` runs on, for good (the
+    pipeline is the peer's own); returns the engine (`HuggingFaceForward`,
+    an `OnnxRuntimeForward` for ONNX Runtime peers, an `OpenVinoForward` for
+    OpenVINO, whose `min_cosine_to_fp32` is known after its first batch).
+    `properties`: OpenVINO compile properties beyond the thread count
+    (tests; the comparison leaves OpenVINO's defaults)."""
+    kind, _ = PEERS[name]
     encoder = component.encoder
-    if engine == "hf":
-        from spacy_earlyexit.tools.evaluation import huggingface_forward
-
-        stack = contextlib.ExitStack()
-        stack.enter_context(huggingface_forward(encoder))  # entered once, left in place: its bf16 copy is kept
-        encoder._peer_stack = stack  # keep the context alive with the encoder
-        return None
-    if engine == "openvino":
-        stand_in = OpenVinoForward(encoder, Path(directory), threads=threads, properties=properties)
+    if kind == "hf":
+        engine = HuggingFaceForward()
+    elif kind == "openvino":
+        engine = OpenVinoForward(encoder, Path(directory), threads=threads, properties=properties)
     else:
-        stand_in = OnnxRuntimeForward(encoder, Path(directory), quantized=name.endswith("int8"), threads=threads)
-    encoder.predict = stand_in.predict
-    return stand_in
+        engine = OnnxRuntimeForward(encoder, Path(directory), quantized=name.endswith("int8"), threads=threads)
+    component.engine = engine
+    return engine
 
 
 @cache
@@ -247,10 +245,12 @@ def cosine_to_reference(states, reference, mask) -> float:
     return float(torch.nn.functional.cosine_similarity(states[mask].float(), reference[mask].float(), dim=-1).min())
 
 
-class OnnxRuntimeForward:
-    """The encoder's backbone through ONNX Runtime, as a stand-in for
-    `MultiExitEncoder.predict` at full depth. Exported (and quantized) on the
-    first batch into `directory`, reused from there when the files exist."""
+class OnnxRuntimeForward(Engine):
+    """The encoder's backbone through ONNX Runtime, an engine that runs full
+    depth. Exported (and quantized) on the first batch into `directory`,
+    reused from there when the files exist."""
+
+    name = "onnxruntime"
 
     def __init__(self, encoder, directory: Path, quantized: bool = False, threads: Optional[int] = None):
         import torch
@@ -330,12 +330,15 @@ class OnnxRuntimeForward:
         with _evaluating(self.encoder), torch.inference_mode():
             return module(batch.input_ids, batch.piece_mask.long(), case_ids, lexical_ids).float()
 
-    def predict(self, batch, policy=None, width: float = 1.0, precision: str = "fp32"):
+    def predict(self, encoder, batch, policy=None, width: float = 1.0, precision: str = "fp32"):
         """Every word labelled by the last exit, after every layer (as
-        `huggingface_forward`); `policy`, `width` and `precision` are ignored:
-        the engine and its model decide."""
+        `HuggingFaceForward`), for the encoder it was made for; `precision`
+        is ignored: the engine and its model decide."""
         import torch
 
+        if encoder is not self.encoder:
+            raise ValueError(f"The engine '{self.name}' was exported from another encoder.")
+        self.check(policy, width)
         self.session(
             _uses_case(self.encoder, batch), _uses_lexical(self.encoder, batch)
         )  # exported, quantized and loaded once, outside inference mode
@@ -343,26 +346,15 @@ class OnnxRuntimeForward:
             return self._predict(batch)
 
     def _predict(self, batch):
-        import torch
-
-        from spacy_earlyexit.core.batch import ExitOutput
-
-        encoder = self.encoder
         hidden = self.hidden_states(batch).to(batch.input_ids.device)
         if self.min_cosine_to_fp32 is None:
             self.min_cosine_to_fp32 = cosine_to_reference(hidden, self.torch_hidden_states(batch), batch.piece_mask)
-        states = encoder.word_states(hidden, batch)
-        probs = encoder.heads[-1](states).softmax(-1)
-        labels = probs.argmax(-1)
-        n = batch.piece_mask.sum(1).double()
-        full = encoder.layer_cost.full(n, batch.word_mask.sum(1).double(), encoder.n_layers)
-        layers = torch.full_like(labels, encoder.n_layers)
-        return ExitOutput(labels, layers, torch.zeros(labels.shape), full, full, probs)
+        return full_depth_output(self.encoder, hidden, batch)
 
 
 class OpenVinoForward(OnnxRuntimeForward):
-    """The encoder's backbone through OpenVINO's runtime, as a stand-in for
-    `MultiExitEncoder.predict` at full depth: the fp32 ONNX export of
+    """The encoder's backbone through OpenVINO's runtime, an engine that
+    runs full depth: the fp32 ONNX export of
     `OnnxRuntimeForward` (the same file, reused when it exists in
     `directory`), read by `openvino.Core().read_model` and compiled for
     "CPU" with OpenVINO's default hints, `INFERENCE_NUM_THREADS` set to

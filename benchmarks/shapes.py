@@ -38,7 +38,7 @@ from spacy.tokens import Doc, DocBin
 import spacy_earlyexit  # noqa: F401  registers the factories
 from spacy_earlyexit.core.shapes import ShapeCounter, ladder_sizes
 from spacy_earlyexit.tools.evaluation import (
-    OperatingPoint,
+    Measurement,
     corpus_examples,
     measure_interleaved,
     sentence_docs,
@@ -97,10 +97,8 @@ def speed(args, name: str, points: List[str]) -> List[Dict]:
         examples = sentence_examples(pipelines[True], examples)
     runs = []
     for point in points:
-        spec = dict(pipelines[True].get_pipe(name).operating_points.get(point, {"policy": "full"}))
-        policy, width = spec.pop("policy"), float(spec.pop("width", 1.0))
         for buckets in (False, True):
-            runs.append((pipelines[buckets], name, OperatingPoint(policy, dict(spec), width)))
+            runs.append((pipelines[buckets], name, Measurement(pipelines[buckets].get_pipe(name).point(point))))
     measure_interleaved(runs, examples, args.batch_size, args.speed_rounds)
     rows = []
     for point, (off, on) in zip(points, zip(runs[::2], runs[1::2])):

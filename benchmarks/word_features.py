@@ -23,9 +23,11 @@ from pathlib import Path
 import spacy
 import torch
 
+from spacy_earlyexit.core.points import OperatingPoint
+from spacy_earlyexit.core.policies import FixedDepth
 from spacy_earlyexit.pipeline.wordpieces import LexicalFeatures
 from spacy_earlyexit.tools.evaluation import (
-    OperatingPoint,
+    Measurement,
     corpus_examples,
     keep_only_early_exit,
     measure_interleaved,
@@ -44,12 +46,12 @@ def load(path: str, features: bool):
 
 
 def points_of(nlp, name) -> list:
-    encoder = nlp.get_pipe(name).encoder
-    points = [("full", "full", {}), (f"fixed-{encoder.n_layers // 2}", "fixed_depth", {"layer": encoder.n_layers // 2})]
-    calibrated = {p["name"]: p for p in nlp.meta.get("earlyexit", {}).get("points", []) if p.get("reached")}
-    if "2x" in calibrated:
-        params = {k: v for k, v in calibrated["2x"]["params"].items() if k != "width"}
-        points.append(("2x", calibrated["2x"]["policy"], params))
+    """(label, point): full depth, half depth, and the calibrated 2x point if there is one."""
+    component = nlp.get_pipe(name)
+    half = component.encoder.n_layers // 2
+    points = [("full", component.point("full")), (f"fixed-{half}", OperatingPoint(FixedDepth(half)))]
+    if "2x" in component.operating_points:
+        points.append(("2x", component.point("2x")))
     return points
 
 
@@ -82,9 +84,9 @@ def main() -> None:
         if not examples:
             continue
         runs = []
-        for label, policy, params in points_of(with_features, name):
-            runs.append((label, (with_features, name, OperatingPoint(policy, dict(params)))))
-            runs.append((label, (without, name, OperatingPoint(policy, dict(params)))))
+        for label, point in points_of(with_features, name):
+            runs.append((label, (with_features, name, Measurement(point))))
+            runs.append((label, (without, name, Measurement(point))))
         for nlp in (with_features, without):
             list(nlp.pipe([eg.predicted.copy() for eg in examples[:16]]))  # warm-up
         measure_interleaved([run for _, run in runs], examples, args.batch_size, args.rounds, progress=print)

@@ -13,7 +13,7 @@ from pathlib import Path
 import spacy
 
 from spacy_earlyexit.pipeline.labeler import EarlyExitLabeler
-from spacy_earlyexit.tools.evaluation import OperatingPoint, corpus_examples, measure
+from spacy_earlyexit.tools.evaluation import corpus_examples, measure, measurement
 
 
 def main() -> None:
@@ -32,7 +32,7 @@ def main() -> None:
             examples = corpus_examples(nlp, corpus)
             scores = {}
             for layer in range(1, n_layers + 1):
-                point = measure(nlp, name, examples, OperatingPoint("fixed_depth", {"layer": layer}), batch_size=64)
+                point = measure(nlp, name, examples, measurement("fixed_depth", layer=layer), batch_size=64)
                 scores[layer] = point.score
             result.setdefault(name, {})[Path(corpus).stem] = scores
             row = "  ".join(f"{100 * s:.2f}" for s in scores.values())

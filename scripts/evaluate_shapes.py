@@ -15,10 +15,10 @@ import spacy
 
 from spacy_earlyexit.core.precision import PRECISIONS
 from spacy_earlyexit.tools.evaluation import (
-    OperatingPoint,
     corpus_examples,
     keep_only_early_exit,
     measure,
+    measurement,
     sentence_examples,
 )
 
@@ -37,7 +37,7 @@ def evaluate_shapes(pipeline: str, corpus: str, batch_size: int = 64, precision:
     }
     for shape, examples in (("documents", documents), ("sentences", sentence_examples(nlp, documents))):
         if examples:
-            point = measure(nlp, name, examples, OperatingPoint("full"), batch_size)
+            point = measure(nlp, name, examples, measurement("full"), batch_size)
             result[shape] = {"score": point.score, "n_docs": len(examples)}
     return result
 

@@ -9,7 +9,9 @@ torch threads in forked workers) are made when a model is built.
 
 from .core.batch import EncoderBatch, ExitOutput
 from .core.encoder import MultiExitEncoder
-from .core.policies import ExitPolicy, FixedDepth, FullDepth, SentenceExit, TokenWindowExit, make_policy
+from .core.engines import Engine, HuggingFaceForward, OwnLoop
+from .core.points import OperatingPoint
+from .core.policies import ExitPolicy, FixedDepth, FullDepth, SentenceExit, TokenPatience, TokenWindowExit, make_policy
 from .pipeline import architectures  # noqa: F401  registers every function
 from .pipeline.architectures import MultiExitTransformer
 from .pipeline.extensions import register_extensions
@@ -34,13 +36,18 @@ __all__ = [
     "EarlyExitNER",
     "EarlyExitTagger",
     "EncoderBatch",
+    "Engine",
     "ExitOutput",
     "ExitPolicy",
     "FixedDepth",
     "FullDepth",
+    "HuggingFaceForward",
     "MultiExitEncoder",
     "MultiExitTransformer",
+    "OperatingPoint",
+    "OwnLoop",
     "SentenceExit",
+    "TokenPatience",
     "TokenWindowExit",
     "make_earlyexit_ner",
     "make_earlyexit_tagger",

@@ -15,11 +15,30 @@ from transformers import BertConfig, BertModel, DistilBertConfig, DistilBertMode
 import spacy_earlyexit  # noqa: F401  registers factories and extensions
 from spacy_earlyexit.core.batch import EncoderBatch
 from spacy_earlyexit.core.encoder import MultiExitEncoder
+from spacy_earlyexit.core.engines import Engine
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 WORDS = ["angela", "merkel", "visited", "paris", "on", "tuesday", "the", "cat", "sat", "mat", "berlin", "john"]
+
+
+class RecordingEngine(Engine):
+    """Runs `inner` (an engine) and keeps every batch it was given, with the
+    precision it was asked for: what tests use to see what reaches an engine."""
+
+    name = "recording"
+
+    def __init__(self, inner: Engine) -> None:
+        self.inner = inner
+        self.exits = inner.exits
+        self.batches = []
+        self.precisions = []
+
+    def predict(self, encoder, batch, policy, width, precision):
+        self.batches.append(batch)
+        self.precisions.append(precision)
+        return self.inner.predict(encoder, batch, policy, width, precision)
 
 
 def make_tiny_bert_dir(path: Path, hidden: int = 32, layers: int = 3, heads: int = 2, seed: int = 0) -> Path:

@@ -489,6 +489,10 @@ class MultiExitEncoder(nn.Module):
         word_starts, word_mask, word_ends = batch.word_starts, batch.word_mask, batch.word_ends
         word_active = word_mask.clone()
         run_unc = uncertainty.clone()
+        track = getattr(policy, "tracks_stability", False)  # keep each running word's last label and its run
+        if track:
+            run_labels = torch.full((B, W), -1, dtype=torch.long, device=device)  # -1: no layer read yet
+            run_stable = torch.zeros(B, W, dtype=torch.long, device=device)
         for index in range(last + 1):
             piece_active = piece_mask & ((piece_words < 0) | word_active.gather(1, piece_words.clamp(min=0)))
             hidden = self._run_layer(index, hidden, piece_mask, piece_active, width, precision=precision)
@@ -502,8 +506,16 @@ class MultiExitEncoder(nn.Module):
             states = self._active_word_states(hidden, read_rows, read_cols, word_starts, word_ends)
             probs = self.heads[index](states)[:n_words].softmax(-1)
             run_unc[w_rows, w_cols] = policy.uncertainty(probs)
+            if track:
+                read = probs.argmax(-1)
+                same = read == run_labels[w_rows, w_cols]
+                run_stable[w_rows, w_cols] = torch.where(same, run_stable[w_rows, w_cols] + 1, 0)
+                run_labels[w_rows, w_cols] = read
             if is_last:
                 leaving = word_active
+            elif track:
+                allowed = policy.exits(index, self.n_layers, run_unc, word_active, word_mask, stable=run_stable)
+                leaving = word_active & allowed
             else:
                 leaving = word_active & policy.exits(index, self.n_layers, run_unc, word_active, word_mask)
             if bool(leaving.any()):
@@ -528,6 +540,8 @@ class MultiExitEncoder(nn.Module):
                 if word_ends is not None:
                     word_ends = word_ends[keep, :w_len]
                 word_active, run_unc = word_active[keep, :w_len], run_unc[keep, :w_len]
+                if track:
+                    run_labels, run_stable = run_labels[keep, :w_len], run_stable[keep, :w_len]
         cost, full_cost = self.batch_cost(batch, exit_layers, width, policy.needs_every_exit)
         return ExitOutput(labels, exit_layers, uncertainty, cost, full_cost, exit_probs)
 

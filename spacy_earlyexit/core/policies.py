@@ -2,7 +2,9 @@
 
 A policy sees, after each layer, the uncertainty of every word's current
 prediction and says which still-active words leave now. Words still active at
-the policy's last layer leave there.
+the policy's last layer leave there. A policy that `tracks_stability` also sees,
+per word, for how many layers its predicted label has stayed the same
+(`stability_counts`).
 """
 
 import math
@@ -40,6 +42,31 @@ def window_max(values: Tensor, half_width: int) -> Tensor:
     return F.max_pool1d(values[:, None, :], 2 * k + 1, stride=1, padding=k)[:, 0]
 
 
+def window_min(values: Tensor, half_width: int) -> Tensor:
+    """Minimum of `values` [B, W] (floating point) over `half_width` words on
+    each side, clipped at the edges (`window_max` of the negated values)."""
+    if half_width <= 0:
+        return values
+    return -window_max(-values, half_width)
+
+
+def stability_counts(labels: Tensor) -> Tensor:
+    """For labels [..., L, W] (one predicted label per layer per word), how many
+    consecutive layers before each layer the word's label has been unchanged:
+    int64 [..., L, W], 0 at the first layer and wherever the label differs from
+    the layer before, else one more than at the layer before (labels A, A, A
+    give 0, 1, 2). `TokenPatience` sees row `index` of this as `stable` after
+    layer `index` (0-based), which is what the encoder's loop keeps for the
+    words still running."""
+    if labels.dim() < 2:
+        raise ValueError(f"stability_counts needs labels [..., L, W], got shape {tuple(labels.shape)}.")
+    counts = torch.zeros(labels.shape, dtype=torch.long, device=labels.device)
+    for index in range(1, labels.shape[-2]):
+        same = labels[..., index, :] == labels[..., index - 1, :]
+        counts[..., index, :] = torch.where(same, counts[..., index - 1, :] + 1, 0)
+    return counts
+
+
 def _is_whole_number(value) -> bool:
     """An integer, or a float without a fractional part (configs may say 2.0);
     not a bool."""
@@ -64,6 +91,10 @@ class ExitPolicy:
     name = "full"
     #: whether the classifier of every layer must run (not only the last one)
     needs_every_exit = False
+    #: whether `exits` takes `stable=`: int64 [B, W], for each word how many
+    #: consecutive layers before this one its label has been unchanged (see
+    #: `stability_counts`); policies without it are called without that argument
+    tracks_stability = False
 
     def __init__(self, uncertainty: str = "entropy") -> None:
         if uncertainty not in UNCERTAINTY_MEASURES:
@@ -204,6 +235,44 @@ class TokenWindowExit(ThresholdPolicy):
         return {"window": self.window, **super().params()}
 
 
+class TokenPatience(ExitPolicy):
+    """Patience per token: a word leaves once its predicted label (the argmax
+    of its exit classifier) has stayed the same for `patience` consecutive
+    layers, i.e. after layer i (0-based) when its labels at layers
+    i - patience .. i are all equal; the earliest exit is after layer
+    `patience` (0-based). PABEE (Zhou et al., 2020) applies this rule to a
+    whole sequence's prediction; here each word counts its own.
+
+    With `window` > 0 a word also waits for every word within `window` words on
+    each side (clipped at the sequence edges) to be that stable; words that
+    have already left (and padding) count as stable. Exits depend only on the
+    labels, not on the uncertainty measure (entropy, reported as for every
+    policy)."""
+
+    name = "token_patience"
+    needs_every_exit = True
+    tracks_stability = True
+
+    def __init__(self, patience: int = 2, window: int = 0) -> None:
+        super().__init__()
+        if not _is_whole_number(patience) or patience < 1:
+            raise ValueError(f"patience must be a whole number >= 1, got {patience!r}.")
+        if not _is_whole_number(window) or window < 0:
+            raise ValueError(f"window must be a whole number >= 0, got {window!r}.")
+        self.patience = int(patience)
+        self.window = int(window)
+
+    def exits(self, index, n_layers, uncertainty, active, words, stable: Optional[Tensor] = None):
+        if stable is None:
+            raise ValueError("token_patience needs each word's stability count: pass `stable=` (int64 [B, W]).")
+        # only the running words can hold a window back: the others are infinitely stable
+        counts = torch.where(active, stable.to(torch.float32), math.inf)
+        return active & (window_min(counts, self.window) >= self.patience)
+
+    def params(self) -> dict:
+        return {"patience": self.patience, "window": self.window}
+
+
 def upper_half_thresholds(threshold: float, upper_factor: float, n_layers: int) -> List[float]:
     """Per-layer thresholds that multiply `threshold` by `upper_factor` in the
     upper half of the layers (the reference's rule; `n_layers // 2` lower
@@ -218,11 +287,12 @@ def upper_half_factor(index: int, n_layers: int, upper_factor: float) -> float:
 
 
 #: every policy by its short name (as operating points and configs name them)
-POLICIES = {cls.name: cls for cls in (FullDepth, FixedDepth, SentenceExit, TokenWindowExit)}
+POLICIES = {cls.name: cls for cls in (FullDepth, FixedDepth, SentenceExit, TokenWindowExit, TokenPatience)}
 
 
 def make_policy(name: str, **params) -> ExitPolicy:
-    """Build a policy by short name: full, fixed_depth, sentence, token_window."""
+    """Build a policy by short name: full, fixed_depth, sentence, token_window,
+    token_patience."""
     if name not in POLICIES:
         raise ValueError(f"Unknown exit policy '{name}': use one of {sorted(POLICIES)}.")
     return POLICIES[name](**params)

@@ -1,5 +1,6 @@
-"""Every registered function of spacy-earlyexit, in one place: the model
-architecture, exit policies, training settings, the learning-rate schedule,
+"""Every registered function of spacy-earlyexit but the exit policies (which
+have a registry of their own, `exit_policies.py`): the model architecture,
+the earlier names of the exit policies, training settings, the learning-rate schedule,
 the run-length functions of `[training]`, the corpus augmenter and span getters. Names are namespaced and versioned
 (`spacy-earlyexit.X.v1`); a v2 keeps its v1 registered beside it.
 
@@ -14,8 +15,8 @@ from spacy.tokens import Doc, Span
 from spacy.util import registry
 
 from ..core.objective import SelfSampling
-from ..core.policies import ExitPolicy, FixedDepth, FullDepth, SentenceExit, TokenWindowExit
 from ..core.width_training import WidthTraining
+from . import exit_policies
 from .augment import sentence_windows as build_sentence_windows
 from .model import MultiExitTransformer as build_multi_exit_transformer
 from .schedules import epoch_eval_frequency as build_epoch_eval_frequency
@@ -28,38 +29,15 @@ from .schedules import warmup_linear_epochs as build_warmup_linear_epochs
 #: see `pipeline.model.MultiExitTransformer` for its settings
 MultiExitTransformer = registry.architectures("spacy-earlyexit.MultiExitTransformer.v1")(build_multi_exit_transformer)
 
-# -- exit policies ---------------------------------------------------------------
+# -- exit policies -----------------------------------------------------------------
+# They have a registry of their own (`exit_policies.py`: `@exit_policies =
+# "spacy-earlyexit.token_window.v1"`). The names of the first releases stay
+# registered under misc, so configs that use them still load.
 
-
-@registry.misc("spacy-earlyexit.full_depth.v1")
-def make_full_depth() -> ExitPolicy:
-    """Every token runs every layer."""
-    return FullDepth()
-
-
-@registry.misc("spacy-earlyexit.fixed_depth.v1")
-def make_fixed_depth(layer: int) -> ExitPolicy:
-    """Every token leaves after `layer` layers (static depth reduction)."""
-    return FixedDepth(layer)
-
-
-@registry.misc("spacy-earlyexit.sentence_exit.v1")
-def make_sentence_exit(
-    threshold: float, uncertainty: str = "entropy", layer_thresholds: Optional[List[float]] = None
-) -> ExitPolicy:
-    """SENTEE: a sequence leaves once its most uncertain word is below threshold."""
-    return SentenceExit(threshold, uncertainty, layer_thresholds)
-
-
-@registry.misc("spacy-earlyexit.token_window_exit.v1")
-def make_token_window_exit(
-    threshold: float,
-    window: int = 2,
-    uncertainty: str = "entropy",
-    layer_thresholds: Optional[List[float]] = None,
-) -> ExitPolicy:
-    """TOKEE: a word leaves once its window's maximum uncertainty is below threshold."""
-    return TokenWindowExit(threshold, window, uncertainty, layer_thresholds)
+make_full_depth = registry.misc("spacy-earlyexit.full_depth.v1")(exit_policies.full)
+make_fixed_depth = registry.misc("spacy-earlyexit.fixed_depth.v1")(exit_policies.fixed_depth)
+make_sentence_exit = registry.misc("spacy-earlyexit.sentence_exit.v1")(exit_policies.sentence)
+make_token_window_exit = registry.misc("spacy-earlyexit.token_window_exit.v1")(exit_policies.token_window)
 
 
 # -- training ----------------------------------------------------------------------

@@ -18,9 +18,10 @@ from spacy.training import Example, validate_examples, validate_get_examples
 from spacy.vocab import Vocab
 from thinc.api import Model, set_dropout_rate
 
+from ..core.engines import Engine
 from ..core.importance import Importance
 from ..core.objective import SelfSampling, exit_loss, layer_loss_weights
-from ..core.points import RunSettings, policy_from_spec, width_from_spec
+from ..core.points import OperatingPoint
 from ..core.policies import ExitPolicy, FullDepth
 from ..core.precision import (
     PRECISIONS,
@@ -32,13 +33,13 @@ from ..core.precision import (
 from ..core.width import DEFAULT_WIDTHS, check_width_menu
 from ..core.width_training import WidthTraining
 from .extensions import record_exits, register_extensions
-from .model import DocExits, check_wordpiece_budget, predict_exits
-from .run_settings import ThreadRunSettings, check_point_name, checked_width, point_settings
+from .model import OWN_LOOP, DocExits, check_wordpiece_budget, predict_exits
+from .run_settings import PointTable, ThreadRunSettings, check_point_name, checked_width, point_settings
 from .width_stages import prepare_width_training, rewire_width, trained_widths, width_update
 
 #: the settings both components share, with their defaults (each factory adds its own)
 SHARED_DEFAULTS = {
-    "exit_policy": {"@misc": "spacy-earlyexit.full_depth.v1"},
+    "exit_policy": {"@exit_policies": "spacy-earlyexit.full.v1"},
     "batch_sequences": 64,
     "operating_points": {},
     "operating_point": None,
@@ -98,7 +99,9 @@ class EarlyExitLabeler(TrainablePipe):
         self._configured_precision = check_precision(precision)
         self.cfg: Dict = {"labels": [], "precision": precision, "configured_precision": precision}
         # the default run settings and each thread's `using` blocks (see run_settings.py)
-        self._run = ThreadRunSettings(RunSettings(FullDepth(), 1.0, check_precision(precision)))
+        self._run = ThreadRunSettings(OperatingPoint(FullDepth(), 1.0, check_precision(precision)))
+        # the engine that runs the encoder's weights (see `running_on`)
+        self.engine: Engine = OWN_LOOP
         self.training_precision = check_training_precision(training_precision)
         self.exit_policy = exit_policy or FullDepth()
         self.scorer = scorer
@@ -110,12 +113,8 @@ class EarlyExitLabeler(TrainablePipe):
         except ValueError as err:
             raise ValueError(f"'{name}': {err}") from err
         self.width = width
-        self.operating_points: Dict[str, Dict] = {}
-        for point, spec in (operating_points or {}).items():
-            what = f"operating point '{point}' of '{name}'"
-            policy_from_spec(spec, what)  # fail early on a bad spec
-            width_from_spec(spec, self.width_multipliers, what)
-            self.operating_points[str(point)] = dict(spec)
+        # each spec parsed once, here: a bad one fails at construction
+        self.operating_points = operating_points or {}
         if operating_point:
             self.use(operating_point)
         self.model.attrs["self_sampling"] = self_sampling.to_dict() if self_sampling else None
@@ -129,7 +128,7 @@ class EarlyExitLabeler(TrainablePipe):
 
     # -- operating points and run settings ----------------------------------------
     # The settings `predict` runs with (exit policy, width, precision, and the
-    # name of the operating point they came from) are one `RunSettings`: the
+    # name of the operating point they came from) are one `OperatingPoint`: the
     # component's default, shared by every thread; inside a `using` block, the
     # calling thread's own; per call, those given through spaCy's
     # `component_cfg` (`nlp(text, component_cfg={name: {"operating_point":
@@ -137,7 +136,7 @@ class EarlyExitLabeler(TrainablePipe):
     # copies and pickles carry the default only.
 
     @property
-    def settings(self) -> RunSettings:
+    def settings(self) -> OperatingPoint:
         """The settings this thread's calls run with now."""
         return self._run.current
 
@@ -154,7 +153,7 @@ class EarlyExitLabeler(TrainablePipe):
         width: Optional[float] = None,
         precision: Optional[str] = None,
         exit_policy: Optional[ExitPolicy] = None,
-    ) -> RunSettings:
+    ) -> OperatingPoint:
         """The settings of a named operating point (calibrated, or "full"),
         with `width`, `precision` or `exit_policy` overriding it; what is not
         given is taken from the current settings. Changes nothing."""
@@ -206,6 +205,37 @@ class EarlyExitLabeler(TrainablePipe):
         self._warn_if_not_rewired(chosen.width)
         with self._run.pushed(chosen):
             yield chosen.policy
+
+    @property
+    def operating_points(self) -> PointTable:
+        """The named operating points: name -> spec (`{"policy": ..., **its
+        parameters, "width": ..., "precision": ...}`), as the config stores
+        them; a spec is parsed and checked when it is set. "full" is always
+        there besides them."""
+        return self._operating_points
+
+    @operating_points.setter
+    def operating_points(self, specs: Dict[str, Dict]) -> None:
+        self._operating_points = PointTable(specs, self.width_multipliers, f"'{self.name}'")
+
+    def point(self, name: str) -> OperatingPoint:
+        """The operating point named `name` (calibrated, or "full"), as it
+        runs: its precision the current one unless the point names one."""
+        return self.point_settings(check_point_name(name, f"'{self.name}'"))
+
+    @contextmanager
+    def running_on(self, engine: Engine) -> Iterator[Engine]:
+        """Run the encoder's weights on another engine (`core/engines.py`:
+        Hugging Face's forward, or the ONNX Runtime and OpenVINO peers of the
+        benchmarks) for the duration of a `with` block: a benchmark's switch,
+        for the whole component (every thread), not per call."""
+        if not isinstance(engine, Engine):
+            raise TypeError(f"'{self.name}': an engine is a core.engines.Engine, got {type(engine).__name__}.")
+        previous, self.engine = self.engine, engine
+        try:
+            yield engine
+        finally:
+            self.engine = previous
 
     @property
     def operating_point(self) -> Optional[str]:
@@ -425,7 +455,7 @@ class EarlyExitLabeler(TrainablePipe):
         self._shim.from_bytes(other.model.shims[0].to_bytes())
         self._check_settings()
 
-    def predict(self, docs: Iterable[Doc], settings: Optional[RunSettings] = None) -> List[DocExits]:
+    def predict(self, docs: Iterable[Doc], settings: Optional[OperatingPoint] = None) -> List[DocExits]:
         """Exit predictions for `docs` with `settings` (default: the current
         ones, see `settings`)."""
         docs = list(docs)
@@ -439,6 +469,7 @@ class EarlyExitLabeler(TrainablePipe):
             width=settings.width,
             keep_probs=self.decodes_from_probs,
             precision=precision,
+            engine=self.engine,
         )
 
     def __call__(

@@ -21,6 +21,7 @@ from thinc.types import Floats3d, Ints1d
 
 from ..core.batch import EncoderBatch
 from ..core.encoder import WORD_POOLING, MultiExitEncoder
+from ..core.engines import Engine, OwnLoop
 from ..core.hf import keep_first_layers, load_pretrained
 from ..core.objective import SelfSampling
 from ..core.policies import ExitPolicy
@@ -328,6 +329,10 @@ def sequence_batches(
     return plan, batches()
 
 
+#: the engine components run on unless told otherwise
+OWN_LOOP = OwnLoop()
+
+
 def predict_exits(
     model: Model,
     docs: List[Doc],
@@ -337,11 +342,15 @@ def predict_exits(
     width: float = 1.0,
     keep_probs: bool = False,
     precision: str = "fp32",
+    engine: Optional[Engine] = None,
 ) -> List[DocExits]:
     """Label docs with early exit: sequences sorted by length, batched, and
-    each batch run through the encoder's own layer loop under `policy`, every
-    layer at `width`, in a resolved `precision` (fp32, bf16, int8); with
-    `keep_probs`, each token's label distribution at its exit too."""
+    each batch run by `engine` (default: the encoder's own layer loop) under
+    `policy`, every layer at `width`, in a resolved `precision` (fp32, bf16,
+    int8); with `keep_probs`, each token's label distribution at its exit
+    too."""
+    engine = engine or OWN_LOOP
+    engine.check(policy, width)
     plan, batches = sequence_batches(model, docs, max_sequences, max_padded_pieces)
     encoder: MultiExitEncoder = model.shims[0].encoder
     n_seq = len(plan.sequences)
@@ -352,7 +361,7 @@ def predict_exits(
     seq_cost = numpy.zeros(n_seq)
     seq_full = numpy.zeros(n_seq)
     for indices, batch in batches:
-        out = encoder.predict(batch, policy, width=width, precision=precision)
+        out = engine.predict(encoder, batch, policy, width, precision)
         labels, layers, unc = (t.cpu().numpy() for t in (out.labels, out.exit_layers, out.uncertainty))
         probs = out.probs.cpu().numpy() if keep_probs and out.probs is not None else None
         for row, index in enumerate(indices):

@@ -1,6 +1,6 @@
 """The settings a component's `predict` runs with (exit policy, width,
-precision, and the operating point they came from: one `RunSettings`), and
-who sees which.
+precision, and the name of the operating point they came from: one
+`OperatingPoint`), who sees which, and the component's table of named points.
 
 - The default is state of the component: `use()` changes it for every
   thread, and it is what a copy, a pickle or a worker process of
@@ -17,10 +17,62 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import Dict, Iterator, List, Optional, Sequence
 
-from ..core.points import RunSettings, policy_from_spec, width_from_spec
+from ..core.points import OperatingPoint
 from ..core.policies import FullDepth
 from ..core.precision import check_precision
 from ..core.width import width_in_menu
+from .exit_policies import policy_named
+
+
+class PointTable(dict):
+    """A component's named operating points: name -> spec, as the config
+    stores them, each parsed into its `OperatingPoint` once, when it is
+    set (a bad spec is refused then, with the component and point named).
+
+    `owner` names the component in errors; `widths` is its width menu."""
+
+    def __init__(
+        self, specs: Optional[Dict[str, Dict]] = None, widths: Sequence[float] = (1.0,), owner: str = ""
+    ) -> None:
+        super().__init__()
+        self.widths = tuple(widths)
+        self.owner = owner
+        self._points: Dict[str, OperatingPoint] = {}
+        for name, spec in (specs or {}).items():
+            self[name] = spec
+
+    def __setitem__(self, name: str, spec: Dict) -> None:
+        name = str(name)
+        what = f"operating point '{name}' of {self.owner or 'the component'}"
+        point = OperatingPoint.from_spec(spec, name=name, widths=self.widths, make=policy_named, what=what)
+        self._points[name] = point
+        super().__setitem__(name, dict(spec))
+
+    def __delitem__(self, name: str) -> None:
+        super().__delitem__(name)
+        del self._points[name]
+
+    def point(self, name: str) -> OperatingPoint:
+        """The parsed point named `name` (a KeyError if there is none)."""
+        return self._points[name]
+
+    def update(self, *args, **kwargs) -> None:
+        for name, spec in dict(*args, **kwargs).items():
+            self[name] = spec
+
+    def pop(self, name, *default):
+        self._points.pop(name, None)
+        return super().pop(name, *default)
+
+    def clear(self) -> None:
+        self._points.clear()
+        super().clear()
+
+    def copy(self) -> Dict[str, Dict]:
+        return {name: dict(spec) for name, spec in self.items()}
+
+    def __reduce__(self):
+        return (type(self), (self.copy(), self.widths, self.owner))
 
 
 class ThreadRunSettings:
@@ -31,18 +83,18 @@ class ThreadRunSettings:
     `using` blocks belong to that thread, and a `threading.local` cannot be
     pickled anyway."""
 
-    def __init__(self, default: RunSettings) -> None:
+    def __init__(self, default: OperatingPoint) -> None:
         self.default = default
         self._local = threading.local()
 
-    def _stack(self) -> List[RunSettings]:
+    def _stack(self) -> List[OperatingPoint]:
         stack = getattr(self._local, "stack", None)
         if stack is None:
             stack = self._local.stack = []
         return stack
 
     @property
-    def current(self) -> RunSettings:
+    def current(self) -> OperatingPoint:
         """The settings the calling thread runs with now: its innermost
         `using` block's, else the default."""
         stack = getattr(self._local, "stack", None)
@@ -59,7 +111,7 @@ class ThreadRunSettings:
         return True
 
     @contextmanager
-    def pushed(self, settings: RunSettings) -> Iterator[RunSettings]:
+    def pushed(self, settings: OperatingPoint) -> Iterator[OperatingPoint]:
         """Run with `settings` in the calling thread for the duration of a
         `with` block; the previous ones come back after it."""
         stack = self._stack()
@@ -81,15 +133,15 @@ class ThreadRunSettings:
 
 
 def point_settings(
-    current: RunSettings,
+    current: OperatingPoint,
     operating_point: Optional[str],
-    operating_points: Dict[str, Dict],
+    operating_points: PointTable,
     width_multipliers: Sequence[float],
     *,
     width: Optional[float] = None,
     precision: Optional[str] = None,
     owner: str = "the component",
-) -> RunSettings:
+) -> OperatingPoint:
     """The settings of a named operating point (calibrated, in
     `operating_points`, or "full"), with `width` or `precision` overriding
     it; what is not given is taken from `current`. `owner` names the
@@ -97,15 +149,9 @@ def point_settings(
     if operating_point is not None:
         check_point_name(operating_point, owner)
         if operating_point == "full":
-            current = RunSettings(FullDepth(), 1.0, current.precision, "full")
+            current = OperatingPoint(FullDepth(), 1.0, current.precision, "full")
         elif operating_point in operating_points:
-            spec = operating_points[operating_point]
-            current = RunSettings(
-                policy_from_spec(spec),
-                width_from_spec(spec, width_multipliers),
-                check_precision(spec.get("precision", current.precision)),
-                operating_point,
-            )
+            current = operating_points.point(operating_point).with_precision(current.precision)
         else:
             known = ", ".join(["full", *operating_points]) or "full"
             raise ValueError(

@@ -3,7 +3,6 @@ early-exit pipeline: score, analytic speed-up and measured words per second
 through `nlp.pipe`, side by side in one run."""
 
 import platform
-from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -11,14 +10,16 @@ import spacy
 import torch
 import typer
 
+from ..core.engines import HuggingFaceForward
 from .evaluation import (
-    OperatingPoint,
+    Measurement,
     corpus_examples,
     fmt_value,
     format_rows,
     fresh_copy,
     keep_only_early_exit,
     measure_interleaved,
+    measurement,
     set_ratios,
     write_result,
 )
@@ -36,19 +37,18 @@ def default_sweep(
     sentence_thresholds=DEFAULT_SENTENCE_THRESHOLDS,
     fixed_depths: bool = True,
     widths: Sequence[float] = (1.0,),
-) -> List[OperatingPoint]:
-    """full, every fixed depth, TOKEE per window and threshold, SENTEE per
-    threshold; at every width of `widths` (full width first)."""
+) -> List[Measurement]:
+    """full, every fixed depth, token_window (TOKEE) per window and
+    threshold, sentence (SENTEE) per threshold; at every width of `widths`
+    (full width first)."""
     points = []
     for width in sorted(widths, reverse=True):
-        points.append(OperatingPoint("full", width=width))
+        points.append(measurement("full", width))
         if fixed_depths:
-            points += [OperatingPoint("fixed_depth", {"layer": layer}, width) for layer in range(1, n_layers)]
+            points += [measurement("fixed_depth", width, layer=layer) for layer in range(1, n_layers)]
         for window in windows:
-            points += [
-                OperatingPoint("token_window", {"threshold": t, "window": window}, width) for t in token_thresholds
-            ]
-        points += [OperatingPoint("sentence", {"threshold": t}, width) for t in sentence_thresholds]
+            points += [measurement("token_window", width, threshold=t, window=window) for t in token_thresholds]
+        points += [measurement("sentence", width, threshold=t) for t in sentence_thresholds]
     return points
 
 
@@ -56,7 +56,7 @@ def run_benchmark(
     pipeline: str,
     corpus: str,
     component_name: Optional[str] = None,
-    points: Optional[Callable[[int], List[OperatingPoint]]] = None,
+    points: Optional[Callable[[int], List[Measurement]]] = None,
     batch_size: int = 64,
     limit: int = 0,
     compare_huggingface: bool = True,
@@ -75,15 +75,16 @@ def run_benchmark(
     encoder = nlp.get_pipe(component_name).encoder
     examples = corpus_examples(nlp, corpus, limit)
     points = (points or default_sweep)(encoder.n_layers)
-    if not any(p.policy == "full" and p.width == 1.0 for p in points):
-        points = [OperatingPoint("full")] + points
+    if not any(p.is_full for p in points):
+        points = [measurement("full")] + points
     if compare_huggingface:
-        points.append(OperatingPoint("hf_forward", {"note": "same weights through Hugging Face forward, full depth"}))
+        # the same weights through Hugging Face's forward, full depth
+        points.append(measurement("full", engine=HuggingFaceForward()))
     # warm-up: allocator, thread pools, tokenizer caches
     list(nlp.pipe([fresh_copy(eg.predicted) for eg in examples[:16]], batch_size=batch_size))
     measure_interleaved([(nlp, component_name, p) for p in points], examples, batch_size, rounds, progress)
     results = points
-    set_ratios(results, next(p for p in results if p.policy == "full" and p.width == 1.0))
+    set_ratios(results, next(p for p in results if p.is_full))
     return {
         "pipeline": str(pipeline),
         "corpus": str(corpus),
@@ -99,7 +100,7 @@ def run_benchmark(
         "torch": torch.__version__,
         "n_layers": encoder.n_layers,
         "precision": nlp.get_pipe(component_name).precision,
-        "points": [asdict(p) for p in results],
+        "points": [p.to_dict() for p in results],
     }
 
 
@@ -116,9 +117,10 @@ def format_table(result: Dict) -> str:
         params = ", ".join(f"{k}={v}" for k, v in p["params"].items() if k not in ("uncertainty", "note"))
         if p.get("width", 1.0) < 1.0:
             params = f"{params}, width={p['width']:g}" if params else f"width={p['width']:g}"
+        engine = p.get("engine", "earlyexit")
         rows.append(
             (
-                p["policy"],
+                p["policy"] if engine == "earlyexit" else f"{p['policy']} on {engine}",
                 params,
                 fmt_value(p["score"], ".4f"),
                 fmt_value(p["flops_speedup"], ".2f"),

@@ -9,7 +9,7 @@ import torch
 import typer
 
 from .evaluation import (
-    OperatingPoint,
+    Measurement,
     corpus_examples,
     fmt_value,
     format_rows,
@@ -17,6 +17,7 @@ from .evaluation import (
     keep_only_early_exit,
     measure,
     measure_interleaved,
+    measurement,
     sentence_examples,
     set_ratios,
     write_result,
@@ -56,15 +57,16 @@ def evaluate_operating_points(
     runs, per_pipeline = [], []
     for nlp, name, meta in loaded:
         list(nlp.pipe([fresh_copy(eg.predicted) for eg in examples[:16]], batch_size=batch_size))  # warm-up
-        full = OperatingPoint("full")
-        chosen = [(p, _calibrated_point(p)) for p in meta["points"] if p["reached"]]
+        full = measurement("full")
+        component = nlp.get_pipe(name)
+        chosen = [(p, Measurement(component.point(p["name"]))) for p in meta["points"] if p["reached"]]
         runs += [(nlp, name, full)] + [(nlp, name, point) for _, point in chosen]
         per_pipeline.append((meta, full, chosen))
     measure_interleaved(runs, examples, batch_size, rounds, progress)
     sentences = sentence_examples(loaded[0][0], examples)
     on_sentences = {}
     for nlp, name, point in runs if sentences else []:
-        alone = measure(nlp, name, sentences, OperatingPoint(point.policy, dict(point.params), point.width), batch_size)
+        alone = measure(nlp, name, sentences, Measurement(point.point, point.engine), batch_size)
         on_sentences[id(point)] = alone
         progress(f"[sentences] {point.label}: score {fmt_value(alone.score, '.4f')}")
     result: Dict = {
@@ -116,17 +118,12 @@ def evaluate_operating_points(
     return result
 
 
-def _sentence_figures(point: Optional[OperatingPoint]) -> Dict:
+def _sentence_figures(point: Optional[Measurement]) -> Dict:
     return {
         "test_score_sentences": point.score if point else None,
         "flops_speedup_sentences": point.flops_speedup if point else None,
         "words_per_second_sentences": point.words_per_second if point else None,
     }
-
-
-def _calibrated_point(entry: Dict) -> OperatingPoint:
-    params = {k: v for k, v in entry["params"].items() if k != "width"}
-    return OperatingPoint(entry["policy"], params, float(entry["params"].get("width", 1.0)))
 
 
 def format_points_table(result: Dict) -> str:

@@ -3,7 +3,6 @@ words per second through `nlp.pipe`, in interleaved rounds. The tools
 (benchmark, calibrate, evaluate-points) and the scripts build on these."""
 
 import contextlib
-import copy
 import json
 import statistics
 import time
@@ -11,25 +10,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, TypeVar
 
-import torch
 from spacy.language import Language
 from spacy.tokens import Doc, DocBin
 from spacy.training import Example
 
-from ..core.batch import EncoderBatch, ExitOutput
-from ..core.encoder import MultiExitEncoder
-from ..core.policies import ExitPolicy, make_policy
+from ..core.engines import Engine
+from ..core.points import OperatingPoint
+from ..core.policies import FullDepth
+from ..pipeline.exit_policies import policy_named
 from ..pipeline.labeler import EarlyExitLabeler
+from ..pipeline.model import OWN_LOOP
 from .outputs import replacing_file
 
 T = TypeVar("T")
 
 
 @dataclass
-class OperatingPoint:
-    policy: str
-    params: Dict = field(default_factory=dict)
-    width: float = 1.0
+class Measurement:
+    """What runs of one operating point on a corpus measured: its score,
+    analytic speed-up and words per second. `engine`: what runs the
+    network's weights (None: the component's own layer loop; e.g.
+    `HuggingFaceForward()` for the same weights through Hugging Face's
+    forward)."""
+
+    point: OperatingPoint = field(default_factory=OperatingPoint)
+    engine: Optional[Engine] = None
     score: Optional[float] = None
     flops_speedup: Optional[float] = None
     words_per_second: Optional[float] = None
@@ -40,52 +45,35 @@ class OperatingPoint:
 
     @property
     def label(self) -> str:
-        args = ",".join(f"{k}={v}" for k, v in self.params.items() if k != "uncertainty")
-        label = f"{self.policy}({args})" if args else self.policy
-        return f"{label}@width={self.width:g}" if self.width < 1.0 else label
+        return f"{self.point.label} on {self.engine.name}" if self.engine else self.point.label
+
+    @property
+    def is_full(self) -> bool:
+        """Full depth at full width on the component's own loop: what speed-ups are relative to."""
+        return type(self.point.policy) is FullDepth and self.point.width == 1.0 and self.engine is None
+
+    def to_dict(self) -> Dict:
+        """The figures as metrics files store them (`policy`, `params`, `width`
+        of the point, the engine's name, then the figures)."""
+        return {
+            "policy": self.point.policy.name,
+            "params": self.point.policy.params(),
+            "width": self.point.width,
+            "engine": self.engine.name if self.engine else OWN_LOOP.name,
+            "score": self.score,
+            "flops_speedup": self.flops_speedup,
+            "words_per_second": self.words_per_second,
+            "seconds": self.seconds,
+            "mean_exit_layer": self.mean_exit_layer,
+            "wps_ratio_vs_full": self.wps_ratio_vs_full,
+            "round_words_per_second": list(self.round_words_per_second),
+        }
 
 
-@contextlib.contextmanager
-def huggingface_forward(encoder: MultiExitEncoder) -> Iterator[None]:
-    """Run the same weights through Hugging Face's own `forward` (every layer,
-    padded batches) instead of the early-exit loop, for a like-for-like
-    timing; at precision bf16, through a bf16 copy of the backbone (the usual
-    way to run a Hugging Face model in bf16), int8 is not offered."""
-    copies: Dict[str, torch.nn.Module] = {}
-
-    def backbone_for(precision: str) -> torch.nn.Module:
-        if precision != "bf16":
-            return encoder.backbone
-        if "bf16" not in copies:
-            copies["bf16"] = copy.deepcopy(encoder.backbone).to(torch.bfloat16).eval()
-        return copies["bf16"]
-
-    @torch.inference_mode()
-    def predict(
-        batch: EncoderBatch, policy: Optional[ExitPolicy] = None, width: float = 1.0, precision: str = "fp32"
-    ) -> ExitOutput:
-        backbone = backbone_for(precision)
-        # the casing and lexical embeddings join the embedding output, as in the own loop
-        hook = backbone.embeddings.register_forward_hook(
-            lambda m, i, out: encoder.add_token_features(out.float(), batch).to(out.dtype)
-        )
-        try:
-            hidden = backbone(input_ids=batch.input_ids, attention_mask=batch.piece_mask.long()).last_hidden_state
-        finally:
-            hook.remove()
-        states = encoder.word_states(hidden, batch).float()
-        probs = encoder.heads[-1](states).softmax(-1)
-        labels = probs.argmax(-1)
-        n = batch.piece_mask.sum(1).double()
-        full = encoder.layer_cost.full(n, batch.word_mask.sum(1).double(), encoder.n_layers)
-        layers = torch.full_like(labels, encoder.n_layers)
-        return ExitOutput(labels, layers, torch.zeros(labels.shape), full, full, probs)
-
-    encoder.predict = predict
-    try:
-        yield
-    finally:
-        del encoder.predict
+def measurement(policy: str = "full", width: float = 1.0, engine: Optional[Engine] = None, **params) -> Measurement:
+    """A measurement (not yet run) of the policy named `policy` (as specs
+    name it) with `params`, at `width`, on `engine`."""
+    return Measurement(OperatingPoint(policy_named(policy, **params), width), engine)
 
 
 def fresh_copy(doc: Doc, vocab=None) -> Doc:
@@ -169,40 +157,38 @@ def interleaved_rounds(runs: Sequence[T], rounds: int, rotate: bool = False) -> 
             yield round_index, run
 
 
-def _policy_context(component: EarlyExitLabeler, point: OperatingPoint, policy: Optional[ExitPolicy]):
-    if point.policy == "hf_forward":
-        stack = contextlib.ExitStack()
-        stack.enter_context(component.using("full"))
-        stack.enter_context(huggingface_forward(component.encoder))
-        return stack
-    return component.using(policy or make_policy(point.policy, **point.params), width=point.width)
+def _running(component: EarlyExitLabeler, run: Measurement) -> contextlib.ExitStack:
+    """Run the component at the measurement's point, on its engine."""
+    stack = contextlib.ExitStack()
+    point = run.point
+    stack.enter_context(component.using(point.policy, width=point.width, precision=point.precision))
+    if run.engine is not None:
+        stack.enter_context(component.running_on(run.engine))
+    return stack
 
 
 def measure(
     nlp: Language,
     component_name: str,
     examples: List[Example],
-    point: OperatingPoint,
+    run: Measurement,
     batch_size: int,
-    policy: Optional[ExitPolicy] = None,
-) -> OperatingPoint:
-    """Run the corpus through `nlp.pipe` under the point's policy once; fill in
-    its score, analytic speed-up and (this run's) words per second."""
+) -> Measurement:
+    """Run the corpus through `nlp.pipe` at the measurement's point once; fill
+    in its score, analytic speed-up and (this run's) words per second."""
     component: EarlyExitLabeler = nlp.get_pipe(component_name)
-    with _policy_context(component, point, policy) as used:
+    with _running(component, run):
         docs, seconds = _timed_pipe(nlp, examples, batch_size)
-        if isinstance(used, ExitPolicy) and point.policy not in ("full", "hf_forward"):
-            point.params = used.params()
     predicted = [Example(doc, eg.reference) for doc, eg in zip(docs, examples)]
     scores = component.score(predicted)
     n_words = sum(len(doc) for doc in docs)
-    point.score = scores.get(component.score_key)
-    point.flops_speedup = scores.get(f"{component_name}_flops_speedup")
-    point.mean_exit_layer = scores.get(f"{component_name}_mean_exit_layer")
-    point.seconds = seconds
-    point.words_per_second = n_words / seconds if seconds else None
-    point.round_words_per_second = [point.words_per_second]
-    return point
+    run.score = scores.get(component.score_key)
+    run.flops_speedup = scores.get(f"{component_name}_flops_speedup")
+    run.mean_exit_layer = scores.get(f"{component_name}_mean_exit_layer")
+    run.seconds = seconds
+    run.words_per_second = n_words / seconds if seconds else None
+    run.round_words_per_second = [run.words_per_second]
+    return run
 
 
 def measure_interleaved(
@@ -221,7 +207,7 @@ def measure_interleaved(
         if round_index == 0:
             measure(nlp, name, examples, point, batch_size)
         else:
-            with _policy_context(nlp.get_pipe(name), point, None):
+            with _running(nlp.get_pipe(name), point):
                 _, seconds = _timed_pipe(nlp, examples, batch_size)
             point.round_words_per_second.append(n_words / seconds)
         progress(
@@ -234,7 +220,7 @@ def measure_interleaved(
         point.seconds = n_words / point.words_per_second
 
 
-def set_ratios(points: List[OperatingPoint], full: OperatingPoint) -> None:
+def set_ratios(points: List[Measurement], full: Measurement) -> None:
     """Words per second relative to `full`: the median of the per-round ratios."""
     for point in points:
         pairs = list(zip(point.round_words_per_second, full.round_words_per_second))

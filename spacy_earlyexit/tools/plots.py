@@ -18,10 +18,10 @@ from spacy.language import Language
 from spacy.tokens import Doc, DocBin
 from wasabi import msg
 
+from ..core.points import OperatingPoint
 from ..pipeline.labeler import EarlyExitLabeler
 from ..pipeline.ner import EarlyExitNER
 from ..pipeline.tagger import EarlyExitTagger
-from .benchmark import OperatingPoint
 from .evaluation import fresh_copy
 from .outputs import check_output, exit_on_refusal, replacing_file
 
@@ -80,12 +80,21 @@ def _stages(benchmarks: Sequence[Dict]) -> List[Optional[str]]:
     return [result.get("stage") or by_position[min(i, len(by_position) - 1)] for i, result in enumerate(benchmarks)]
 
 
+def series_name(point: Dict) -> Optional[str]:
+    """The series a benchmark point is drawn in: its policy, or the engine
+    that ran it when that is not the early-exit loop ("hf_forward"; files of
+    earlier releases named it as the policy)."""
+    engine = point.get("engine", "earlyexit")
+    return point.get("policy") if engine == "earlyexit" else engine
+
+
 def _series(points: Iterable[Dict]) -> Dict[Tuple[str, Optional[int]], List[Dict]]:
     """Points grouped by policy family (TOKEE also by window), in sweep order."""
     groups: Dict[Tuple[str, Optional[int]], List[Dict]] = {}
     for point in points:
-        window = (point.get("params") or {}).get("window") if point.get("policy") == "token_window" else None
-        groups.setdefault((point.get("policy"), window), []).append(point)
+        name = series_name(point)
+        window = (point.get("params") or {}).get("window") if name == "token_window" else None
+        groups.setdefault((name, window), []).append(point)
     return groups
 
 
@@ -415,7 +424,7 @@ def plot(
     counts = exit_layers_by_label(nlp, component_name, gold)
     kind = "gold entity label" if isinstance(nlp.get_pipe(component_name), EarlyExitNER) else "gold tag"
     policy = nlp.get_pipe(component_name).exit_policy
-    policy_label = OperatingPoint(policy.name, policy.params()).label
+    policy_label = OperatingPoint(policy).label
     if policy.name == "full":
         msg.warn(f"'{component_name}' in '{pipeline}' runs at full depth: every token exits at the last layer.")
     docs = f"the first {len(gold)} docs of {corpus.name}" if limit else corpus.name

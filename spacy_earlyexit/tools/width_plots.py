@@ -8,7 +8,7 @@ import typer
 from wasabi import msg
 
 from .outputs import check_output, exit_on_refusal
-from .plots import METRIC_NAMES, MatplotlibMissing, load_json, log_words_axis, new_figure, save_figure
+from .plots import METRIC_NAMES, MatplotlibMissing, load_json, log_words_axis, new_figure, save_figure, series_name
 
 #: (label, colour, marker) of each front
 FRONTS = {
@@ -21,7 +21,7 @@ FRONTS = {
 def family(point: Dict) -> Optional[str]:
     """Which fronts a benchmark point belongs to: "width" (full depth at any
     width), "exit" (full width, any exit policy) or None (only the joint one)."""
-    if point.get("policy") == "hf_forward":
+    if series_name(point) == "hf_forward":
         return "skip"
     width = point.get("width", 1.0)
     if point.get("policy") == "full":

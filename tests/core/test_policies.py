@@ -8,6 +8,7 @@ from spacy_earlyexit.core.policies import (
     FixedDepth,
     FullDepth,
     SentenceExit,
+    TokenPatience,
     TokenWindowExit,
     make_policy,
     max_prob_uncertainty,
@@ -60,7 +61,9 @@ def test_cost_falls_as_threshold_rises(encoder, make):
     assert bool((out.exit_layers[batch.word_mask] == 1).all())
 
 
-@pytest.mark.parametrize("make", POLICIES + [lambda t: FullDepth(), lambda t: FixedDepth(2)])
+@pytest.mark.parametrize(
+    "make", POLICIES + [lambda t: FullDepth(), lambda t: FixedDepth(2), lambda t: TokenPatience(1, window=1)]
+)
 def test_exit_layers_stay_within_range(encoder, make):
     batch = random_batch([8, 1, 5], seed=3)
     out = encoder.predict(batch, make(0.3))
@@ -115,6 +118,7 @@ def test_batch_invariance_on_the_encoder(encoder):
 
 def test_make_policy_and_bad_parameters():
     assert isinstance(make_policy("token_window", threshold=0.2, window=3), TokenWindowExit)
+    assert make_policy("token_patience", patience=2).params() == {"patience": 2, "window": 0}
     assert make_policy("sentence", threshold=0.1).params() == {"threshold": 0.1, "uncertainty": "entropy"}
     with pytest.raises(ValueError, match="Unknown exit policy"):
         make_policy("random")
@@ -124,3 +128,7 @@ def test_make_policy_and_bad_parameters():
         SentenceExit(-0.1)
     with pytest.raises(ValueError, match="exceeds"):
         FixedDepth(9).last_layer(3)
+    with pytest.raises(ValueError, match="patience"):
+        TokenPatience(0)
+    with pytest.raises(ValueError, match="window"):
+        TokenPatience(1, window=-1)

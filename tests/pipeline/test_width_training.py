@@ -256,8 +256,8 @@ def test_the_benchmark_sweeps_every_policy_at_every_width(four_head_stage, tmp_p
     from spacy_earlyexit.tools.benchmark import default_sweep, run_benchmark
 
     sweep = default_sweep(3, token_thresholds=(0.1,), sentence_thresholds=(), widths=(0.5, 1.0))
-    assert [(p.policy, p.width) for p in sweep][:2] == [("full", 1.0), ("fixed_depth", 1.0)]
-    assert {p.width for p in sweep} == {0.5, 1.0} and len(sweep) == 2 * (1 + 2 + 1)
+    assert [(p.point.policy_name, p.point.width) for p in sweep][:2] == [("full", 1.0), ("fixed_depth", 1.0)]
+    assert {p.point.width for p in sweep} == {0.5, 1.0} and len(sweep) == 2 * (1 + 2 + 1)
     assert sweep[-1].label.endswith("@width=0.5")
     _, source = four_head_stage
     corpus = tmp_path / "test.spacy"

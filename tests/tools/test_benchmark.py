@@ -7,7 +7,7 @@ import sys
 from spacy.tokens import DocBin
 
 from spacy_earlyexit.tools.benchmark import run_benchmark
-from spacy_earlyexit.tools.evaluation import OperatingPoint
+from spacy_earlyexit.tools.evaluation import measurement
 
 from ..conftest import ner_corpus
 
@@ -18,19 +18,19 @@ def test_run_benchmark_reports_every_point(trained_ner, tmp_path):
 
     def points(n_layers):
         return [
-            OperatingPoint("token_window", {"threshold": 0.0, "window": 2}),
-            OperatingPoint("token_window", {"threshold": 1.01, "window": 1}),
+            measurement("token_window", threshold=0.0, window=2),
+            measurement("token_window", threshold=1.01, window=1),
         ]
 
     result = run_benchmark(str(tmp_path / "p"), str(corpus), points=points, batch_size=4, progress=lambda s: None)
-    by_policy = {(p["policy"], p["params"].get("threshold")): p for p in result["points"]}
-    full = by_policy[("full", None)]
+    by_policy = {(p["policy"], p["engine"], p["params"].get("threshold")): p for p in result["points"]}
+    full = by_policy[("full", "earlyexit", None)]
     assert result["metric"] == "ents_f" and result["n_layers"] == 3
     assert full["score"] == 1.0 and full["flops_speedup"] == 1.0 and full["wps_ratio_vs_full"] == 1.0
     # threshold 0 is full depth; the same weights through Hugging Face give the same score
-    assert by_policy[("token_window", 0.0)]["score"] == full["score"]
-    assert by_policy[("hf_forward", None)]["score"] == full["score"]
-    everything_at_layer_one = by_policy[("token_window", 1.01)]
+    assert by_policy[("token_window", "earlyexit", 0.0)]["score"] == full["score"]
+    assert by_policy[("full", "hf_forward", None)]["score"] == full["score"]
+    everything_at_layer_one = by_policy[("token_window", "earlyexit", 1.01)]
     assert everything_at_layer_one["mean_exit_layer"] == 1.0
     assert everything_at_layer_one["flops_speedup"] > 2.0
     assert all(p["words_per_second"] > 0 for p in result["points"])

@@ -9,7 +9,7 @@ from spacy.tokens import Doc, DocBin
 
 from spacy_earlyexit.core.policies import FixedDepth, TokenWindowExit
 from spacy_earlyexit.tools.calibrate import CalibratedPoint, Candidate, choose, run_calibration, simulate, trace
-from spacy_earlyexit.tools.evaluation import OperatingPoint, fresh_copy, measure
+from spacy_earlyexit.tools.evaluation import fresh_copy, measure, measurement
 
 from ..conftest import model_config, ner_corpus, ner_examples, train
 
@@ -38,7 +38,7 @@ def test_simulated_cost_of_a_fixed_depth_is_what_inference_spends(ner, layer):
     component = ner.get_pipe("earlyexit_ner")
     examples = ner_examples(ner)
     _, simulated = simulate(trace(ner, component, examples), component, Candidate(layer=layer))
-    real = measure(ner, "earlyexit_ner", examples, OperatingPoint("fixed_depth", {"layer": layer}), batch_size=8)
+    real = measure(ner, "earlyexit_ner", examples, measurement("fixed_depth", layer=layer), batch_size=8)
     assert simulated == pytest.approx(real.flops_speedup, rel=1e-9)
 
 
@@ -119,27 +119,27 @@ def _choose_on_a_flat_curve(margin, tolerance, curve=FLAT_CURVE, target=2.0):
         lambda line: None,
         margin=margin,
         tolerance=tolerance,
-        real=lambda nlp, name, examples, spec: curve[spec["threshold"]],
+        real=lambda nlp, name, examples, point: curve[point.policy.threshold],
     )
     return point
 
 
 def test_calibration_keeps_the_least_aggressive_of_tied_points():
     point = _choose_on_a_flat_curve(margin=1.0, tolerance=0.1)
-    assert point.reached and point.spec["threshold"] == 0.05 and point.flops_speedup == 2.12
+    assert point.reached and point.point.policy.threshold == 0.05 and point.flops_speedup == 2.12
     greedy = _choose_on_a_flat_curve(margin=1.0, tolerance=0.0)
-    assert greedy.spec["threshold"] == 0.2  # without a tolerance the best dev score wins, at 2.88x
+    assert greedy.point.policy.threshold == 0.2  # without a tolerance the best dev score wins, at 2.88x
 
 
 def test_calibration_takes_the_better_score_when_speedups_are_close():
     curve = {0.25: (0.9105, 3.21), 0.2: (0.9126, 3.25)}
     point = _choose_on_a_flat_curve(margin=1.05, tolerance=0.25, curve=curve, target=3.0)
-    assert point.spec["threshold"] == 0.2 and point.dev_score == 0.9126
+    assert point.point.policy.threshold == 0.2 and point.dev_score == 0.9126
 
 
 def test_calibration_seeks_speedup_targets_with_a_margin():
     point = _choose_on_a_flat_curve(margin=1.1, tolerance=0.1)
-    assert point.reached and point.flops_speedup >= 2.2 and point.spec["threshold"] == 0.1
+    assert point.reached and point.flops_speedup >= 2.2 and point.point.policy.threshold == 0.1
     unreachable = _choose_on_a_flat_curve(margin=2.0, tolerance=0.1)
     assert not unreachable.reached and "margin 2" in unreachable.note
 
@@ -148,8 +148,8 @@ def test_calibration_holds_fixed_depths_to_the_target_itself():
     """A fixed depth costs the same on any text: it needs no margin, while a
     TOKEE setting at the same dev speed-up does."""
 
-    def real(nlp, name, examples, spec):
-        return (0.93, 3.0) if spec["policy"] == "fixed_depth" else (0.92, 3.0)
+    def real(nlp, name, examples, point):
+        return (0.93, 3.0) if point.policy.name == "fixed_depth" else (0.92, 3.0)
 
     simulated = [Candidate(layer=2, score=0.93, speedup=3.0), Candidate(1, 0.3, 1.0, score=0.92, speedup=3.0)]
     point = CalibratedPoint("3x", 3.0, "speedup")
@@ -166,7 +166,7 @@ def test_calibration_holds_fixed_depths_to_the_target_itself():
         tolerance=0.25,
         real=real,
     )
-    assert point.reached and point.spec == {"policy": "fixed_depth", "layer": 2}
+    assert point.reached and point.point.to_spec() == {"policy": "fixed_depth", "layer": 2}
     tokee_only = CalibratedPoint("3x", 3.0, "speedup")
     choose(
         None,

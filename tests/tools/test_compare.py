@@ -11,7 +11,7 @@ from spacy.tokens import DocBin
 from benchmarks import compare, peers
 from spacy_earlyexit.core.policies import TokenWindowExit
 
-from ..conftest import NER_DATA, ner_examples
+from ..conftest import NER_DATA, RecordingEngine, ner_examples
 from .conftest import TEXTS
 
 
@@ -213,13 +213,13 @@ def test_each_system_runs_at_its_precision(trained_ner, tmp_path, monkeypatch):
     monkeypatch.setattr(compare, "_prepare", prepare)
     for nlp in loaded.values():
         component = nlp.get_pipe("earlyexit_ner")
-        inner = component.encoder.predict
 
-        def recording(batch, policy=None, _inner=inner, _component=component, **kwargs):
-            seen.setdefault(current["name"], set()).add((_component.precision, kwargs.get("precision", "fp32")))
-            return _inner(batch, policy, **kwargs)
+        class Recording(RecordingEngine):
+            def predict(self, encoder, batch, policy, width, precision, _component=component):
+                seen.setdefault(current["name"], set()).add((_component.precision, precision))
+                return super().predict(encoder, batch, policy, width, precision)
 
-        component.encoder.predict = recording
+        component.engine = Recording(component.engine)
     docs = _two_docs(trained_ner)
     compare.measure_speed(systems, loaded, compare.shapes_of(docs), batch_size=2, rounds=1, progress=lambda m: None)
     for system in systems:
@@ -260,16 +260,15 @@ def test_onnxruntime_fp32_labels_as_hugging_face_forward(ner_copy, tmp_path):
     pytest.importorskip("onnx")
     import torch
 
-    from spacy_earlyexit.tools.evaluation import huggingface_forward
+    from spacy_earlyexit.core.engines import HuggingFaceForward
 
     component = ner_copy.get_pipe("earlyexit_ner")
     encoder = component.encoder
-    with huggingface_forward(encoder):
+    with component.running_on(HuggingFaceForward()):
         expected = _labels(ner_copy, TEXTS)
     stand_in = peers.install("onnxruntime-fp32", component, tmp_path / "onnx", threads=1)
-    batches = []
-    onnx_predict = encoder.predict
-    encoder.predict = lambda batch, *args, **kwargs: batches.append(batch) or onnx_predict(batch, *args, **kwargs)
+    component.engine = recording = RecordingEngine(stand_in)
+    batches = recording.batches
     got = _labels(ner_copy, TEXTS)
     assert sum(len(x) for x in got) == sum(len(ner_copy.make_doc(t)) for t in TEXTS)
     assert got == expected  # every token
@@ -357,7 +356,7 @@ def test_onnxruntime_peer_reads_words_as_the_pipeline_does(tiny_model_dir, tmp_p
     pytest.importorskip("onnx")
     import torch
 
-    from spacy_earlyexit.tools.evaluation import huggingface_forward
+    from spacy_earlyexit.core.engines import HuggingFaceForward
 
     from ..conftest import model_config, train
 
@@ -370,7 +369,7 @@ def test_onnxruntime_peer_reads_words_as_the_pipeline_does(tiny_model_dir, tmp_p
     with torch.no_grad():
         torch.manual_seed(0)
         encoder.lexical_embedding.weight[1:].normal_(0.0, 1.0)  # large: leaving it out would change labels
-    with huggingface_forward(encoder):
+    with component.running_on(HuggingFaceForward()):
         expected = _labels(nlp, TEXTS)
     assert expected == _labels(nlp, TEXTS)  # Hugging Face's forward = the own loop, at full depth
     stand_in = peers.install("onnxruntime-fp32", component, tmp_path / "onnx", threads=1)

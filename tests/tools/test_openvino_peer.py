@@ -16,7 +16,7 @@ import pytest
 import spacy
 from spacy.tokens import Doc, DocBin
 
-from ..conftest import NER_DATA, TAG_DATA, ner_tagger_examples
+from ..conftest import NER_DATA, TAG_DATA, RecordingEngine, ner_tagger_examples
 
 pytest.importorskip("openvino")
 pytest.importorskip("onnx")  # the peer reads the shared ONNX export
@@ -76,9 +76,8 @@ def test_openvino_f32_labels_as_the_product_at_full_depth_fp32(request, task, tm
         "openvino", component, tmp_path / "peer", threads=1, properties={"INFERENCE_PRECISION_HINT": "f32"}
     )
     assert isinstance(stand_in, peers.OpenVinoForward)
-    batches = []
-    predict = component.encoder.predict
-    component.encoder.predict = lambda batch, *a, **k: batches.append(batch) or predict(batch, *a, **k)
+    component.engine = recording = RecordingEngine(stand_in)
+    batches = recording.batches
     got, got_probs = _predict(nlp, component)
     assert sum(len(x) for x in got) == sum(len(nlp.make_doc(t)) for t in MORE_TEXTS)
     assert got == expected  # every token

@@ -10,9 +10,10 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 from spacy.language import Language
 from spacy.training import Example
 
+from ...core.points import OperatingPoint
 from ...core.precision import resolve_precision
 from ...pipeline.labeler import EarlyExitLabeler
-from ..evaluation import OperatingPoint, measure
+from ..evaluation import Measurement, measure
 from .simulation import Candidate, candidates, simulate, simulated_score
 from .tracing import trace
 
@@ -26,8 +27,8 @@ DEFAULT_MARGIN = 1.05
 DEFAULT_TOLERANCE = 0.25
 #: real dev runs per target, at most
 MAX_REAL_RUNS = 4
-#: runs a spec for real: (nlp, component name, examples, spec) -> (score, speed-up)
-RealRun = Callable[[Language, str, List[Example], Dict], Tuple[float, float]]
+#: runs a point for real: (nlp, component name, examples, point) -> (score, speed-up)
+RealRun = Callable[[Language, str, List[Example], OperatingPoint], Tuple[float, float]]
 
 
 @dataclass
@@ -36,7 +37,7 @@ class CalibratedPoint:
     target: float  # speed-up, or the allowed score drop (kind "max_drop")
     kind: str  # "speedup" or "max_drop"
     search: str = "joint"  # "joint", or "exit" / "width" alone
-    spec: Optional[Dict] = None
+    point: Optional[OperatingPoint] = None
     reached: bool = False
     dev_score: Optional[float] = None
     flops_speedup: Optional[float] = None
@@ -45,7 +46,7 @@ class CalibratedPoint:
     tried: List[Dict] = field(default_factory=list)
 
     def to_dict(self) -> Dict:
-        spec = dict(self.spec or {})
+        spec = self.point.to_spec() if self.point else {}
         return {
             "name": self.name,
             "target": self.target,
@@ -61,14 +62,12 @@ class CalibratedPoint:
         }
 
 
-def real_run(nlp: Language, name: str, examples: List[Example], spec: Dict) -> Tuple[float, float]:
-    """Run `spec` for real on `examples` through `nlp.pipe`: its score and
+def real_run(nlp: Language, name: str, examples: List[Example], point: OperatingPoint) -> Tuple[float, float]:
+    """Run `point` for real on `examples` through `nlp.pipe`: its score and
     analytic speed-up (the real-run function `choose` and `calibrate` take
     by default)."""
-    params = {k: v for k, v in spec.items() if k not in ("policy", "width")}
-    point = OperatingPoint(spec["policy"], params, width=float(spec.get("width", 1.0)))
-    measure(nlp, name, examples, point, batch_size=64)
-    return float(point.score or 0.0), float(point.flops_speedup or 1.0)
+    run = measure(nlp, name, examples, Measurement(point), batch_size=64)
+    return float(run.score or 0.0), float(run.flops_speedup or 1.0)
 
 
 def overshoot_adjusted(score: float, speedup: float, wanted: float, tolerance: float) -> float:
@@ -95,7 +94,7 @@ def choose(
     """Run the best simulated candidates for real and keep the best that
     reaches the target; when the simulation misleads (a model not trained for
     frozen neighbours), bisect the threshold of the best family for real.
-    `real(nlp, name, examples, spec)` runs a candidate's spec for real and
+    `real(nlp, name, examples, point)` runs a candidate's point for real and
     returns its (score, speed-up)."""
     L = component.encoder.n_layers
     floor = full_score - point.target / 100.0
@@ -119,17 +118,19 @@ def choose(
         return speedup >= sought(candidate) * 0.995 if point.kind == "speedup" else score >= floor
 
     def run(candidate: Candidate) -> Tuple[float, float]:
-        spec = candidate.spec(L)
-        score, speedup = real(nlp, name, examples, spec)
-        point.tried.append({"spec": spec, "simulated": [candidate.score, candidate.speedup], "real": [score, speedup]})
+        tried = candidate.point(L)
+        score, speedup = real(nlp, name, examples, tried)
+        point.tried.append(
+            {"spec": tried.to_spec(), "simulated": [candidate.score, candidate.speedup], "real": [score, speedup]}
+        )
         progress(f"  {point.name}: {candidate.describe()}: real {100 * score:.2f} at {speedup:.2f}x")
         return score, speedup
 
-    found: List[Tuple[float, float, float, Dict]] = []  # score, speed-up, sought speed-up, spec
+    found: List[Tuple[float, float, float, OperatingPoint]] = []  # score, speed-up, sought speed-up, point
     for candidate in pool[:2]:
         score, speedup = run(candidate)
         if ok(candidate, score, speedup):
-            found.append((score, speedup, sought(candidate), candidate.spec(L)))
+            found.append((score, speedup, sought(candidate), candidate.point(L)))
     tokee = [c for c in pool if c.layer is None]
     if not found and tokee:
         # bisect the threshold of the best TOKEE family: speed-up rises and score falls with it
@@ -139,7 +140,7 @@ def choose(
             middle = Candidate(best.window, (lo + hi) / 2, best.upper_factor, width=best.width)
             score, speedup = run(middle)
             if ok(middle, score, speedup):
-                found.append((score, speedup, wanted, middle.spec(L)))
+                found.append((score, speedup, wanted, middle.point(L)))
             if (point.kind == "speedup") == ok(middle, score, speedup):
                 hi = middle.threshold
             else:
@@ -163,7 +164,8 @@ def choose(
         chosen = max(found, key=lambda f: (overshoot_adjusted(f[0], f[1], f[2], tolerance), -f[1]))
     else:
         chosen = max(found, key=lambda f: (f[1], f[0]))
-    point.dev_score, point.flops_speedup, _, point.spec = chosen
+    point.dev_score, point.flops_speedup, _, chosen_point = chosen
+    point.point = chosen_point.replace(name=point.name)
     point.reached = True
 
 
@@ -193,7 +195,7 @@ def calibrate(
     widths = searched_widths(component)
     simulated = []
     with component.using("full", precision=precision):
-        full_score, _ = real(nlp, component_name, examples, {"policy": "full"})
+        full_score, _ = real(nlp, component_name, examples, OperatingPoint())
         progress(f"full depth on dev ({resolved}): {100 * full_score:.2f}")
         for width in widths:
             tr = trace(nlp, component, examples, width, resolved)
@@ -234,10 +236,10 @@ def calibrate(
             progress(f"{point.name}: {status}")
         full_sentences = None
         if sentences:
-            full_sentences, _ = real(nlp, component_name, sentences, {"policy": "full"})
+            full_sentences, _ = real(nlp, component_name, sentences, OperatingPoint())
             for point in points:
                 if point.reached:
-                    point.dev_score_sentences, _ = real(nlp, component_name, sentences, point.spec)
+                    point.dev_score_sentences, _ = real(nlp, component_name, sentences, point.point)
             progress(
                 f"dev sentences: full {100 * full_sentences:.2f}; "
                 + ", ".join(f"{p.name} {100 * p.dev_score_sentences:.2f}" for p in points if p.reached)

@@ -2,13 +2,14 @@
 trace (its exits, analytic speed-up and score) in a fraction of a second."""
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy
 import torch
 from spacy.training import Example
 
-from ...core.policies import TokenWindowExit, upper_half_thresholds
+from ...core.points import OperatingPoint
+from ...core.policies import ExitPolicy, FixedDepth, FullDepth, TokenWindowExit, upper_half_thresholds
 from ...pipeline.labeler import EarlyExitLabeler
 from ...pipeline.model import DocExits
 from ..evaluation import fresh_copy
@@ -54,28 +55,21 @@ class Candidate:
     width: float = 1.0
     layer: Optional[int] = None  # fixed depth (the encoder's depth: full depth)
 
-    def spec(self, n_layers: int) -> Dict:
-        if self.layer is not None:
-            spec = {"policy": "full"} if self.layer >= n_layers else {"policy": "fixed_depth", "layer": self.layer}
+    def point(self, n_layers: int) -> OperatingPoint:
+        """The operating point of this candidate on an encoder of `n_layers`."""
+        if self.layer is None:
+            policy: ExitPolicy = self.policy(n_layers, digits=6)  # as written in configs
         else:
-            layers = upper_half_thresholds(self.threshold, self.upper_factor, n_layers)
-            spec = {
-                "policy": "token_window",
-                "threshold": self.threshold,
-                "window": self.window,
-                "layer_thresholds": [round(t, 6) for t in layers],
-            }
-        if self.width < 1.0:
-            spec["width"] = self.width
-        return spec
+            policy = FullDepth() if self.layer >= n_layers else FixedDepth(self.layer)
+        return OperatingPoint(policy, self.width)
 
-    def policy(self, n_layers: int) -> TokenWindowExit:
-        """The TOKEE policy of this candidate (not for fixed depths)."""
-        return TokenWindowExit(
-            self.threshold,
-            self.window,
-            layer_thresholds=upper_half_thresholds(self.threshold, self.upper_factor, n_layers),
-        )
+    def policy(self, n_layers: int, digits: Optional[int] = None) -> TokenWindowExit:
+        """The token_window (TOKEE) policy of this candidate (not for fixed
+        depths), its per-layer thresholds rounded to `digits` if given."""
+        layers = upper_half_thresholds(self.threshold, self.upper_factor, n_layers)
+        if digits is not None:
+            layers = [round(t, digits) for t in layers]
+        return TokenWindowExit(self.threshold, self.window, layer_thresholds=layers)
 
     def family(self, n_layers: int) -> str:
         """ "exit" (full width), "width" (full depth, narrower) or "joint"."""
