@@ -26,7 +26,6 @@ says how shapes are rounded up.
 
 import argparse
 import json
-import platform
 import random
 import statistics
 from pathlib import Path
@@ -36,6 +35,7 @@ import spacy
 from spacy.tokens import Doc, DocBin
 
 import spacy_earlyexit  # noqa: F401  registers the factories
+from spacy_earlyexit.core.precision import cpu_name
 from spacy_earlyexit.core.shapes import ShapeCounter, ladder_sizes
 from spacy_earlyexit.tools.evaluation import (
     Measurement,
@@ -53,16 +53,6 @@ def corpus_tokens(nlp, path: Path, limit: int, sentences: bool) -> List[Tuple[Li
         docs = sentence_docs(docs)
     docs = docs[:limit] if limit else docs
     return [([t.text for t in doc], [bool(t.whitespace_) for t in doc]) for doc in docs]
-
-
-def cpu_name() -> str:
-    """The CPU's model name and whether it has AMX (from /proc/cpuinfo)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf8")
-    except OSError:
-        return platform.processor() or platform.machine()
-    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "")
-    return f"{model}, {'with' if 'amx_bf16' in text else 'without'} AMX"
 
 
 def count(nlp, component: str, tokens, point: str, precision: str, passes: int, batch_size: int) -> List[Dict]:

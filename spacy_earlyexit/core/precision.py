@@ -49,6 +49,21 @@ def check_precision(value) -> str:
     return value
 
 
+def cpu_name() -> str:
+    """The CPU's model name as /proc/cpuinfo gives it, with whether it has
+    AMX ("" where /proc/cpuinfo is not readable)."""
+    model = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf8") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        return ""
+    return f"{model}, {'with' if 'amx_bf16' in _cpu_flags() else 'without'} AMX"
+
+
 def _cpu_flags() -> frozenset:
     try:
         with open("/proc/cpuinfo", encoding="utf8") as info:

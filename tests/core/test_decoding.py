@@ -1,18 +1,14 @@
-"""Constrained BIO decoding: valid sequences, exact Viterbi, and its use by
-the NER component and by calibration's simulation."""
+"""Constrained BIO decoding: valid sequences and exact Viterbi (the NER
+component's use of it: tests/pipeline/test_ner_decoding.py; calibration's:
+tests/tools/test_calibrate.py)."""
 
 import itertools
 
 import numpy
 import pytest
-import spacy
 
 from spacy_earlyexit.core import decoding
 from spacy_earlyexit.core.decoding import bio_transitions, viterbi
-from spacy_earlyexit.pipeline.model import DocExits
-from spacy_earlyexit.tools.calibrate import Candidate, simulate, simulated_score, trace
-
-from ..conftest import model_config, ner_examples
 
 LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
 
@@ -110,66 +106,3 @@ def test_a_region_that_does_not_join_its_neighbours_falls_back_to_the_whole_doc(
     region = decoding._decode_all([probs[:6]], [start], decoding._bio_shape(step))[0]
     assert not step[region[-1], i_loc]  # the region alone would not join
     assert viterbi([probs], start, step)[0].tolist() == _brute_force(probs).tolist()
-
-
-def _exits(probs: numpy.ndarray) -> DocExits:
-    n = len(probs)
-    return DocExits(
-        label_ids=probs.argmax(1),
-        exit_layers=numpy.ones(n, "int64"),
-        uncertainty=numpy.zeros(n, "float32"),
-        cost=0.0,
-        full_cost=0.0,
-        n_layers=1,
-        label_probs=probs.astype("float32"),
-    )
-
-
-@pytest.mark.parametrize("constrained", [True, False])
-def test_ner_decodes_a_type_switch_as_one_entity_only_when_constrained(tiny_model_dir, constrained):
-    nlp = spacy.blank("en")
-    ner = nlp.add_pipe("earlyexit_ner", config={**model_config(tiny_model_dir), "constrained_decoding": constrained})
-    nlp.initialize(lambda: ner_examples(nlp))
-    classes = ner.output_labels
-    doc = nlp.make_doc("Angela Merkel visited")
-    probs = numpy.full((3, len(classes)), 0.01)
-    probs[0, classes.index("B-PER")] = 0.9
-    probs[1, classes.index("I-LOC")], probs[1, classes.index("I-PER")] = 0.5, 0.45
-    probs[2, classes.index("O")] = 0.9
-    ner.set_annotations([doc], [_exits(probs / probs.sum(1, keepdims=True))])
-    ents = [(e.text, e.label_) for e in doc.ents]
-    if constrained:
-        assert ents == [("Angela Merkel", "PER")]
-    else:
-        assert ents == [("Angela", "PER"), ("Merkel", "LOC")]
-
-
-def test_constrained_decoding_is_a_saved_setting(tiny_model_dir, tmp_path):
-    nlp = spacy.blank("en")
-    nlp.add_pipe("earlyexit_ner", config={**model_config(tiny_model_dir), "constrained_decoding": False})
-    nlp.initialize(lambda: ner_examples(nlp))
-    nlp.to_disk(tmp_path / "p")
-    loaded = spacy.load(tmp_path / "p")
-    assert loaded.get_pipe("earlyexit_ner").constrained_decoding is False
-    assert (
-        spacy.load(tmp_path / "p", config={"components.earlyexit_ner.constrained_decoding": True})
-        .get_pipe("earlyexit_ner")
-        .constrained_decoding
-        is True
-    )
-
-
-def test_predictions_are_valid_bio_and_simulation_decodes_like_the_component(trained_ner):
-    ner = trained_ner.get_pipe("earlyexit_ner")
-    examples = ner_examples(trained_ner)
-    preds = ner.predict([eg.predicted for eg in examples])
-    classes = ner.output_labels
-    for ids in ner.decode(preds):
-        assert _valid(ids, classes)
-    # the calibration simulation at full depth scores what the component does
-    with ner.using("full"):
-        tr = trace(trained_ner, ner, examples)
-    exits, _ = simulate(tr, ner, Candidate(layer=ner.encoder.n_layers))
-    simulated = simulated_score(tr, ner, examples, exits)
-    real = trained_ner.evaluate(examples)["ents_f"]
-    assert simulated == pytest.approx(real)

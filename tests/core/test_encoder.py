@@ -114,12 +114,6 @@ def test_case_embedding_starts_neutral_and_changes_states_once_trained():
     assert not torch.allclose(encoder(batch), plain)
 
 
-def test_case_classes():
-    from spacy_earlyexit.pipeline.wordpieces import case_class
-
-    assert [case_class(t) for t in ["1996", "paris", "Paris", "EU", "McDonald", "I", "."]] == [1, 2, 3, 4, 5, 3, 1]
-
-
 def test_electra_with_a_projected_embedding_runs():
     from transformers import ElectraConfig, ElectraModel
 

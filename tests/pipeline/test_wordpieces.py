@@ -85,3 +85,9 @@ def test_overlapping_windows_keep_batches_and_pipe_consistent(trained_ner):
         assert [(e.start, e.end, e.label_) for e in a.ents] == [(e.start, e.end, e.label_) for e in b.ents]
         assert [t._.exit_layer for t in a] == [t._.exit_layer for t in b]
         assert all(t._.exit_layer >= 1 for t in a)
+
+
+def test_case_classes():
+    from spacy_earlyexit.pipeline.wordpieces import case_class
+
+    assert [case_class(t) for t in ["1996", "paris", "Paris", "EU", "McDonald", "I", "."]] == [1, 2, 3, 4, 5, 3, 1]

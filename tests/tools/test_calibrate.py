@@ -7,8 +7,19 @@ import spacy
 import torch
 from spacy.tokens import Doc, DocBin
 
-from spacy_earlyexit.core.policies import FixedDepth, TokenWindowExit
-from spacy_earlyexit.tools.calibrate import CalibratedPoint, Candidate, choose, run_calibration, simulate, trace
+from spacy_earlyexit.core.policies import FixedDepth, TokenWindowExit, stability_counts
+from spacy_earlyexit.tools.calibrate import (
+    CalibratedPoint,
+    Candidate,
+    candidates,
+    choose,
+    choose_fastest,
+    run_calibration,
+    run_retime,
+    simulate,
+    simulated_score,
+    trace,
+)
 from spacy_earlyexit.tools.evaluation import fresh_copy, measure, measurement
 
 from ..conftest import model_config, ner_corpus, ner_examples, train
@@ -267,3 +278,133 @@ def test_calibration_searches_width_and_exit_jointly_and_alone(four_head_stage, 
     test = evaluate_operating_points(str(tmp_path / "calibrated"), str(dev), rounds=1, progress=lambda line: None)
     rows = {row["name"]: row for row in test["points"]}
     assert rows["1_5x-width"]["flops_speedup"] > 1.0 and rows["1_5x-width"]["search"] == "width"
+
+
+def test_simulated_exits_follow_the_patience_and_sentence_rules(ner):
+    component = ner.get_pipe("earlyexit_ner")
+    tr = trace(ner, component, ner_examples(ner))
+    L = tr.labels.shape[1]
+    stable = stability_counts(tr.labels)  # [S, L, W]
+    exits, speedup = simulate(tr, component, Candidate(patience=1))
+    held = torch.cat([stable[:, :-1] >= 1, torch.ones_like(stable[:, -1:], dtype=torch.bool)], dim=1)
+    expected = held.float().argmax(1) + 1  # the first layer whose label equals the one before, else the last
+    assert torch.equal(exits[tr.word_mask], expected[tr.word_mask]) and speedup >= 1.0
+    sentence = Candidate(0, 0.3, 1.0, sentence=True)
+    exits, _ = simulate(tr, component, sentence)
+    for s in range(exits.shape[0]):
+        words = tr.word_mask[s]
+        assert len(set(exits[s][words].tolist())) == 1  # a sentence leaves as a whole
+    assert {c.kind for c in candidates(n_layers=L)} == {"token_window", "sentence", "token_patience", "fixed_depth"}
+
+
+def _fastest_within(drop, real_scores, ratios):
+    """max-drop by measured speed over candidates of four families, with the
+    real runs and the timings given."""
+    simulated = [
+        Candidate(layer=2, score=0.93, speedup=3.0),
+        Candidate(layer=1, score=0.90, speedup=6.0),  # outside the drop already in simulation
+        Candidate(1, 0.3, 1.0, score=0.935, speedup=2.5),
+        Candidate(0, 0.2, 1.0, score=0.935, speedup=2.2, sentence=True),
+        Candidate(patience=2, score=0.936, speedup=1.8),
+    ]
+    point = CalibratedPoint("max-drop", drop, "max_drop")
+    timed = []
+
+    def timer(nlp, name, examples, points):
+        timed.append([p.policy.name for p in points])
+        return [ratios[p.policy.name] for p in points]
+
+    choose_fastest(
+        None,
+        "ner",
+        [],
+        _FakeComponent(),
+        simulated,
+        point,
+        0.94,
+        lambda line: None,
+        real=lambda nlp, name, examples, p: real_scores[p.policy.name],
+        timer=timer,
+    )
+    return point, timed
+
+
+def test_max_drop_is_the_fastest_measured_point_within_the_drop():
+    real_scores = {"fixed_depth": (0.93, 3.0), "token_window": (0.936, 2.5), "sentence": (0.90, 2.2)}
+    real_scores["token_patience"] = (0.937, 1.8)
+    ratios = {"fixed_depth": 2.6, "token_window": 1.9, "token_patience": 1.5}
+    point, timed = _fastest_within(1.5, real_scores, ratios)
+    # the sentence candidate fell out of the drop in its real run: it is not timed
+    assert timed == [["fixed_depth", "token_window", "token_patience"]]
+    assert point.reached and point.ranked_by == "speed" and point.point.policy.name == "fixed_depth"
+    assert point.dev_wps_ratio == 2.6 and point.flops_speedup == 3.0 and point.point.name == "max-drop"
+    assert [t["dev_wps_ratio"] for t in point.timed] == [2.6, 1.9, 1.5]
+    # the same candidates where token exit is the faster in wall-clock
+    point, _ = _fastest_within(1.5, real_scores, {**ratios, "token_window": 2.9})
+    assert point.point.policy.name == "token_window" and point.dev_wps_ratio == 2.9
+
+
+def test_calibration_keeps_timed_candidates_and_retime_chooses_again(trained_ner, tmp_path):
+    source = tmp_path / "trained"
+    trained_ner.to_disk(source)
+    dev = ner_corpus(trained_ner, tmp_path / "dev.spacy")
+
+    def timer_preferring(kind):
+        def timer(nlp, name, examples, points):
+            return [3.0 if p.policy.name == kind else 1.0 + i / 100 for i, p in enumerate(points)]
+
+        return timer
+
+    result = run_calibration(
+        str(source),
+        dev,
+        tmp_path / "calibrated",
+        targets=(2.0,),
+        max_drop=100.0,  # every candidate is within the drop
+        progress=lambda line: None,
+        timer=timer_preferring("fixed_depth"),
+    )
+    max_drop = next(p for p in result["points"] if p["name"] == "max-drop")
+    kinds = {t["spec"]["policy"] for t in max_drop["timed"]}
+    assert {"fixed_depth", "token_window"} <= kinds and max_drop["policy"] == "fixed_depth"
+    assert result["rank"] == "speed" and result["timed_on"]["torch_threads"] >= 1
+    retimed = run_retime(
+        str(tmp_path / "calibrated"),
+        dev,
+        tmp_path / "retimed",
+        progress=lambda line: None,
+        timer=timer_preferring("token_window"),
+    )
+    again = next(p for p in retimed["points"] if p["name"] == "max-drop")
+    assert again["policy"] == "token_window" and again["dev_wps_ratio"] == 3.0
+    nlp = spacy.load(tmp_path / "retimed")
+    component = nlp.get_pipe("earlyexit_ner")
+    assert component.operating_point == "max-drop" and component.exit_policy.name == "token_window"
+    assert nlp.meta["earlyexit"]["points"][-1]["policy"] == "token_window"
+    assert nlp("Angela Merkel visited Paris on Tuesday .")._.earlyexit_speedup >= 1.0
+    flops = run_calibration(
+        str(source), dev, tmp_path / "flops", targets=(), max_drop=0.5, progress=lambda line: None, rank="flops"
+    )
+    assert flops["points"][-1]["ranked_by"] == "flops" and not flops["points"][-1]["timed"]
+    with pytest.raises(ValueError, match="no speed-ranked points"):
+        run_retime(str(tmp_path / "flops"), dev, tmp_path / "retimed-flops", progress=lambda line: None)
+
+
+def test_predictions_are_valid_bio_and_simulation_decodes_like_the_component(trained_ner):
+    ner = trained_ner.get_pipe("earlyexit_ner")
+    examples = ner_examples(trained_ner)
+    preds = ner.predict([eg.predicted for eg in examples])
+    classes = ner.output_labels
+    for ids in ner.decode(preds):
+        labels = [classes[i] for i in ids]
+        assert all(
+            not label.startswith("I-") or previous[2:] == label[2:] and previous[:2] in ("B-", "I-")
+            for previous, label in zip(["O"] + labels, labels)
+        )
+    # the calibration simulation at full depth scores what the component does
+    with ner.using("full"):
+        tr = trace(trained_ner, ner, examples)
+    exits, _ = simulate(tr, ner, Candidate(layer=ner.encoder.n_layers))
+    simulated = simulated_score(tr, ner, examples, exits)
+    real = trained_ner.evaluate(examples)["ents_f"]
+    assert simulated == pytest.approx(real)

@@ -29,6 +29,15 @@ With more than one width, each target also gets the best point of exit
 alone (full width) and of width alone (full depth), named "3x-exit" and
 "3x-width", so that the three can be compared on test.
 
+The `max-drop` point is ranked by measured speed (`--rank speed`, the
+default): the fastest candidates of each policy family within the drop are
+run for real and timed against full depth on dev, in the precision and on
+the machine calibration runs on, and the fastest in wall-clock is kept
+(speed-up targets stay analytic: FLOPs, the same on any machine). Its timed
+candidates are kept in the meta: `--retime` times them again on another
+machine and chooses anew, without simulation or training. The grid holds
+token_window (TOKEE), sentence (SENTEE), token_patience and fixed depths.
+
 The chosen points are written into the pipeline's config (the component's
 `operating_points` and its default `operating_point`) and into its meta, so a
 saved or packaged pipeline loads with them and switches by name. The copy is
@@ -51,22 +60,38 @@ from wasabi import msg
 
 from ..options import CODE, COMPONENT, FORCE, GPU_ID, PRECISION, floats, prepare
 from ..outputs import exit_on_refusal
-from .run import run_calibration
+from .run import run_calibration, run_retime
 from .search import (
     DEFAULT_MARGIN,
     DEFAULT_MAX_DROP,
+    DEFAULT_RANK,
     DEFAULT_TARGETS,
     DEFAULT_TOLERANCE,
     MAX_REAL_RUNS,
+    RANKS,
     CalibratedPoint,
     RealRun,
+    Timer,
     calibrate,
     choose,
+    choose_fastest,
     overshoot_adjusted,
     real_run,
+    retime,
     searched_widths,
+    timed_ratios,
 )
-from .simulation import THRESHOLDS, UPPER_FACTORS, WINDOWS, Candidate, candidates, simulate, simulated_score
+from .simulation import (
+    PATIENCES,
+    SENTENCE_THRESHOLDS,
+    THRESHOLDS,
+    UPPER_FACTORS,
+    WINDOWS,
+    Candidate,
+    candidates,
+    simulate,
+    simulated_score,
+)
 from .tracing import Trace, trace
 from .writing import check_calibration_output, is_calibrated_pipeline, write_calibrated
 
@@ -90,6 +115,15 @@ def calibrate_command(
         "--tolerance",
         help="Dev score (points) a point must gain per doubling of speed-up beyond the target",
     ),
+    rank: str = typer.Option(
+        DEFAULT_RANK, "--rank", help="How max-drop is chosen: speed (measured words/s on dev) or flops"
+    ),
+    retime_only: bool = typer.Option(
+        False,
+        "--retime",
+        help="Only time a calibrated pipeline's kept candidates again on this machine and choose its "
+        "speed-ranked points anew (no simulation, no training)",
+    ),
     precision: Optional[str] = PRECISION,
     code_path: Optional[Path] = CODE,
     gpu_id: int = GPU_ID,
@@ -98,9 +132,23 @@ def calibrate_command(
     """Choose operating points on dev and write them into a copy of the pipeline."""
     if margin < 1.0 or tolerance < 0:
         raise typer.BadParameter("--margin must be >= 1 and --tolerance >= 0")
+    if rank not in RANKS:
+        raise typer.BadParameter(f"--rank must be one of {', '.join(RANKS)}")
     with exit_on_refusal():
         check_calibration_output(pipeline, output, str(dev), force, code_path)
         prepare(code_path, gpu_id)
+        if retime_only:
+            result = run_retime(
+                pipeline,
+                str(dev),
+                output,
+                progress=lambda line: typer.echo(line, err=True),
+                precision=precision,
+                force=force,
+                code_path=code_path,
+            )
+            msg.good(f"Re-timed on {result['timed_on']['cpu']}; saved to {output}")
+            return
         result = run_calibration(
             pipeline,
             str(dev),
@@ -114,6 +162,7 @@ def calibrate_command(
             precision=precision,
             force=force,
             code_path=code_path,
+            rank=rank,
         )
     for point in result["points"]:
         if point["reached"]:
@@ -129,28 +178,37 @@ def calibrate_command(
 __all__ = [
     "DEFAULT_MARGIN",
     "DEFAULT_MAX_DROP",
+    "DEFAULT_RANK",
     "DEFAULT_TARGETS",
     "DEFAULT_TOLERANCE",
     "MAX_REAL_RUNS",
+    "PATIENCES",
+    "RANKS",
+    "SENTENCE_THRESHOLDS",
     "THRESHOLDS",
     "UPPER_FACTORS",
     "WINDOWS",
     "CalibratedPoint",
     "Candidate",
     "RealRun",
+    "Timer",
     "Trace",
     "calibrate",
     "calibrate_command",
     "candidates",
     "check_calibration_output",
     "choose",
+    "choose_fastest",
     "is_calibrated_pipeline",
     "overshoot_adjusted",
     "real_run",
+    "retime",
+    "run_retime",
     "run_calibration",
     "searched_widths",
     "simulate",
     "simulated_score",
+    "timed_ratios",
     "trace",
     "write_calibrated",
 ]

@@ -7,7 +7,17 @@ from typing import Dict, Optional, Sequence
 import spacy
 
 from ..evaluation import corpus_examples, keep_only_early_exit, sentence_examples
-from .search import DEFAULT_MARGIN, DEFAULT_MAX_DROP, DEFAULT_TARGETS, DEFAULT_TOLERANCE, calibrate
+from .search import (
+    DEFAULT_MARGIN,
+    DEFAULT_MAX_DROP,
+    DEFAULT_RANK,
+    DEFAULT_TARGETS,
+    DEFAULT_TOLERANCE,
+    Timer,
+    calibrate,
+    retime,
+    timed_ratios,
+)
 from .writing import check_calibration_output, write_calibrated
 
 
@@ -24,6 +34,8 @@ def run_calibration(
     precision: Optional[str] = None,
     force: bool = False,
     code_path: Optional[Path] = None,
+    rank: str = DEFAULT_RANK,
+    timer: Timer = timed_ratios,
 ) -> Dict:
     """Load `pipeline`, calibrate its component on the dev corpus and write
     the calibrated copy to `output`. An output that is or holds an input, or
@@ -37,7 +49,49 @@ def run_calibration(
     examples = corpus_examples(nlp, dev_path)
     sentences = sentence_examples(nlp, examples)
     result = calibrate(
-        nlp, component_name, examples, targets, max_drop, progress, margin, tolerance, precision, sentences
+        nlp,
+        component_name,
+        examples,
+        targets,
+        max_drop,
+        progress,
+        margin,
+        tolerance,
+        precision,
+        sentences,
+        rank=rank,
+        timer=timer,
     )
     write_calibrated(pipeline, output, result, dev_path, force, code_path)
+    return result
+
+
+def run_retime(
+    pipeline: str,
+    dev_path: str,
+    output: Path,
+    progress=print,
+    precision: Optional[str] = None,
+    force: bool = False,
+    code_path: Optional[Path] = None,
+    timer: Timer = timed_ratios,
+) -> Dict:
+    """Load a calibrated `pipeline`, choose its speed-ranked points again by
+    timing their kept candidates on the dev corpus on this machine (in
+    `precision`, default the component's own), and write the re-timed copy
+    to `output` (refused as `run_calibration` refuses)."""
+    check_calibration_output(pipeline, output, dev_path, force, code_path)
+    nlp = spacy.load(pipeline)
+    meta = nlp.meta.get("earlyexit")
+    if not isinstance(meta, dict) or "points" not in meta:
+        raise ValueError(f"'{pipeline}' is not a calibrated pipeline: run `python -m spacy_earlyexit calibrate` first.")
+    if not any(p.get("ranked_by") == "speed" and p.get("timed") for p in meta["points"]):
+        raise ValueError(f"'{pipeline}' has no speed-ranked points to time again (calibrated with --rank flops?).")
+    component_name = keep_only_early_exit(nlp, meta["component"])
+    if precision is not None:
+        nlp.get_pipe(component_name).precision = precision
+    examples = corpus_examples(nlp, dev_path)
+    result = {k: v for k, v in meta.items() if k != "calibrated_on"}
+    result = retime(nlp, component_name, examples, result, progress, timer)
+    write_calibrated(pipeline, output, result, meta.get("calibrated_on", dev_path), force, code_path)
     return result

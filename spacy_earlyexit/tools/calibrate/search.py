@@ -1,7 +1,18 @@
 """Calibration's step 3: the search. Every candidate is simulated, the best
 simulated ones are run for real, and the best that really reaches each
 target (or stays within the allowed drop) is kept. The function that runs a
-candidate for real is a parameter (`real`, default `real_run`)."""
+candidate for real is a parameter (`real`, default `real_run`).
+
+Speed-up targets (2x, 3x, 4x) are analytic: FLOPs, the same on every
+machine. The `max-drop` point is ranked by measured speed (`rank="speed"`,
+the default): the fastest of each policy family within the drop on dev
+(fixed depth, token_window, sentence, token_patience, at each width) are
+run for real, and those that stay within it are timed against full depth
+in interleaved rounds, in the precision calibration runs in, on this
+machine; the fastest in wall-clock is kept. Its timed candidates are kept
+in the pipeline's meta, so `retime` can choose again on another machine
+without retraining or re-simulating. The timing function is a parameter
+too (`timer`, default `timed_ratios`)."""
 
 import math
 from dataclasses import dataclass, field
@@ -11,9 +22,10 @@ from spacy.language import Language
 from spacy.training import Example
 
 from ...core.points import OperatingPoint
-from ...core.precision import resolve_precision
+from ...core.precision import cpu_name, resolve_precision
+from ...pipeline.exit_policies import policy_named
 from ...pipeline.labeler import EarlyExitLabeler
-from ..evaluation import Measurement, measure
+from ..evaluation import Measurement, measure, measure_interleaved, set_ratios
 from .simulation import Candidate, candidates, simulate, simulated_score
 from .tracing import trace
 
@@ -29,6 +41,15 @@ DEFAULT_TOLERANCE = 0.25
 MAX_REAL_RUNS = 4
 #: runs a point for real: (nlp, component name, examples, point) -> (score, speed-up)
 RealRun = Callable[[Language, str, List[Example], OperatingPoint], Tuple[float, float]]
+#: times points against full depth: (nlp, component name, examples, points) -> words/s ratios to full depth
+Timer = Callable[[Language, str, List[Example], List[OperatingPoint]], List[float]]
+#: how `max-drop` is ranked by default: "speed" (measured words/s) or "flops"
+DEFAULT_RANK = "speed"
+RANKS = ("speed", "flops")
+#: candidates of each family (policy and width) timed for `max-drop`, at most
+TIMED_PER_FAMILY = 2
+#: interleaved rounds of the timing (words/s: the median of per-round ratios)
+TIMING_ROUNDS = 3
 
 
 @dataclass
@@ -44,6 +65,9 @@ class CalibratedPoint:
     dev_score_sentences: Optional[float] = None  # the point on dev's sentences, one doc each
     note: str = ""
     tried: List[Dict] = field(default_factory=list)
+    ranked_by: str = "flops"  # "speed": the fastest measured of `timed`
+    dev_wps_ratio: Optional[float] = None  # measured words/s relative to full depth on dev
+    timed: List[Dict] = field(default_factory=list)  # spec, dev score and speed-up, words/s ratio
 
     def to_dict(self) -> Dict:
         spec = self.point.to_spec() if self.point else {}
@@ -59,6 +83,9 @@ class CalibratedPoint:
             "dev_flops_speedup": self.flops_speedup,
             "dev_score_sentences": self.dev_score_sentences,
             "note": self.note,
+            "ranked_by": self.ranked_by,
+            "dev_wps_ratio": self.dev_wps_ratio,
+            "timed": list(self.timed),
         }
 
 
@@ -131,13 +158,13 @@ def choose(
         score, speedup = run(candidate)
         if ok(candidate, score, speedup):
             found.append((score, speedup, sought(candidate), candidate.point(L)))
-    tokee = [c for c in pool if c.layer is None]
+    tokee = [c for c in pool if c.thresholded]
     if not found and tokee:
         # bisect the threshold of the best TOKEE family: speed-up rises and score falls with it
         best = tokee[0]
         lo, hi = (0.0, 1.01) if point.kind == "speedup" else (0.0, best.threshold)
         for _ in range(MAX_REAL_RUNS + 1):
-            middle = Candidate(best.window, (lo + hi) / 2, best.upper_factor, width=best.width)
+            middle = Candidate(best.window, (lo + hi) / 2, best.upper_factor, width=best.width, sentence=best.sentence)
             score, speedup = run(middle)
             if ok(middle, score, speedup):
                 found.append((score, speedup, wanted, middle.point(L)))
@@ -169,6 +196,72 @@ def choose(
     point.reached = True
 
 
+def timed_ratios(
+    nlp: Language, name: str, examples: List[Example], points: List[OperatingPoint], rounds: int = TIMING_ROUNDS
+) -> List[float]:
+    """Words per second of each point relative to full depth on `examples`,
+    each the median of its per-round ratios over `rounds` interleaved rounds
+    (the timing function `calibrate` and `retime` take by default), in the
+    precision the component runs in now."""
+    full = Measurement(OperatingPoint())
+    runs = [(nlp, name, full)] + [(nlp, name, Measurement(point)) for point in points]
+    measure_interleaved(runs, examples, 64, rounds, progress=lambda line: None)
+    set_ratios([run for _, _, run in runs], full)
+    return [float(run.wps_ratio_vs_full) for _, _, run in runs[1:]]
+
+
+def choose_fastest(
+    nlp,
+    name,
+    examples,
+    component,
+    simulated: List[Candidate],
+    point: CalibratedPoint,
+    full_score: float,
+    progress,
+    real: RealRun = real_run,
+    timer: Timer = timed_ratios,
+) -> None:
+    """`max-drop` ranked by measured speed: the `TIMED_PER_FAMILY` fastest
+    simulated candidates of each family (policy and width) within the drop
+    are run for real; those that stay within it on dev are timed
+    (`timer`) and the fastest is kept. Without any, the analytic choice
+    (`choose`) decides."""
+    L = component.encoder.n_layers
+    floor = full_score - point.target / 100.0
+    families: Dict[Tuple[str, float], List[Candidate]] = {}
+    for candidate in sorted(simulated, key=lambda c: (-c.speedup, -c.score)):
+        if candidate.score >= floor and (point.search == "joint" or candidate.family(L) == point.search):
+            families.setdefault((candidate.kind, candidate.width), []).append(candidate)
+    within: List[Tuple[OperatingPoint, float, float]] = []  # point, dev score, FLOPs speed-up
+    for group in families.values():
+        for candidate in group[:TIMED_PER_FAMILY]:
+            tried = candidate.point(L)
+            score, speedup = real(nlp, name, examples, tried)
+            point.tried.append(
+                {"spec": tried.to_spec(), "simulated": [candidate.score, candidate.speedup], "real": [score, speedup]}
+            )
+            progress(f"  {point.name}: {candidate.describe()}: real {100 * score:.2f} at {speedup:.2f}x")
+            if score >= floor:
+                within.append((tried, score, speedup))
+    if not within:
+        choose(nlp, name, examples, component, simulated, point, full_score, progress, real=real)
+        return
+    ratios = timer(nlp, name, examples, [tried for tried, _, _ in within])
+    point.timed = [
+        {"spec": tried.to_spec(), "dev_score": score, "dev_flops_speedup": speedup, "dev_wps_ratio": ratio}
+        for (tried, score, speedup), ratio in zip(within, ratios)
+    ]
+    for entry in point.timed:
+        progress(f"  {point.name}: {entry['spec']}: {entry['dev_wps_ratio']:.2f}x full depth's words/s")
+    fastest = max(range(len(within)), key=lambda i: (ratios[i], within[i][1]))
+    chosen, point.dev_score, point.flops_speedup = within[fastest]
+    point.point = chosen.replace(name=point.name)
+    point.dev_wps_ratio = ratios[fastest]
+    point.ranked_by = "speed"
+    point.reached = True
+
+
 def calibrate(
     nlp: Language,
     component_name: str,
@@ -181,13 +274,19 @@ def calibrate(
     precision: Optional[str] = None,
     sentences: Optional[List[Example]] = None,
     real: RealRun = real_run,
+    rank: str = DEFAULT_RANK,
+    timer: Timer = timed_ratios,
 ) -> Dict:
     """Operating points for `component_name`, chosen on `examples` (dev), in
     `precision` (default: the component's own), the precision they will run
     in: simulation and real runs alike. With `sentences` (dev's sentences as
     docs of their own), full depth and every chosen point are also scored
     on them: points are chosen on documents, reported on both shapes.
-    `real` runs a spec for real (`real_run`; see `choose`)."""
+    `real` runs a point for real (`real_run`; see `choose`); `rank` says
+    how `max-drop` is chosen ("speed": measured by `timer`, see
+    `choose_fastest`; "flops": analytic)."""
+    if rank not in RANKS:
+        raise ValueError(f"rank must be one of {', '.join(RANKS)}, got {rank!r}.")
     component: EarlyExitLabeler = nlp.get_pipe(component_name)
     precision = precision or component.precision
     resolved = resolve_precision(precision, component.encoder.device)
@@ -219,20 +318,14 @@ def calibrate(
         points.append(CalibratedPoint("max-drop", float(max_drop), "max_drop"))
     with component.using("full", precision=precision):
         for point in points:
-            choose(
-                nlp,
-                component_name,
-                examples,
-                component,
-                simulated,
-                point,
-                full_score,
-                progress,
-                margin,
-                tolerance,
-                real,
-            )
+            args = (nlp, component_name, examples, component, simulated, point, full_score, progress)
+            if point.kind == "max_drop" and rank == "speed":
+                choose_fastest(*args, real=real, timer=timer)
+            else:
+                choose(*args, margin, tolerance, real)
             status = f"{100 * point.dev_score:.2f} at {point.flops_speedup:.2f}x" if point.reached else point.note
+            if point.dev_wps_ratio is not None:
+                status += f" ({point.dev_wps_ratio:.2f}x full depth's words/s on dev)"
             progress(f"{point.name}: {status}")
         full_sentences = None
         if sentences:
@@ -255,9 +348,62 @@ def calibrate(
         "tolerance": tolerance,
         "precision": precision,
         "resolved_precision": resolved,
+        "rank": rank,
+        "timed_on": timing_machine() if rank == "speed" else None,
         "widths": list(widths),
         "points": [p.to_dict() for p in points],
     }
+
+
+def retime(
+    nlp: Language,
+    component_name: str,
+    examples: List[Example],
+    result: Dict,
+    progress=print,
+    timer: Timer = timed_ratios,
+) -> Dict:
+    """A calibration `result` (as `calibrate` returns it and a calibrated
+    pipeline's meta keeps it) with its speed-ranked points chosen again by
+    timing their kept candidates (`timed`) on this machine, in the precision
+    the component runs in now: no training, no simulation, no real runs for
+    score (the candidates' dev scores stay). The default point stays the
+    same name."""
+    component: EarlyExitLabeler = nlp.get_pipe(component_name)
+    result = {**result, "points": [dict(p) for p in result["points"]]}
+    widths = component.width_multipliers
+    with component.using("full"):
+        for entry in result["points"]:
+            timed = entry.get("timed") or []
+            if entry.get("ranked_by") != "speed" or not timed:
+                continue
+            points = [OperatingPoint.from_spec(t["spec"], widths=widths, make=policy_named) for t in timed]
+            ratios = timer(nlp, component_name, examples, points)
+            entry["timed"] = [{**t, "dev_wps_ratio": ratio} for t, ratio in zip(timed, ratios)]
+            fastest = max(range(len(timed)), key=lambda i: (ratios[i], timed[i]["dev_score"]))
+            spec = dict(timed[fastest]["spec"])
+            entry.update(
+                policy=spec.pop("policy"),
+                params=spec,
+                dev_score=timed[fastest]["dev_score"],
+                dev_flops_speedup=timed[fastest]["dev_flops_speedup"],
+                dev_wps_ratio=ratios[fastest],
+            )
+            progress(
+                f"{entry['name']}: {entry['policy']} {entry['params']}: {ratios[fastest]:.2f}x full depth's words/s"
+            )
+    result["timed_on"] = timing_machine()
+    result["resolved_precision"] = resolve_precision(component.precision, component.encoder.device)
+    return result
+
+
+def timing_machine() -> Dict:
+    """Where timings were taken: the CPU (and whether it has AMX), torch's threads."""
+    import platform
+
+    import torch
+
+    return {"cpu": cpu_name() or platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads()}
 
 
 def searched_widths(component: EarlyExitLabeler) -> Tuple[float, ...]:

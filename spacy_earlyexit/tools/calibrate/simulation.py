@@ -9,7 +9,16 @@ import torch
 from spacy.training import Example
 
 from ...core.points import OperatingPoint
-from ...core.policies import ExitPolicy, FixedDepth, FullDepth, TokenWindowExit, upper_half_thresholds
+from ...core.policies import (
+    ExitPolicy,
+    FixedDepth,
+    FullDepth,
+    SentenceExit,
+    TokenPatience,
+    TokenWindowExit,
+    stability_counts,
+    upper_half_thresholds,
+)
 from ...pipeline.labeler import EarlyExitLabeler
 from ...pipeline.model import DocExits
 from ..evaluation import fresh_copy
@@ -41,11 +50,17 @@ THRESHOLDS = (
 )
 WINDOWS = (1, 2, 3)
 UPPER_FACTORS = (1.0, 2.0)
+#: token_patience's patiences (each below the encoder's depth is tried)
+PATIENCES = (1, 2, 3)
+#: sentence (SENTEE) thresholds: the token grid, every other one
+SENTENCE_THRESHOLDS = THRESHOLDS[::2]
 
 
 @dataclass
 class Candidate:
-    """A TOKEE setting, or (with `layer`) a fixed depth, at a width."""
+    """A token_window (TOKEE) setting, or (with `sentence`) a sentence
+    (SENTEE) one, or (with `patience`) a token_patience one, or (with
+    `layer`) a fixed depth, at a width."""
 
     window: int = 1
     threshold: float = 0.0
@@ -54,6 +69,23 @@ class Candidate:
     speedup: float = 1.0
     width: float = 1.0
     layer: Optional[int] = None  # fixed depth (the encoder's depth: full depth)
+    patience: Optional[int] = None  # token_patience
+    sentence: bool = False  # sentence exit with `threshold` and `upper_factor`
+
+    @property
+    def kind(self) -> str:
+        """The policy's name (fixed depths at the encoder's depth included)."""
+        if self.layer is not None:
+            return "fixed_depth"
+        if self.patience is not None:
+            return "token_patience"
+        return "sentence" if self.sentence else "token_window"
+
+    @property
+    def thresholded(self) -> bool:
+        """Whether the candidate exits below an uncertainty threshold (its
+        threshold can be bisected)."""
+        return self.layer is None and self.patience is None
 
     def point(self, n_layers: int) -> OperatingPoint:
         """The operating point of this candidate on an encoder of `n_layers`."""
@@ -63,12 +95,16 @@ class Candidate:
             policy = FullDepth() if self.layer >= n_layers else FixedDepth(self.layer)
         return OperatingPoint(policy, self.width)
 
-    def policy(self, n_layers: int, digits: Optional[int] = None) -> TokenWindowExit:
-        """The token_window (TOKEE) policy of this candidate (not for fixed
-        depths), its per-layer thresholds rounded to `digits` if given."""
+    def policy(self, n_layers: int, digits: Optional[int] = None) -> ExitPolicy:
+        """The exit policy of this candidate (not for fixed depths), its
+        per-layer thresholds rounded to `digits` if given."""
+        if self.patience is not None:
+            return TokenPatience(self.patience)
         layers = upper_half_thresholds(self.threshold, self.upper_factor, n_layers)
         if digits is not None:
             layers = [round(t, digits) for t in layers]
+        if self.sentence:
+            return SentenceExit(self.threshold, layer_thresholds=layers)
         return TokenWindowExit(self.threshold, self.window, layer_thresholds=layers)
 
     def family(self, n_layers: int) -> str:
@@ -78,27 +114,35 @@ class Candidate:
         return "width" if self.layer is not None and self.layer >= n_layers else "joint"
 
     def describe(self) -> str:
-        what = (
-            f"fixed depth {self.layer}"
-            if self.layer is not None
-            else f"window={self.window} threshold={self.threshold:.4g} upper x{self.upper_factor:g}"
-        )
+        if self.layer is not None:
+            what = f"fixed depth {self.layer}"
+        elif self.patience is not None:
+            what = f"patience {self.patience}"
+        elif self.sentence:
+            what = f"sentence threshold={self.threshold:.4g} upper x{self.upper_factor:g}"
+        else:
+            what = f"window={self.window} threshold={self.threshold:.4g} upper x{self.upper_factor:g}"
         return f"{what}, width {self.width:g}" if self.width < 1.0 else what
 
 
 def simulate(tr: Trace, component: EarlyExitLabeler, candidate: Candidate) -> Tuple[torch.Tensor, float]:
     """Exit layers [S, W] of a candidate and its analytic speed-up, from the
-    trace: the exit rule of `TokenWindowExit` on the traced uncertainties, the
-    cost counted as inference counts it (`LayerCost.of_exits`)."""
+    trace: its policy's exit rule on the traced uncertainties (and, for
+    token_patience, on how long each traced label has held), the cost counted
+    as inference counts it (`LayerCost.of_exits`)."""
     S, L, W = tr.uncertainty.shape
     if candidate.layer is not None:
         exits = torch.full((S, W), min(candidate.layer, L), dtype=torch.long)
     else:
         policy = candidate.policy(L)
         values = torch.where(tr.word_mask[:, None, :], tr.uncertainty, torch.zeros(()))
-        below = torch.stack(
-            [policy.exits(index, L, values[:, index], tr.word_mask, tr.word_mask) for index in range(L)], dim=1
-        )
+        stable = stability_counts(tr.labels) if policy.tracks_stability else None
+
+        def allowed(index: int) -> torch.Tensor:
+            extra = {"stable": stable[:, index]} if stable is not None else {}
+            return policy.exits(index, L, values[:, index], tr.word_mask, tr.word_mask, **extra)
+
+        below = torch.stack([allowed(index) for index in range(L)], dim=1)
         below[:, -1, :] = True  # the last layer labels every word still running
         exits = below.float().argmax(1) + 1  # first layer where the word may leave, 1-based
     layer_cost = component.encoder.layer_cost
@@ -151,10 +195,15 @@ def candidates(
     upper_factors: Sequence[float] = UPPER_FACTORS,
     width: float = 1.0,
     n_layers: Optional[int] = None,
+    sentence_thresholds: Sequence[float] = SENTENCE_THRESHOLDS,
+    patiences: Sequence[int] = PATIENCES,
 ) -> List[Candidate]:
-    """The TOKEE grid at `width`, and every fixed depth up to `n_layers` (the
-    full depth included) when it is given."""
+    """The token_window (TOKEE) grid at `width`, and, when `n_layers` is
+    given, the sentence (SENTEE) grid, every patience below `n_layers` and
+    every fixed depth up to `n_layers` (the full depth included)."""
     grid = [Candidate(w, t, f, width=width) for w in windows for f in upper_factors for t in thresholds]
     if n_layers is not None:
+        grid += [Candidate(0, t, f, width=width, sentence=True) for f in upper_factors for t in sentence_thresholds]
+        grid += [Candidate(width=width, patience=p) for p in patiences if p < n_layers]
         grid += [Candidate(width=width, layer=layer) for layer in range(1, n_layers + 1)]
     return grid
