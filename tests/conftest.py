@@ -105,6 +105,23 @@ def random_batch(lengths, seed=0, vocab=50, start=5):
     return EncoderBatch(ids, piece_mask, piece_words, word_starts, word_mask)
 
 
+def assert_batch_invariant(encoder, policy, n_sequences: int, step: int) -> None:
+    """Every `step`-th of `n_sequences` random sequences (1 to 29 pieces),
+    run alone, gets the labels, exit layers and cost it gets in the batch of
+    them all under `policy`."""
+    lengths = [int(n) for n in torch.randint(1, 30, (n_sequences,), generator=torch.Generator().manual_seed(7))]
+    big = random_batch(lengths, seed=8)
+    together = encoder.predict(big, policy)
+    for b in range(0, len(lengths), step):
+        alone = random_batch([lengths[b]], seed=8)
+        alone.input_ids[0] = big.input_ids[b, : alone.input_ids.shape[1]]
+        single = encoder.predict(alone, policy)
+        n = lengths[b]
+        assert torch.equal(single.labels[0, :n], together.labels[b, :n])
+        assert torch.equal(single.exit_layers[0, :n], together.exit_layers[b, :n])
+        assert float(single.cost[0]) == pytest.approx(float(together.cost[b]))
+
+
 def four_head_encoder(seed: int = 0) -> MultiExitEncoder:
     torch.manual_seed(seed)
     config = BertConfig(

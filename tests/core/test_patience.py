@@ -8,7 +8,7 @@ from transformers import BertConfig, BertModel
 from spacy_earlyexit.core.encoder import MultiExitEncoder
 from spacy_earlyexit.core.policies import ExitPolicy, TokenPatience, make_policy, stability_counts
 
-from ..conftest import random_batch
+from ..conftest import assert_batch_invariant, random_batch
 
 N_LAYERS = 6
 
@@ -177,18 +177,8 @@ def test_one_word_sequences_follow_the_full_depth_labels(encoder):
 
 
 def test_patience_batch_invariance(encoder):
-    lengths = [int(n) for n in torch.randint(1, 30, (30,), generator=torch.Generator().manual_seed(7))]
-    big = random_batch(lengths, seed=8)
     for policy in (TokenPatience(1), TokenPatience(2, window=1)):
-        together = encoder.predict(big, policy)
-        for b in range(0, len(lengths), 6):
-            alone = random_batch([lengths[b]], seed=8)
-            alone.input_ids[0] = big.input_ids[b, : alone.input_ids.shape[1]]
-            single = encoder.predict(alone, policy)
-            n = lengths[b]
-            assert torch.equal(single.labels[0, :n], together.labels[b, :n])
-            assert torch.equal(single.exit_layers[0, :n], together.exit_layers[b, :n])
-            assert float(single.cost[0]) == pytest.approx(float(together.cost[b]))
+        assert_batch_invariant(encoder, policy, 30, 6)
 
 
 class RecordingPatience(TokenPatience):

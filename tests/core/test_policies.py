@@ -15,7 +15,7 @@ from spacy_earlyexit.core.policies import (
     normalized_entropy,
 )
 
-from ..conftest import random_batch, tiny_backbone
+from ..conftest import assert_batch_invariant, random_batch, tiny_backbone
 
 POLICIES = [
     lambda t: TokenWindowExit(t, window=2),
@@ -102,18 +102,7 @@ def test_per_layer_thresholds(encoder):
 
 
 def test_batch_invariance_on_the_encoder(encoder):
-    lengths = [int(n) for n in torch.randint(1, 30, (40,), generator=torch.Generator().manual_seed(7))]
-    big = random_batch(lengths, seed=8)
-    policy = TokenWindowExit(0.3, window=1)
-    together = encoder.predict(big, policy)
-    for b in range(0, len(lengths), 7):
-        alone = random_batch([lengths[b]], seed=8)
-        alone.input_ids[0] = big.input_ids[b, : alone.input_ids.shape[1]]
-        single = encoder.predict(alone, policy)
-        n = lengths[b]
-        assert torch.equal(single.labels[0, :n], together.labels[b, :n])
-        assert torch.equal(single.exit_layers[0, :n], together.exit_layers[b, :n])
-        assert float(single.cost[0]) == pytest.approx(float(together.cost[b]))
+    assert_batch_invariant(encoder, TokenWindowExit(0.3, window=1), 40, 7)
 
 
 def test_make_policy_and_bad_parameters():
