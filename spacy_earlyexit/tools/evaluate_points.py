@@ -95,6 +95,8 @@ def evaluate_operating_points(
                     "note": p["note"],
                     "dev_score": p["dev_score"],
                     "dev_flops_speedup": p["dev_flops_speedup"],
+                    "ranked_by": p.get("ranked_by", "flops"),
+                    "dev_wps_ratio": p.get("dev_wps_ratio"),
                     "test_score": point.score if point else None,
                     "flops_speedup": point.flops_speedup if point else None,
                     "words_per_second": point.words_per_second if point else None,
