@@ -489,7 +489,7 @@ class MultiExitEncoder(nn.Module):
         word_starts, word_mask, word_ends = batch.word_starts, batch.word_mask, batch.word_ends
         word_active = word_mask.clone()
         run_unc = uncertainty.clone()
-        track = getattr(policy, "tracks_stability", False)  # keep each running word's last label and its run
+        track = policy.tracks_stability  # keep each running word's last label and its run
         if track:
             run_labels = torch.full((B, W), -1, dtype=torch.long, device=device)  # -1: no layer read yet
             run_stable = torch.zeros(B, W, dtype=torch.long, device=device)
@@ -513,11 +513,9 @@ class MultiExitEncoder(nn.Module):
                 run_labels[w_rows, w_cols] = read
             if is_last:
                 leaving = word_active
-            elif track:
-                allowed = policy.exits(index, self.n_layers, run_unc, word_active, word_mask, stable=run_stable)
-                leaving = word_active & allowed
             else:
-                leaving = word_active & policy.exits(index, self.n_layers, run_unc, word_active, word_mask)
+                extra = {"stable": run_stable} if track else {}  # only policies that track it take it
+                leaving = word_active & policy.exits(index, self.n_layers, run_unc, word_active, word_mask, **extra)
             if bool(leaving.any()):
                 chosen = leaving[w_rows, w_cols]  # leaving words among the active ones, same order
                 out_r, out_c, leaving_probs = w_rows[chosen], w_cols[chosen], probs[chosen]

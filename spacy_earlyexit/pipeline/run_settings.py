@@ -60,6 +60,15 @@ class PointTable(dict):
         for name, spec in dict(*args, **kwargs).items():
             self[name] = spec
 
+    def setdefault(self, name: str, spec: Dict):
+        if name not in self:
+            self[name] = spec
+        return self[name]
+
+    def __ior__(self, other):
+        self.update(other)
+        return self
+
     def pop(self, name, *default):
         self._points.pop(name, None)
         return super().pop(name, *default)

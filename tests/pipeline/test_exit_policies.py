@@ -81,3 +81,17 @@ def test_a_point_table_parses_each_spec_once_when_it_is_set():
         table.point("2x")
     copy = pickle.loads(pickle.dumps(table))
     assert copy == table and copy.point("narrow").width == 0.5 and copy.widths == (0.5, 1.0)
+
+
+def test_every_way_of_adding_a_point_parses_it():
+    table = PointTable({}, widths=(1.0,), owner="'ner'")
+    for add in (
+        lambda: table.setdefault("bad", {"policy": "fixed_depth"}),
+        lambda: table.update(bad={"policy": "fixed_depth"}),
+        lambda: table.__ior__({"bad": {"policy": "fixed_depth"}}),
+    ):
+        with pytest.raises(ValueError, match="operating point 'bad'"):
+            add()
+        assert "bad" not in table
+    assert table.setdefault("one", {"policy": "fixed_depth", "layer": 1}) == {"policy": "fixed_depth", "layer": 1}
+    assert table.point("one").policy.layer == 1

@@ -210,6 +210,12 @@ def timed_ratios(
     return [float(run.wps_ratio_vs_full) for _, _, run in runs[1:]]
 
 
+def fastest_timed(timed: List[Dict]) -> int:
+    """The index of the fastest timed candidate (`dev_wps_ratio`; the better
+    dev score among equals): what `choose_fastest` and `retime` keep."""
+    return max(range(len(timed)), key=lambda i: (timed[i]["dev_wps_ratio"], timed[i]["dev_score"]))
+
+
 def choose_fastest(
     nlp,
     name,
@@ -254,7 +260,7 @@ def choose_fastest(
     ]
     for entry in point.timed:
         progress(f"  {point.name}: {entry['spec']}: {entry['dev_wps_ratio']:.2f}x full depth's words/s")
-    fastest = max(range(len(within)), key=lambda i: (ratios[i], within[i][1]))
+    fastest = fastest_timed(point.timed)
     chosen, point.dev_score, point.flops_speedup = within[fastest]
     point.point = chosen.replace(name=point.name)
     point.dev_wps_ratio = ratios[fastest]
@@ -380,7 +386,7 @@ def retime(
             points = [OperatingPoint.from_spec(t["spec"], widths=widths, make=policy_named) for t in timed]
             ratios = timer(nlp, component_name, examples, points)
             entry["timed"] = [{**t, "dev_wps_ratio": ratio} for t, ratio in zip(timed, ratios)]
-            fastest = max(range(len(timed)), key=lambda i: (ratios[i], timed[i]["dev_score"]))
+            fastest = fastest_timed(entry["timed"])
             spec = dict(timed[fastest]["spec"])
             entry.update(
                 policy=spec.pop("policy"),
