@@ -29,7 +29,7 @@ def main() -> None:
     if args.policy == "token_window":
         params["window"] = args.window
     for _, component in nlp.pipeline:
-        if isinstance(component, EarlyExitLabeler):
+        if isinstance(component, EarlyExitLabeler) and not component.listening:
             component.exit_policy = make_policy(args.policy, **params)
     docs = DocBin().from_disk(args.corpus).get_docs(nlp.vocab)
     texts = [sent.text for doc in docs for sent in doc.sents][: args.sentences]

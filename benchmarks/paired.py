@@ -38,7 +38,7 @@ def annotate(pipeline: str, docs: Sequence[Doc], batch_size: int = 64) -> List[D
     component_cfg = {
         name: {"operating_point": "full", "precision": "fp32"}
         for name, pipe in nlp.pipeline
-        if isinstance(pipe, EarlyExitLabeler)
+        if isinstance(pipe, EarlyExitLabeler) and not pipe.listening
     }
     inputs = [fresh_copy(doc, nlp.vocab) for doc in docs]
     return list(nlp.pipe(inputs, batch_size=batch_size, component_cfg=component_cfg))

@@ -35,10 +35,11 @@ MAX_BYTES = 1_000_000
 
 
 def earlyexit_components(nlp) -> Dict[str, Any]:
-    """The pipeline's early-exit components by name (those that take an operating point per call)."""
+    """The pipeline's early-exit components by name (those that take an
+    operating point per call; a shared encoder's tasks take it from it)."""
     from spacy_earlyexit.pipeline.labeler import EarlyExitLabeler
 
-    return {name: proc for name, proc in nlp.pipeline if isinstance(proc, EarlyExitLabeler)}
+    return {name: proc for name, proc in nlp.pipeline if isinstance(proc, EarlyExitLabeler) and not proc.listening}
 
 
 def annotate(nlp, components: Dict[str, Any], text: str, operating_point: Optional[str] = None) -> Dict[str, Any]:

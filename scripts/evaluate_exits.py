@@ -25,17 +25,20 @@ def main() -> None:
     nlp = spacy.load(args.pipeline)
     result = {}
     for name, component in nlp.pipeline:
-        if not isinstance(component, EarlyExitLabeler):
-            continue
+        if not isinstance(component, EarlyExitLabeler) or component.listening:
+            continue  # a shared encoder's tasks are scored through it
         n_layers = component.encoder.n_layers
         for corpus in args.corpora:
             examples = corpus_examples(nlp, corpus)
             scores = {}
             for layer in range(1, n_layers + 1):
                 point = measure(nlp, name, examples, measurement("fixed_depth", layer=layer), batch_size=64)
-                scores[layer] = point.score
+                scores[layer] = point.task_scores if point.task_scores is not None else point.score
             result.setdefault(name, {})[Path(corpus).stem] = scores
-            row = "  ".join(f"{100 * s:.2f}" for s in scores.values())
+            row = "  ".join(
+                f"{100 * s:.2f}" if not isinstance(s, dict) else "/".join(f"{100 * v:.2f}" for v in s.values())
+                for s in scores.values()
+            )
             print(f"{name} {Path(corpus).stem:>6} exits 1..{n_layers}: {row}")
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -40,7 +40,7 @@ def main() -> None:
     nlp = spacy.load(args.pipeline)
     if args.threshold is not None:
         for _, pipe in nlp.pipeline:
-            if isinstance(pipe, EarlyExitLabeler):
+            if isinstance(pipe, EarlyExitLabeler) and not pipe.listening:
                 pipe.exit_policy = TokenWindowExit(args.threshold, window=args.window)
     docs = list(nlp.pipe(args.text or SENTENCES))
     html = render(docs, component=args.component)

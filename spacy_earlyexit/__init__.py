@@ -16,6 +16,7 @@ from .pipeline import architectures  # noqa: F401  registers every function
 from .pipeline.architectures import MultiExitTransformer
 from .pipeline.extensions import register_extensions
 from .pipeline.ner import EarlyExitNER, make_earlyexit_ner
+from .pipeline.shared import EarlyExitTransformer, make_earlyexit_transformer
 from .pipeline.tagger import EarlyExitTagger, make_earlyexit_tagger
 
 __version__ = "0.1.0"
@@ -35,6 +36,7 @@ def __getattr__(name: str):
 __all__ = [
     "EarlyExitNER",
     "EarlyExitTagger",
+    "EarlyExitTransformer",
     "EncoderBatch",
     "Engine",
     "ExitOutput",
@@ -51,6 +53,7 @@ __all__ = [
     "TokenWindowExit",
     "make_earlyexit_ner",
     "make_earlyexit_tagger",
+    "make_earlyexit_transformer",
     "make_policy",
     "render",
     "serve",

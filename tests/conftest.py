@@ -237,3 +237,35 @@ def four_head_stage(tmp_path_factory):
     path = tmp_path_factory.mktemp("stage") / "ner"
     nlp.to_disk(path)
     return model_dir, path
+
+
+LISTENER = {"model": {"@architectures": "spacy-earlyexit.EarlyExitListener.v1", "upstream": "encoder"}}
+#: a rule per task: entities leave after layer 1, tags by their window's uncertainty
+PER_TASK = {
+    "policy": "per_task",
+    "tasks": {
+        "earlyexit_ner": {"policy": "fixed_depth", "layer": 1},
+        "earlyexit_tagger": {"policy": "token_window", "threshold": 0.4, "window": 1},
+    },
+}
+
+
+def shared_pipeline(model_dir, **encoder_config):
+    """`earlyexit_transformer` (named "encoder") with NER and tagger listening to it."""
+    nlp = spacy.blank("en")
+    nlp.add_pipe("earlyexit_transformer", name="encoder", config={**model_config(model_dir), **encoder_config})
+    nlp.add_pipe("earlyexit_ner", config=LISTENER)
+    nlp.add_pipe("earlyexit_tagger", config=LISTENER)
+    return nlp
+
+
+@pytest.fixture(scope="session")
+def saved_shared(tiny_model_dir, tmp_path_factory) -> Path:
+    """A trained shared pipeline (NER and tagger on one tiny encoder) with a
+    `mixed` per-task operating point, saved as a pipeline directory."""
+    spacy.util.fix_random_seed(0)
+    nlp = shared_pipeline(tiny_model_dir, operating_points={"mixed": PER_TASK})
+    train(nlp, ner_tagger_examples(nlp), steps=60)
+    path = tmp_path_factory.mktemp("shared") / "pipeline"
+    nlp.to_disk(path)
+    return path

@@ -20,6 +20,7 @@ from .policies import ExitPolicy, FullDepth
 from .precision import RESOLVED, TRAINING_RESOLVED, amx, compute_dtype
 from .projections import InferenceLayer, fuses, inference_layer
 from .shapes import bucket_length, bucket_rows, buckets_enabled, pad_index, pad_rows
+from .tasks import TaskRules
 from .width import check_width, kept
 
 #: how a word's state is read from its wordpieces
@@ -95,8 +96,8 @@ class MultiExitEncoder(nn.Module):
         super().__init__()
         if word_pooling not in WORD_POOLING:
             raise ValueError(f"word_pooling must be one of {', '.join(WORD_POOLING)}, got {word_pooling!r}.")
-        if n_labels < 1:
-            raise ValueError("MultiExitEncoder needs at least one label.")
+        if n_labels < 0:
+            raise ValueError("MultiExitEncoder needs a number of labels >= 0.")
         if getattr(backbone, "pooler", None) is not None:
             backbone.pooler = None  # never used: keep it out of the weights
         self.backbone = backbone
@@ -115,7 +116,8 @@ class MultiExitEncoder(nn.Module):
         self.n_labels = n_labels
         self.head_dropout = nn.Dropout(head_dropout)
         self._configured_dropout = (self.hidden_dropout, float(head_dropout))
-        self.heads = nn.ModuleList(nn.Linear(self.hidden_size, n_labels) for _ in range(self.n_layers))
+        # a shared encoder starts without labels: each task adds its own (`add_labels`)
+        self.heads = nn.ModuleList(nn.Linear(self.hidden_size, n_labels) for _ in range(self.n_layers) if n_labels)
         self.layer_cost = LayerCost(self.hidden_size, self.ff_size, n_labels, self.n_heads)
         #: whether heads and neurons were permuted by importance (width.rewire)
         self.width_rewired = False
@@ -149,6 +151,31 @@ class MultiExitEncoder(nn.Module):
         #: how a word's state is read from its pieces: "first" piece, or the
         #: mean of its "first_last" pieces (a word's ending, e.g. its suffix)
         self.word_pooling = word_pooling
+
+    def add_labels(self, n: int) -> slice:
+        """Grow every exit classifier by `n` outputs, initialized as a new
+        `nn.Linear` is, keeping the existing outputs' weights: a shared
+        encoder's new task. Returns the new outputs' slice."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"add_labels needs a whole number of labels >= 1, got {n!r}.")
+        old = self.n_labels
+        device = next(self.backbone.parameters()).device
+        heads = []
+        for index in range(self.n_layers):
+            head = nn.Linear(self.hidden_size, old + n).to(device)
+            if old:
+                with torch.no_grad():
+                    head.weight[:old] = self.heads[index].weight
+                    head.bias[:old] = self.heads[index].bias
+            heads.append(head)
+        self.heads = nn.ModuleList(heads)
+        self.n_labels = old + n
+        self.layer_cost = LayerCost(self.hidden_size, self.ff_size, self.n_labels, self.n_heads)
+        return slice(old, old + n)
+
+    def _check_labels(self) -> None:
+        if not self.n_labels:
+            raise ValueError("The shared encoder has no labels yet: no task component has added its own.")
 
     def _rounds_lengths(self, precision: str) -> bool:
         """Whether inference at a resolved `precision` rounds attention's
@@ -377,6 +404,7 @@ class MultiExitEncoder(nn.Module):
         head_mask: Optional[Tensor] = None,
         return_hidden: bool = False,
         precision: str = "fp32",
+        task_sizes: Optional[List[int]] = None,
     ):
         """Logits of every exit for every real word: [L, n_words, C]; with
         `return_hidden`, also every layer's states of the real pieces,
@@ -386,7 +414,11 @@ class MultiExitEncoder(nn.Module):
         its exit layer, as at inference; frozen pieces keep serving as keys
         and values. `sampled_exits` (self-sampling) instead decides exits
         layer by layer from the model's own dropout-free predictions, as
-        inference does, and records them in `sampled_exits.exit_layers`.
+        inference does, and records them in `sampled_exits.exit_layers`;
+        on a shared encoder (`task_sizes`: each task's number of labels, in
+        the order of the classifiers' outputs) each task samples its own
+        exits with the same settings, a word runs while any task needs it,
+        and `sampled_exits.task_exit_layers` [T, B, W] holds each task's.
         `width` runs every layer with its first heads and neurons only;
         `head_mask` [L, kept heads] scales each head's attention output
         (importance is its gradient). Without autograd, `precision` (resolved:
@@ -395,6 +427,7 @@ class MultiExitEncoder(nn.Module):
         bf16 is mixed precision, the layers' products under bf16 autocast with
         float32 weights, residual stream, gradients and exit classifiers."""
         width = check_width(width)
+        self._check_labels()
         training = self.training or torch.is_grad_enabled()
         if training and precision not in TRAINING_RESOLVED:
             raise ValueError(
@@ -416,6 +449,12 @@ class MultiExitEncoder(nn.Module):
                 exits = word_exit_layers.clamp(1, self.n_layers)
             else:
                 exits = torch.full((B, W), self.n_layers, dtype=torch.long, device=hidden.device)
+            slices = None
+            if sampled_exits is not None and task_sizes is not None and len(task_sizes) > 1:
+                rules = TaskRules(task_sizes, [FullDepth()] * len(task_sizes))
+                slices = rules.slices
+                task_active = [word_active.clone() for _ in slices]
+                task_exits = [exits.clone() for _ in slices]
             outputs, states = [], []
             for index in range(self.n_layers):
                 if word_exit_layers is not None:
@@ -435,11 +474,26 @@ class MultiExitEncoder(nn.Module):
                     outputs.append(self.heads[index](self.head_dropout(word_states[batch.word_mask])))
                     if sampled_exits is not None and index < self.n_layers - 1:
                         with torch.no_grad():
-                            probs = self.heads[index](word_states.detach()).softmax(-1)
-                        leaving = sampled_exits.exits(index, self.n_layers, probs, word_active, batch.word_mask)
-                        exits = torch.where(leaving, index + 1, exits)
-                        word_active = word_active & ~leaving
+                            logits = self.heads[index](word_states.detach())
+                        if slices is None:
+                            leaving = sampled_exits.exits(
+                                index, self.n_layers, logits.softmax(-1), word_active, batch.word_mask
+                            )
+                            exits = torch.where(leaving, index + 1, exits)
+                            word_active = word_active & ~leaving
+                        else:
+                            for t, part in enumerate(slices):
+                                probs = logits[..., part].softmax(-1)
+                                leaving = sampled_exits.exits(
+                                    index, self.n_layers, probs, task_active[t], batch.word_mask
+                                )
+                                task_exits[t] = torch.where(leaving, index + 1, task_exits[t])
+                                task_active[t] = task_active[t] & ~leaving
+                            word_active = torch.stack(task_active).any(0)
             if sampled_exits is not None:
+                if slices is not None:
+                    sampled_exits.task_exit_layers = torch.stack(task_exits)
+                    exits = sampled_exits.task_exit_layers.amax(0)
                 sampled_exits.exit_layers = exits
             if return_hidden:
                 return torch.stack(outputs), torch.stack(states)
@@ -466,20 +520,48 @@ class MultiExitEncoder(nn.Module):
         `cost` counts the kept heads and neurons; `full_cost` is always the
         full-width, full-depth pass."""
         width = check_width(width)
+        self._check_labels()
         if precision not in RESOLVED:
             raise ValueError(f"predict needs a resolved precision ({', '.join(RESOLVED)}), got {precision!r}.")
         policy = policy or FullDepth()
         with torch.autocast(batch.input_ids.device.type, enabled=False):
             return self._predict(batch, policy, width, precision)
 
+    @torch.inference_mode()
+    def predict_tasks(
+        self, batch: EncoderBatch, rules: TaskRules, width: float = 1.0, precision: str = "fp32"
+    ) -> List[ExitOutput]:
+        """`predict` for a shared encoder: task t's labels are `rules.slices[t]`
+        of every exit classifier's outputs and it leaves by
+        `rules.policies[t]` (see `tasks.py`). One `ExitOutput` per task, each
+        with its own labels, exit layers, uncertainties and distributions
+        (over its own labels); `cost` and `full_cost` are the shared pass's,
+        the same in every task's output."""
+        width = check_width(width)
+        self._check_labels()
+        if precision not in RESOLVED:
+            raise ValueError(f"predict needs a resolved precision ({', '.join(RESOLVED)}), got {precision!r}.")
+        if rules.n_labels != self.n_labels:
+            raise ValueError(
+                f"The task rules cover {rules.n_labels} labels, the encoder's classifiers {self.n_labels}."
+            )
+        with torch.autocast(batch.input_ids.device.type, enabled=False):
+            return self._predict_tasks(batch, rules, width, precision)
+
     def _predict(self, batch: EncoderBatch, policy: ExitPolicy, width: float, precision: str) -> ExitOutput:
+        return self._predict_tasks(batch, TaskRules.single(self.n_labels, policy), width, precision)[0]
+
+    def _predict_tasks(self, batch: EncoderBatch, rules: TaskRules, width: float, precision: str) -> List[ExitOutput]:
         B, W = batch.word_mask.shape
         device = batch.input_ids.device
-        last = policy.last_layer(self.n_layers) - 1
-        labels = torch.zeros(B, W, dtype=torch.long, device=device)
-        exit_probs = torch.zeros(B, W, self.n_labels, device=device)
-        exit_layers = torch.full((B, W), last + 1, dtype=torch.long, device=device)
-        uncertainty = torch.zeros(B, W, device=device)
+        policies, n_tasks = rules.policies, len(rules)
+        whole = n_tasks == 1  # one task: every running word runs for it
+        lasts = [p.last_layer(self.n_layers) - 1 for p in policies]
+        last = max(lasts)
+        labels = [torch.zeros(B, W, dtype=torch.long, device=device) for _ in policies]
+        exit_probs = [torch.zeros(B, W, n, device=device) for n in rules.sizes]
+        exit_layers = [torch.full((B, W), t_last + 1, dtype=torch.long, device=device) for t_last in lasts]
+        uncertainty = [torch.zeros(B, W, device=device) for _ in policies]
 
         rows = torch.arange(B, device=device)  # original row of each running sequence
         lengths = bucket_length if self._rounds_lengths(precision) else int
@@ -487,44 +569,62 @@ class MultiExitEncoder(nn.Module):
         hidden = self.embed(batch).to(compute_dtype(precision))
         piece_mask, piece_words = batch.piece_mask, batch.piece_words
         word_starts, word_mask, word_ends = batch.word_starts, batch.word_mask, batch.word_ends
-        word_active = word_mask.clone()
-        run_unc = uncertainty.clone()
-        track = policy.tracks_stability  # keep each running word's last label and its run
-        if track:
-            run_labels = torch.full((B, W), -1, dtype=torch.long, device=device)  # -1: no layer read yet
-            run_stable = torch.zeros(B, W, dtype=torch.long, device=device)
+        # per task: the words it still needs, their uncertainties, and (for
+        # policies that track it) each word's last label and its run
+        task_active = [word_mask.clone() for _ in policies]
+        word_active = task_active[0] if whole else word_mask.clone()
+        run_unc = [torch.zeros(B, W, device=device) for _ in policies]
+        tracks = [p.tracks_stability for p in policies]
+        every_exit = [p.needs_every_exit for p in policies]
+        run_labels = [torch.full((B, W), -1, dtype=torch.long, device=device) if k else None for k in tracks]
+        run_stable = [torch.zeros(B, W, dtype=torch.long, device=device) if k else None for k in tracks]
         for index in range(last + 1):
             piece_active = piece_mask & ((piece_words < 0) | word_active.gather(1, piece_words.clamp(min=0)))
             hidden = self._run_layer(index, hidden, piece_mask, piece_active, width, precision=precision)
-            is_last = index == last
-            if not (is_last or policy.needs_every_exit):
+            reading = [t for t in range(n_tasks) if index == lasts[t] or (index < lasts[t] and every_exit[t])]
+            if not reading:
                 continue
             w_rows, w_cols = word_active.nonzero(as_tuple=True)
             n_words = w_rows.shape[0]
             n_read = bucket_rows(n_words) if self.shape_buckets else n_words  # the classifier's rows, rounded up
             read_rows, read_cols = pad_index(w_rows, n_read), pad_index(w_cols, n_read)
             states = self._active_word_states(hidden, read_rows, read_cols, word_starts, word_ends)
-            probs = self.heads[index](states)[:n_words].softmax(-1)
-            run_unc[w_rows, w_cols] = policy.uncertainty(probs)
-            if track:
-                read = probs.argmax(-1)
-                same = read == run_labels[w_rows, w_cols]
-                run_stable[w_rows, w_cols] = torch.where(same, run_stable[w_rows, w_cols] + 1, 0)
-                run_labels[w_rows, w_cols] = read
-            if is_last:
-                leaving = word_active
+            logits = self.heads[index](states)[:n_words]
+            for t in reading:
+                policy, active = policies[t], task_active[t]
+                probs = (logits if whole else logits[:, rules.slices[t]]).softmax(-1)
+                unc = policy.uncertainty(probs)
+                # words another task keeps running hold what they left this task with
+                mine = None if whole else active[w_rows, w_cols]
+                if mine is not None:
+                    unc = torch.where(mine, unc, run_unc[t][w_rows, w_cols])
+                run_unc[t][w_rows, w_cols] = unc
+                if tracks[t]:
+                    read = probs.argmax(-1)
+                    stable = torch.where(read == run_labels[t][w_rows, w_cols], run_stable[t][w_rows, w_cols] + 1, 0)
+                    if mine is not None:
+                        read = torch.where(mine, read, run_labels[t][w_rows, w_cols])
+                        stable = torch.where(mine, stable, run_stable[t][w_rows, w_cols])
+                    run_stable[t][w_rows, w_cols] = stable
+                    run_labels[t][w_rows, w_cols] = read
+                if index == lasts[t]:
+                    leaving = active
+                else:
+                    extra = {"stable": run_stable[t]} if tracks[t] else {}  # only policies that track it take it
+                    leaving = active & policy.exits(index, self.n_layers, run_unc[t], active, word_mask, **extra)
+                if bool(leaving.any()):
+                    chosen = leaving[w_rows, w_cols]  # leaving words among the read ones, same order
+                    out_r, out_c, leaving_probs = w_rows[chosen], w_cols[chosen], probs[chosen]
+                    orig = rows[out_r]
+                    exit_probs[t][orig, out_c] = leaving_probs
+                    labels[t][orig, out_c] = leaving_probs.argmax(-1)
+                    exit_layers[t][orig, out_c] = index + 1
+                    uncertainty[t][orig, out_c] = run_unc[t][out_r, out_c]
+                    task_active[t] = active & ~leaving
+            if whole:
+                word_active = task_active[0]
             else:
-                extra = {"stable": run_stable} if track else {}  # only policies that track it take it
-                leaving = word_active & policy.exits(index, self.n_layers, run_unc, word_active, word_mask, **extra)
-            if bool(leaving.any()):
-                chosen = leaving[w_rows, w_cols]  # leaving words among the active ones, same order
-                out_r, out_c, leaving_probs = w_rows[chosen], w_cols[chosen], probs[chosen]
-                orig = rows[out_r]
-                exit_probs[orig, out_c] = leaving_probs
-                labels[orig, out_c] = leaving_probs.argmax(-1)
-                exit_layers[orig, out_c] = index + 1
-                uncertainty[orig, out_c] = run_unc[out_r, out_c]
-                word_active = word_active & ~leaving
+                word_active = torch.stack(task_active).any(0)
             running = word_active.any(1)
             if not bool(running.any()):
                 break
@@ -537,11 +637,17 @@ class MultiExitEncoder(nn.Module):
                 word_starts, word_mask = word_starts[keep, :w_len], word_mask[keep, :w_len]
                 if word_ends is not None:
                     word_ends = word_ends[keep, :w_len]
-                word_active, run_unc = word_active[keep, :w_len], run_unc[keep, :w_len]
-                if track:
-                    run_labels, run_stable = run_labels[keep, :w_len], run_stable[keep, :w_len]
-        cost, full_cost = self.batch_cost(batch, exit_layers, width, policy.needs_every_exit)
-        return ExitOutput(labels, exit_layers, uncertainty, cost, full_cost, exit_probs)
+                word_active = word_active[keep, :w_len]
+                for t in range(n_tasks):
+                    task_active[t], run_unc[t] = task_active[t][keep, :w_len], run_unc[t][keep, :w_len]
+                    if tracks[t]:
+                        run_labels[t], run_stable[t] = run_labels[t][keep, :w_len], run_stable[t][keep, :w_len]
+        encoder_exits = exit_layers[0] if whole else torch.stack(exit_layers).amax(0)
+        cost, full_cost = self.batch_cost(batch, encoder_exits, width, rules.needs_every_exit)
+        return [
+            ExitOutput(labels[t], exit_layers[t], uncertainty[t], cost, full_cost, exit_probs[t])
+            for t in range(n_tasks)
+        ]
 
     def batch_cost(
         self, batch: EncoderBatch, exit_layers: Tensor, width: float = 1.0, every_exit: bool = True

@@ -54,6 +54,8 @@ class SampledExits:
     half_windows: Tensor  # [B, W] long: window half-width of each word's sentence
     upper_factor: float = 2.0  # threshold multiplier in the upper half of the layers
     exit_layers: Optional[Tensor] = None  # [B, W] long, 1-based: filled by the forward
+    #: [T, B, W] long, 1-based: each task's exits on a shared encoder (the forward fills it)
+    task_exit_layers: Optional[Tensor] = None
 
     def exits(self, index: int, n_layers: int, probs: Tensor, active: Tensor, words: Tensor) -> Tensor:
         """Which active words leave after layer `index` (0-based), from the

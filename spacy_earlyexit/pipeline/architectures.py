@@ -18,6 +18,7 @@ from ..core.objective import SelfSampling
 from ..core.width_training import WidthTraining
 from . import exit_policies
 from .augment import sentence_windows as build_sentence_windows
+from .model import EarlyExitListener as build_listener
 from .model import MultiExitTransformer as build_multi_exit_transformer
 from .schedules import epoch_eval_frequency as build_epoch_eval_frequency
 from .schedules import epochs_as_steps as build_epochs_as_steps
@@ -28,6 +29,8 @@ from .schedules import warmup_linear_epochs as build_warmup_linear_epochs
 
 #: see `pipeline.model.MultiExitTransformer` for its settings
 MultiExitTransformer = registry.architectures("spacy-earlyexit.MultiExitTransformer.v1")(build_multi_exit_transformer)
+#: a task component's model that reads a shared encoder (`earlyexit_transformer`, pipeline/shared.py)
+EarlyExitListener = registry.architectures("spacy-earlyexit.EarlyExitListener.v1")(build_listener)
 
 # -- exit policies -----------------------------------------------------------------
 # They have a registry of their own (`exit_policies.py`: `@exit_policies =

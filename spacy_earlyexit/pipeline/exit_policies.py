@@ -21,12 +21,13 @@ specs. The names of the first releases (`@misc = "spacy-earlyexit.
 token_window_exit.v1"`, ...) still load (`architectures.py`).
 """
 
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import catalogue
 from spacy.util import registry
 
 from ..core.policies import ExitPolicy, FixedDepth, FullDepth, SentenceExit, TokenPatience, TokenWindowExit
+from ..core.tasks import TaskPolicies
 
 if not hasattr(registry, "exit_policies"):
     registry.exit_policies = catalogue.create("spacy", "exit_policies", entry_points=True)
@@ -99,3 +100,23 @@ def token_patience(patience: int = 2, window: int = 0) -> ExitPolicy:
     label has not changed for `patience` layers (and, with `window`, neither
     have its neighbours')."""
     return TokenPatience(patience, window)
+
+
+def _task_rule(task: str, spec) -> ExitPolicy:
+    if isinstance(spec, ExitPolicy):
+        return spec
+    if not isinstance(spec, dict) or "policy" not in spec:
+        raise ValueError(f"per_task: the rule of task '{task}' must be a spec with a 'policy', got {spec!r}.")
+    params = {k: v for k, v in spec.items() if k != "policy"}
+    return policy_named(spec["policy"], **params)
+
+
+@registry.exit_policies(f"{NAMESPACE}.per_task.v1")
+def per_task(tasks: Dict[str, Dict], default: Optional[Dict] = None) -> ExitPolicy:
+    """A rule per task of a shared encoder (`earlyexit_transformer`): `tasks`
+    maps a task component's name to a policy spec (`{"policy": "token_window",
+    "threshold": 0.1}`); tasks not named run `default` (full depth)."""
+    if not isinstance(tasks, dict):
+        raise ValueError(f"per_task needs tasks as a mapping of component name to policy spec, got {tasks!r}.")
+    rules = {task: _task_rule(task, spec) for task, spec in tasks.items()}
+    return TaskPolicies(rules, _task_rule("default", default) if default is not None else None)

@@ -1,7 +1,13 @@
 """Extension attributes that report how much work each token took.
 
 `doc._.earlyexit` holds, per early-exit component name, the analytic cost of
-the doc; the getters below summarize it.
+the doc; the getters below summarize it. A shared encoder's tasks
+(`pipeline/shared.py`) have entries of their own that name the encoder
+(`"encoder"`); the pass is counted once, in the encoder's entry.
+
+`doc._.earlyexit_tasks` carries a shared encoder's predictions to its task
+components within one pipeline run: each task takes its own (and removes
+it) when it annotates the doc.
 
 The exit layers themselves follow the tokens through retokenization,
 `Doc.from_docs`, `Doc.to_bytes` and `DocBin(store_user_data=True)`: each
@@ -76,10 +82,12 @@ def _token_exit_layer(token: Token) -> Optional[int]:
 
 
 def _doc_speedup(doc: Doc) -> Optional[float]:
-    """Full-depth cost divided by the cost spent, over all early-exit components."""
+    """Full-depth cost divided by the cost spent, over all early-exit
+    components (each encoder pass once: a shared encoder's tasks add none)."""
     info = doc._.earlyexit or {}
-    cost = sum(entry["cost"] for entry in info.values())
-    full = sum(entry["full_cost"] for entry in info.values())
+    passes = [entry for entry in info.values() if not entry.get("encoder")]
+    cost = sum(entry["cost"] for entry in passes)
+    full = sum(entry["full_cost"] for entry in passes)
     if not info:
         return None
     return full / cost if cost > 0 else 1.0
@@ -94,6 +102,27 @@ def register_extensions() -> None:
         Token.set_extension("exit_layer", getter=_token_exit_layer)
     if not Token.has_extension("exit_layers"):
         Token.set_extension("exit_layers", getter=_token_exit_layers)
+    if not Doc.has_extension("earlyexit_tasks"):
+        Doc.set_extension("earlyexit_tasks", default=None)
+
+
+def put_task_outputs(doc: Doc, outputs: Dict[str, dict]) -> None:
+    """Leave a shared encoder's predictions for its tasks on `doc`: task
+    name -> that task's prediction (a dict of plain values and arrays, so a
+    doc that a disabled task never took from still serializes)."""
+    doc._.earlyexit_tasks = {**(doc._.earlyexit_tasks or {}), **outputs}
+
+
+def task_outputs(doc: Doc, task: str) -> Optional[dict]:
+    """The prediction a shared encoder left on `doc` for `task`, if any."""
+    return (doc._.earlyexit_tasks or {}).get(task)
+
+
+def take_task_outputs(doc: Doc, task: str) -> None:
+    """Remove `task`'s prediction from `doc` once the task has annotated it
+    (the dict is replaced, not changed: `Doc.from_docs` copies shallowly)."""
+    rest = {name: value for name, value in (doc._.earlyexit_tasks or {}).items() if name != task}
+    doc._.earlyexit_tasks = rest or None
 
 
 def _has_entries_of(user_data: dict, component: str) -> bool:
@@ -109,10 +138,19 @@ def _has_entries_of(user_data: dict, component: str) -> bool:
 
 
 def record_exits(
-    doc: Doc, component: str, exit_layers, n_layers: int, cost: float, full_cost: float, width: float = 1.0
+    doc: Doc,
+    component: str,
+    exit_layers,
+    n_layers: int,
+    cost: float,
+    full_cost: float,
+    width: float = 1.0,
+    encoder: Optional[str] = None,
 ) -> None:
     """Store one component's exit information on a doc (without touching others'):
-    `cost` at the width it ran, `full_cost` of a full-depth, full-width pass.
+    `cost` at the width it ran, `full_cost` of a full-depth, full-width pass;
+    `encoder`: the shared encoder whose pass it is (a task's entry repeats
+    that pass's cost and is not counted again in `doc._.earlyexit_speedup`).
 
     Entries are replaced, never changed in place: `Doc.from_docs` copies them
     shallowly, so the source doc may share them."""
@@ -160,4 +198,6 @@ def record_exits(
         "speedup": float(full_cost / cost) if cost > 0 else 1.0,
         "width": float(width),
     }
+    if encoder is not None:
+        info[component]["encoder"] = encoder
     doc._.earlyexit = info

@@ -30,10 +30,11 @@ from ..core.precision import (
     resolve_precision,
     resolve_training_precision,
 )
+from ..core.tasks import TaskPolicies
 from ..core.width import DEFAULT_WIDTHS, check_width_menu
 from ..core.width_training import WidthTraining
-from .extensions import record_exits, register_extensions
-from .model import OWN_LOOP, DocExits, check_wordpiece_budget, predict_exits
+from .extensions import record_exits, register_extensions, take_task_outputs
+from .model import OWN_LOOP, DocExits, check_wordpiece_budget, is_listener, predict_exits
 from .run_settings import PointTable, ThreadRunSettings, check_point_name, checked_width, point_settings
 from .width_stages import prepare_width_training, rewire_width, trained_widths, width_update
 
@@ -95,6 +96,8 @@ class EarlyExitLabeler(TrainablePipe):
         self.vocab = vocab
         self.model = model
         self.name = name
+        #: the shared encoder this component listens to (set when the pipeline links them)
+        self._upstream: Optional[EarlyExitLabeler] = None
         # the precision is saved in cfg (see `_restore_precision`)
         self._configured_precision = check_precision(precision)
         self.cfg: Dict = {"labels": [], "precision": precision, "configured_precision": precision}
@@ -123,6 +126,8 @@ class EarlyExitLabeler(TrainablePipe):
                 f"'{name}': width_training phase 'self_sampling' needs the self_sampling settings "
                 "(spacy-earlyexit.self_sampling.v1) for its exits."
             )
+        if width_training is not None and self.listening:
+            raise ValueError(f"'{name}' listens to a shared encoder: width training is not available there.")
         self.width_training = width_training
         self._teacher = None  # the full-width teacher of width distillation (never saved)
 
@@ -180,6 +185,7 @@ class EarlyExitLabeler(TrainablePipe):
         Outside a `using` block this changes the default of every thread that
         calls the component; to choose a point for one call, pass it per call
         (`nlp(text, component_cfg={name: {"operating_point": "2x"}})`)."""
+        self._refuse_if_listening("use()")
         chosen = self.point_settings(check_point_name(operating_point, f"'{self.name}'"))
         self._set(policy=chosen.policy, width=chosen.width, precision=chosen.precision, name=chosen.name)
         self._warn_if_not_rewired()
@@ -198,6 +204,7 @@ class EarlyExitLabeler(TrainablePipe):
         the calling thread only: other threads keep their settings, and the
         previous ones come back after the block. `width` overrides the
         point's width."""
+        self._refuse_if_listening("using()")
         if isinstance(policy, str):
             chosen = self.point_settings(policy, width=width, precision=precision)
         else:
@@ -289,9 +296,14 @@ class EarlyExitLabeler(TrainablePipe):
         self._check_policy(policy)
         self._set(policy=policy, name=None)
 
+    #: whether a `per_task` policy (a rule per task) fits this component: a shared encoder's
+    takes_task_policies = False
+
     def _check_policy(self, policy: ExitPolicy) -> None:
         if not isinstance(policy, ExitPolicy):
             raise TypeError(f"exit_policy of '{self.name}' must be an ExitPolicy, got {type(policy).__name__}.")
+        if isinstance(policy, TaskPolicies) and not self.takes_task_policies:
+            raise ValueError(f"'{self.name}' runs one task: a per_task policy is for a shared encoder.")
         if self.is_ready:
             self._check_policy_depth(policy)
 
@@ -304,14 +316,48 @@ class EarlyExitLabeler(TrainablePipe):
     def _check_settings(self) -> None:
         """Check the settings that depend on the encoder and tokenizer once
         they are known (at initialize and after loading), not on the first doc."""
+        if self.listening:
+            return
         self._check_policy_depth(self.exit_policy)
         check_wordpiece_budget(self.model)
         self._warn_if_not_rewired()
 
     # -- what tools need ------------------------------------------------------------
+    # -- a shared encoder's task (pipeline/shared.py) -------------------------------
+    @property
+    def listening(self) -> bool:
+        """Whether this component is a task of a shared encoder (its model an
+        `EarlyExitListener`): the encoder, its exit rule and its operating
+        points are the upstream component's."""
+        return is_listener(self.model)
+
+    @property
+    def upstream(self) -> "EarlyExitLabeler":
+        """The shared encoder component this one listens to (a ValueError
+        if it is not linked: not in the pipeline before this one)."""
+        if self._upstream is None:
+            wanted = self.model.attrs.get("upstream", "*") if self.listening else None
+            raise ValueError(
+                f"'{self.name}' listens to a shared encoder ('{wanted}'), but none is in the pipeline "
+                "before it: add an earlyexit_transformer component first."
+            )
+        return self._upstream
+
+    def _refuse_if_listening(self, what: str) -> None:
+        if self.listening:
+            raise ValueError(
+                f"'{self.name}' is a task of the shared encoder '{self.model.attrs.get('upstream')}': {what} "
+                "and per-call settings belong to that component (its operating points, width and precision)."
+            )
+
+    @property
+    def _encoder_model(self) -> Model:
+        """The Thinc model that holds the encoder (the upstream's for a task)."""
+        return self.upstream.model if self.listening else self.model
+
     @property
     def _shim(self):
-        return self.model.shims[0]
+        return self._encoder_model.shims[0]
 
     @property
     def encoder(self):
@@ -327,6 +373,8 @@ class EarlyExitLabeler(TrainablePipe):
     @property
     def is_ready(self) -> bool:
         """Whether the encoder is loaded (after `initialize` or loading)."""
+        if self.listening:
+            return self._upstream is not None and self._upstream.is_ready and self._upstream.has_task(self.name)
         return self._shim.is_ready
 
     @property
@@ -401,6 +449,9 @@ class EarlyExitLabeler(TrainablePipe):
         With `width_training`, also rank heads and neurons (unless already
         rewired) and keep the full-width teacher for distillation."""
         validate_get_examples(get_examples, f"{type(self).__name__}.initialize")
+        if self.listening:
+            self._initialize_task(get_examples, labels, init_from)
+            return
         if init_from:
             self._initialize_from(str(init_from))
         else:
@@ -425,6 +476,32 @@ class EarlyExitLabeler(TrainablePipe):
         sample = [eg.predicted for eg in islice(get_examples(), 10)]
         self.model.initialize(X=sample)
         self._check_settings()
+
+    def _initialize_task(self, get_examples, labels: Optional[Sequence[str]], init_from: Optional[str]) -> None:
+        """A shared encoder's task: its labels (from `init_from`'s component of
+        the same name, else `labels`, else the examples), then its outputs on
+        the upstream's classifiers."""
+        upstream = self.upstream
+        if init_from:
+            import spacy
+
+            source = spacy.load(str(init_from))
+            if self.name not in source.component_names or type(source.get_pipe(self.name)) is not type(self):
+                raise ValueError(f"'{init_from}' has no {type(self).__name__} named '{self.name}' to initialize from.")
+            self.cfg["labels"] = list(source.get_pipe(self.name).labels)
+        elif labels is not None:
+            for label in labels:
+                self.add_label(label)
+        elif not upstream.has_task(self.name):
+            for example in get_examples():
+                for label in self._labels_from_example(example):
+                    self.add_label(label)
+        if not self.labels:
+            raise ValueError(
+                f"'{self.name}' found no labels: the examples have no annotation it can learn from, "
+                "and no labels were given."
+            )
+        upstream.add_task(self)
 
     def _prepare_width_training(self, get_examples: Callable[[], Iterable[Example]]) -> None:
         prepare_width_training(self, get_examples)
@@ -459,6 +536,8 @@ class EarlyExitLabeler(TrainablePipe):
         """Exit predictions for `docs` with `settings` (default: the current
         ones, see `settings`)."""
         docs = list(docs)
+        if self.listening:
+            return self.upstream.task_predictions(self.name, docs)
         settings = settings or self.settings
         precision = resolve_precision(settings.precision, self.encoder.device)
         return predict_exits(
@@ -482,7 +561,7 @@ class EarlyExitLabeler(TrainablePipe):
     ) -> Doc:
         """Annotate one doc; `operating_point`, `width` and `precision` apply
         to this call only (spaCy passes them from `component_cfg`)."""
-        settings = self.point_settings(operating_point, width=width, precision=precision)
+        settings = self._call_settings(operating_point, width, precision)
         error_handler = self.get_error_handler()
         try:
             self.set_annotations([doc], self.predict([doc], settings))
@@ -502,7 +581,7 @@ class EarlyExitLabeler(TrainablePipe):
         """Annotate a stream of docs in batches; `operating_point`, `width` and
         `precision` apply to this stream only (spaCy passes them from
         `component_cfg`), whatever other threads or calls use."""
-        settings = self.point_settings(operating_point, width=width, precision=precision)
+        settings = self._call_settings(operating_point, width, precision)
         error_handler = self.get_error_handler()
         for docs in util.minibatch(stream, size=batch_size):
             try:
@@ -511,11 +590,23 @@ class EarlyExitLabeler(TrainablePipe):
             except Exception as err:
                 error_handler(self.name, self, docs, err)
 
+    def _call_settings(self, operating_point, width, precision) -> Optional[OperatingPoint]:
+        if self.listening:
+            if operating_point is not None or width is not None or precision is not None:
+                self._refuse_if_listening("operating_point, width and precision")
+            return None
+        return self.point_settings(operating_point, width=width, precision=precision)
+
     def set_annotations(self, docs: Iterable[Doc], predictions: List[DocExits]) -> None:
         classes = self.output_labels
+        encoder = self.upstream.name if self.listening else None
         for doc, pred, ids in zip(docs, predictions, self.decode(predictions)):
             self.write_labels(doc, [classes[i] for i in ids])
-            record_exits(doc, self.name, pred.exit_layers, pred.n_layers, pred.cost, pred.full_cost, pred.width)
+            record_exits(
+                doc, self.name, pred.exit_layers, pred.n_layers, pred.cost, pred.full_cost, pred.width, encoder=encoder
+            )
+            if encoder is not None:
+                take_task_outputs(doc, self.name)
 
     # -- training ----------------------------------------------------------------
     def update(
@@ -531,6 +622,8 @@ class EarlyExitLabeler(TrainablePipe):
         losses.setdefault(self.name, 0.0)
         examples = list(examples)
         validate_examples(examples, f"{type(self).__name__}.update")
+        if self.listening:  # the shared encoder's update trained this task, and added its loss
+            return losses
         if not any(len(eg.predicted) for eg in examples):
             return losses
         set_dropout_rate(self.model, drop)
@@ -563,7 +656,8 @@ class EarlyExitLabeler(TrainablePipe):
             return 0.0, [self.model.ops.asarray3f(numpy.zeros_like(self.model.ops.to_numpy(x))) for x in logits]
         sizes = [len(t) for t in truths]
         all_logits = torch.from_numpy(numpy.concatenate([self.model.ops.to_numpy(x) for x in logits], axis=1))
-        weights = torch.tensor(layer_loss_weights(all_logits.shape[0], self.model.attrs["layer_weighting"]))
+        weighting = self._encoder_model.attrs["layer_weighting"]
+        weights = torch.tensor(layer_loss_weights(all_logits.shape[0], weighting))
         loss, grad = exit_loss(
             all_logits,
             torch.from_numpy(numpy.concatenate(truths)),
@@ -606,6 +700,8 @@ class EarlyExitLabeler(TrainablePipe):
         batch_size (int): examples per forward/backward pass.
         RETURNS (Importance): the importance before permuting, [L, H] and [L, F].
         """
+        if self.listening:
+            raise ValueError(f"'{self.name}' is a task of a shared encoder: width rewiring is not available there.")
         return rewire_width(self, examples, batch_size=batch_size)
 
     # -- scoring -----------------------------------------------------------------
@@ -658,6 +754,8 @@ class EarlyExitLabeler(TrainablePipe):
             "cfg": lambda p: srsly.write_json(p, self.cfg),
             "model": lambda p: self._shim.to_disk(p),
         }
+        if self.listening:  # the weights are the shared encoder's, saved once, there
+            serialize.pop("model")
         util.to_disk(path, serialize, exclude)
 
     def from_disk(self, path, *, exclude=tuple()) -> "EarlyExitLabeler":
@@ -670,6 +768,8 @@ class EarlyExitLabeler(TrainablePipe):
             "cfg": lambda p: self.cfg.update(srsly.read_json(p)),
             "model": load_model,
         }
+        if self.listening:
+            deserialize.pop("model")
         util.from_disk(path, deserialize, exclude)
         self._restore_precision()
         if self.is_ready:

@@ -19,13 +19,14 @@ from spacy.tokens import Doc
 from thinc.api import ArgsKwargs, Model, get_torch_default_device, torch2xp, xp2torch
 from thinc.types import Floats3d, Ints1d
 
-from ..core.batch import EncoderBatch
+from ..core.batch import EncoderBatch, ExitOutput
 from ..core.encoder import WORD_POOLING, MultiExitEncoder
 from ..core.engines import Engine, OwnLoop
 from ..core.hf import keep_first_layers, load_pretrained
 from ..core.objective import SelfSampling
 from ..core.policies import ExitPolicy
 from ..core.projections import size_onednn_kernel_cache
+from ..core.tasks import TaskRules
 from .shim import EarlyExitShim
 from .wordpieces import (
     N_CASE_CLASSES,
@@ -256,7 +257,9 @@ def training_inputs(model: Model, docs: List[Doc]) -> Optional[Tuple[EncoderBatc
 def forward(model: Model, docs: List[Doc], is_train: bool) -> Tuple[Tuple[List[Floats3d], List[Ints1d]], Callable]:
     """Logits of every exit for every token of every doc, and the layer each
     token ran to (the last layer, or its sampled exit in self-sampling
-    training): `([n_layers, n_tokens, n_labels] per doc, [n_tokens] per doc)`."""
+    training): `([n_layers, n_tokens, n_labels] per doc, [n_tokens] per doc)`;
+    a shared encoder self-sampling several tasks gives each task's layers,
+    `[n_tasks, n_tokens]` per doc."""
     shim, encoder, plan = _plan(model, docs)
     encoder.set_dropout(model.attrs.get("dropout_rate") if is_train else None)
     n_layers, n_labels = encoder.n_layers, encoder.n_labels
@@ -275,14 +278,19 @@ def forward(model: Model, docs: List[Doc], is_train: bool) -> Tuple[Tuple[List[F
         "sampled_exits": sampled,
         "precision": model.attrs.get("training_precision", "fp32") if is_train else "fp32",
     }
+    task_sizes = model.attrs.get("task_sizes")  # a shared encoder's tasks (pipeline/shared.py)
+    if sampled is not None and task_sizes and len(task_sizes) > 1:
+        kwargs["task_sizes"] = list(task_sizes)
     logits, torch_backprop = shim(ArgsKwargs(args=(batch,), kwargs=kwargs), is_train)
     all_scores = model.ops.asarray3f(torch2xp(logits.detach()))
     scores = [all_scores[:, doc_rows] for doc_rows in rows]
-    if sampled is not None:
+    if sampled is not None and sampled.task_exit_layers is not None:  # [T, n_words]: each task's own
+        all_layers = sampled.task_exit_layers[:, batch.word_mask].cpu().numpy()
+    elif sampled is not None:
         all_layers = sampled.exit_layers[batch.word_mask].cpu().numpy()
     else:
         all_layers = numpy.full(all_scores.shape[1], n_layers, dtype="int64")
-    layers = [all_layers[doc_rows] for doc_rows in rows]
+    layers = [all_layers[..., doc_rows] for doc_rows in rows]
 
     def backprop(d_scores: List[Floats3d]) -> List:
         d_all = model.ops.alloc3f(*all_scores.shape)
@@ -351,47 +359,131 @@ def predict_exits(
     too."""
     engine = engine or OWN_LOOP
     engine.check(policy, width)
+    encoder: MultiExitEncoder = model.shims[0].encoder
+
+    def run(batch: EncoderBatch) -> List[ExitOutput]:
+        return [engine.predict(encoder, batch, policy, width, precision)]
+
+    return _exits_of_docs(model, docs, run, 1, max_sequences, max_padded_pieces, width, keep_probs)[0]
+
+
+def predict_task_exits(
+    model: Model,
+    docs: List[Doc],
+    rules: TaskRules,
+    max_sequences: int = 64,
+    max_padded_pieces: int = 8192,
+    width: float = 1.0,
+    keep_probs: Sequence[bool] = (),
+    precision: str = "fp32",
+) -> List[List[DocExits]]:
+    """`predict_exits` on a shared encoder: each task's `DocExits` of every
+    doc (`[task][doc]`), by the encoder's own loop under `rules` (a rule per
+    task, see `core/tasks.py`); `keep_probs[t]`: keep task t's label
+    distributions. Each task's cost is the shared pass's."""
+    encoder: MultiExitEncoder = model.shims[0].encoder
+
+    def run(batch: EncoderBatch) -> List[ExitOutput]:
+        return encoder.predict_tasks(batch, rules, width=width, precision=precision)
+
+    keep = list(keep_probs) or [False] * len(rules)
+    return _exits_of_docs(model, docs, run, len(rules), max_sequences, max_padded_pieces, width, keep)
+
+
+def _exits_of_docs(
+    model: Model,
+    docs: List[Doc],
+    run: Callable[[EncoderBatch], List[ExitOutput]],
+    n_tasks: int,
+    max_sequences: int,
+    max_padded_pieces: int,
+    width: float,
+    keep_probs,
+) -> List[List[DocExits]]:
+    """Run `run` over the docs' length-sorted batches and give every doc its
+    tokens' exits, per task: `[task][doc]`."""
+    keep = [keep_probs] * n_tasks if isinstance(keep_probs, bool) else list(keep_probs)
     plan, batches = sequence_batches(model, docs, max_sequences, max_padded_pieces)
     encoder: MultiExitEncoder = model.shims[0].encoder
     n_seq = len(plan.sequences)
-    seq_labels: List[Any] = [None] * n_seq
-    seq_layers: List[Any] = [None] * n_seq
-    seq_unc: List[Any] = [None] * n_seq
-    seq_probs: List[Any] = [None] * n_seq
+    per_task = [{"labels": [None] * n_seq, "layers": [None] * n_seq, "unc": [None] * n_seq} for _ in range(n_tasks)]
+    seq_probs: List[List[Any]] = [[None] * n_seq for _ in range(n_tasks)]
+    n_classes = [0] * n_tasks
     seq_cost = numpy.zeros(n_seq)
     seq_full = numpy.zeros(n_seq)
     for indices, batch in batches:
-        out = engine.predict(encoder, batch, policy, width, precision)
-        labels, layers, unc = (t.cpu().numpy() for t in (out.labels, out.exit_layers, out.uncertainty))
-        probs = out.probs.cpu().numpy() if keep_probs and out.probs is not None else None
-        for row, index in enumerate(indices):
-            n_words = len(plan.sequences[index].word_starts)
-            seq_labels[index] = labels[row, :n_words]
-            seq_layers[index] = layers[row, :n_words]
-            seq_unc[index] = unc[row, :n_words]
-            if probs is not None:
-                seq_probs[index] = probs[row, :n_words]
-        seq_cost[indices] = out.cost.cpu().numpy()
-        seq_full[indices] = out.full_cost.cpu().numpy()
+        outs = run(batch)
+        for t, out in enumerate(outs):
+            labels, layers, unc = (x.cpu().numpy() for x in (out.labels, out.exit_layers, out.uncertainty))
+            probs = out.probs.cpu().numpy() if keep[t] and out.probs is not None else None
+            if out.probs is not None:
+                n_classes[t] = out.probs.shape[-1]
+            store = per_task[t]
+            for row, index in enumerate(indices):
+                n_words = len(plan.sequences[index].word_starts)
+                store["labels"][index] = labels[row, :n_words]
+                store["layers"][index] = layers[row, :n_words]
+                store["unc"][index] = unc[row, :n_words]
+                if probs is not None:
+                    seq_probs[t][index] = probs[row, :n_words]
+        seq_cost[indices] = outs[0].cost.cpu().numpy()
+        seq_full[indices] = outs[0].full_cost.cpu().numpy()
     doc_of_seq = numpy.array([s.doc_index for s in plan.sequences], dtype="int64")
     offsets = numpy.cumsum([0] + [len(s.word_starts) for s in plan.sequences])[:-1]
-    flat = [numpy.concatenate(x) if n_seq else numpy.zeros(0) for x in (seq_labels, seq_layers, seq_unc)]
-    has_probs = keep_probs and all(p is not None for p in seq_probs)
-    all_probs = numpy.concatenate(seq_probs) if n_seq and has_probs else numpy.zeros((0, encoder.n_labels), "float32")
-    results = []
-    for d in range(len(plan.n_tokens)):
-        rows = offsets[plan.owner_sequence[d]] + plan.owner_word[d] if n_seq else numpy.zeros(0, dtype="int64")
-        mine = doc_of_seq == d
+    doc_rows = [
+        offsets[plan.owner_sequence[d]] + plan.owner_word[d] if n_seq else numpy.zeros(0, dtype="int64")
+        for d in range(len(plan.n_tokens))
+    ]
+    doc_cost = [
+        (float(seq_cost[doc_of_seq == d].sum()), float(seq_full[doc_of_seq == d].sum())) for d in range(len(doc_rows))
+    ]
+    results: List[List[DocExits]] = []
+    for t in range(n_tasks):
+        store = per_task[t]
+        flat = [numpy.concatenate(store[k]) if n_seq else numpy.zeros(0) for k in ("labels", "layers", "unc")]
+        has_probs = keep[t] and all(p is not None for p in seq_probs[t])
+        empty_probs = numpy.zeros((0, n_classes[t] or encoder.n_labels), "float32")
+        all_probs = numpy.concatenate(seq_probs[t]) if n_seq and has_probs else empty_probs
         results.append(
-            DocExits(
-                label_ids=flat[0][rows].astype("int64"),
-                exit_layers=flat[1][rows].astype("int64"),
-                uncertainty=flat[2][rows].astype("float32"),
-                cost=float(seq_cost[mine].sum()),
-                full_cost=float(seq_full[mine].sum()),
-                n_layers=encoder.n_layers,
-                width=width,
-                label_probs=all_probs[rows].astype("float32") if has_probs else None,
-            )
+            [
+                DocExits(
+                    label_ids=flat[0][rows].astype("int64"),
+                    exit_layers=flat[1][rows].astype("int64"),
+                    uncertainty=flat[2][rows].astype("float32"),
+                    cost=cost,
+                    full_cost=full,
+                    n_layers=encoder.n_layers,
+                    width=width,
+                    label_probs=all_probs[rows].astype("float32") if has_probs else None,
+                )
+                for rows, (cost, full) in zip(doc_rows, doc_cost)
+            ]
         )
     return results
+
+
+#: the Thinc name of a shared encoder's task model (`EarlyExitListener`)
+LISTENER_NAME = "earlyexit_listener"
+
+
+def EarlyExitListener(upstream: str = "*", nO: Optional[int] = None) -> Model:
+    """The model of a task component that reads a shared encoder: it names
+    the upstream component (`upstream`: its name, or "*" for the first
+    `earlyexit_transformer` before it, as spaCy's listeners do) and holds
+    nothing else; its labels' classifiers are the upstream's, which runs
+    the encoder once for all its tasks and trains them together."""
+    if not isinstance(upstream, str) or not upstream:
+        raise ValueError(f"upstream must be a component name or '*', got {upstream!r}.")
+    return Model(LISTENER_NAME, _listener_forward, dims={"nO": nO}, attrs={"upstream": upstream})
+
+
+def _listener_forward(model: Model, docs, is_train: bool):
+    raise ValueError(
+        f"A shared encoder's task model does not run by itself: the component "
+        f"'{model.attrs['upstream']}' runs the encoder for its tasks."
+    )
+
+
+def is_listener(model) -> bool:
+    """Whether `model` is a shared encoder's task model (`EarlyExitListener`)."""
+    return isinstance(model, Model) and model.name == LISTENER_NAME

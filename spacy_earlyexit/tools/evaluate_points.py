@@ -104,6 +104,7 @@ def evaluate_operating_points(
                     "mean_exit_layer": point.mean_exit_layer if point else None,
                     "dev_score_sentences": p.get("dev_score_sentences"),
                     **_sentence_figures(on_sentences.get(id(point))),
+                    **_task_figures(p, point, on_sentences.get(id(point))),
                 }
             )
         result[key] = rows
@@ -114,10 +115,24 @@ def evaluate_operating_points(
             "default": meta["default"],
             "dev_score_sentences": meta["full"].get("dev_score_sentences"),
             **_sentence_figures(on_sentences.get(id(full))),
+            **_task_figures(meta["full"], full, on_sentences.get(id(full))),
         }
         result["full" if key == "points" else "stage1_full"] = full_row
     result["metric"] = loaded[0][2]["metric"]
     return result
+
+
+def _task_figures(calibrated: Dict, point: Optional[Measurement], sentences: Optional[Measurement]) -> Dict:
+    """A shared encoder's: each task's dev score (from the calibration) and
+    test score, on documents and on sentences (`score` is then their mean,
+    and the dev score the worst task's change from full depth)."""
+    if "dev_task_scores" not in calibrated:
+        return {}
+    return {
+        "dev_task_scores": calibrated.get("dev_task_scores"),
+        "test_task_scores": point.task_scores if point else None,
+        "test_task_scores_sentences": sentences.task_scores if sentences else None,
+    }
 
 
 def _sentence_figures(point: Optional[Measurement]) -> Dict:

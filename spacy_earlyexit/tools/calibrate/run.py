@@ -14,10 +14,10 @@ from .search import (
     DEFAULT_TARGETS,
     DEFAULT_TOLERANCE,
     Timer,
-    calibrate,
     retime,
     timed_ratios,
 )
+from .tasks import calibrate
 from .writing import check_calibration_output, write_calibrated
 
 

@@ -268,7 +268,26 @@ def choose_fastest(
     point.reached = True
 
 
-def calibrate(
+def searched_points(
+    targets: Sequence[float], max_drop: Optional[float], widths: Sequence[float]
+) -> List[CalibratedPoint]:
+    """The points a calibration seeks: one per speed-up target (and, with
+    several widths, per target the best at full width and at full depth
+    too), and `max-drop`."""
+    # names are config section keys: no dots ("2.5x" becomes "2_5x")
+    names = [f"{t:g}x".replace(".", "_") for t in targets]
+    points = [CalibratedPoint(name, float(t), "speedup") for name, t in zip(names, targets)]
+    if len(widths) > 1:
+        for search in ("exit", "width"):
+            points += [
+                CalibratedPoint(f"{name}-{search}", float(t), "speedup", search) for name, t in zip(names, targets)
+            ]
+    if max_drop is not None:
+        points.append(CalibratedPoint("max-drop", float(max_drop), "max_drop"))
+    return points
+
+
+def calibrate_labeler(
     nlp: Language,
     component_name: str,
     examples: List[Example],
@@ -294,6 +313,8 @@ def calibrate(
     if rank not in RANKS:
         raise ValueError(f"rank must be one of {', '.join(RANKS)}, got {rank!r}.")
     component: EarlyExitLabeler = nlp.get_pipe(component_name)
+    if component.takes_task_policies:
+        raise ValueError(f"'{component_name}' is a shared encoder: calibrate it with `calibrate` (tasks.py).")
     precision = precision or component.precision
     resolved = resolve_precision(precision, component.encoder.device)
     n_layers = component.encoder.n_layers
@@ -312,16 +333,7 @@ def calibrate(
                 f"width {width:g}: simulated {len(simulated)} candidates so far; "
                 f"fastest {max(c.speedup for c in simulated):.2f}x"
             )
-    # names are config section keys: no dots ("2.5x" becomes "2_5x")
-    names = [f"{t:g}x".replace(".", "_") for t in targets]
-    points = [CalibratedPoint(name, float(t), "speedup") for name, t in zip(names, targets)]
-    if len(widths) > 1:
-        for search in ("exit", "width"):
-            points += [
-                CalibratedPoint(f"{name}-{search}", float(t), "speedup", search) for name, t in zip(names, targets)
-            ]
-    if max_drop is not None:
-        points.append(CalibratedPoint("max-drop", float(max_drop), "max_drop"))
+    points = searched_points(targets, max_drop, widths)
     with component.using("full", precision=precision):
         for point in points:
             args = (nlp, component_name, examples, component, simulated, point, full_score, progress)

@@ -130,6 +130,12 @@ def simulate(tr: Trace, component: EarlyExitLabeler, candidate: Candidate) -> Tu
     trace: its policy's exit rule on the traced uncertainties (and, for
     token_patience, on how long each traced label has held), the cost counted
     as inference counts it (`LayerCost.of_exits`)."""
+    exits = simulated_exits(tr, candidate)
+    return exits, simulated_speedup(tr, component, candidate, exits)
+
+
+def simulated_exits(tr: Trace, candidate: Candidate) -> torch.Tensor:
+    """Exit layers [S, W] (1-based) of a candidate, from the trace."""
     S, L, W = tr.uncertainty.shape
     if candidate.layer is not None:
         exits = torch.full((S, W), min(candidate.layer, L), dtype=torch.long)
@@ -145,13 +151,20 @@ def simulate(tr: Trace, component: EarlyExitLabeler, candidate: Candidate) -> Tu
         below = torch.stack([allowed(index) for index in range(L)], dim=1)
         below[:, -1, :] = True  # the last layer labels every word still running
         exits = below.float().argmax(1) + 1  # first layer where the word may leave, 1-based
+    return exits
+
+
+def simulated_speedup(tr: Trace, component: EarlyExitLabeler, candidate: Candidate, exits: torch.Tensor) -> float:
+    """The analytic speed-up of a pass whose words leave at `exits` [S, W]
+    (a shared encoder's: the deepest of its tasks' exits)."""
+    L = tr.uncertainty.shape[1]
     layer_cost = component.encoder.layer_cost
     word_pieces = tr.pieces * tr.word_mask
     cost = layer_cost.of_exits(
         tr.n_pieces, tr.n_special, word_pieces, exits, L, candidate.width, every_exit=candidate.layer is None
     )
     full = layer_cost.full(tr.n_pieces.double(), tr.word_mask.sum(1).double(), L)
-    return exits, float(full.sum() / cost.sum())
+    return float(full.sum() / cost.sum())
 
 
 def simulated_score(tr: Trace, component: EarlyExitLabeler, examples: List[Example], exits: torch.Tensor) -> float:

@@ -1,0 +1,230 @@
+"""Calibration of a shared encoder (`earlyexit_transformer`): operating points
+chosen on dev for all its tasks at once.
+
+The search is the single-task one (`search.py`: the same candidates,
+simulation, real runs and timing) on one figure per candidate: the worst of
+the tasks' score changes from full depth, `min over tasks of (score - full
+score)`, so that full depth is 0 and
+
+- a speed-up target (2x, 3x, 4x: of the shared pass, in FLOPs) keeps the
+  candidate whose worst-off task loses least;
+- `max-drop` keeps the fastest candidate that keeps every task within the
+  drop (ranked by measured speed, as for one task).
+
+A candidate is one rule that every task applies to its own uncertainties
+(each task leaves by itself; a word runs while any task needs it), so a
+point is a rule per task; `per_task` points name different rules per task
+by hand. Each task is simulated from one traced pass (`trace_parts`), the
+pass's cost from the deepest of the tasks' exits.
+"""
+
+import json
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from spacy.language import Language
+from spacy.training import Example
+
+from ...core.points import OperatingPoint
+from ...core.precision import resolve_precision
+from ..evaluation import Measurement, measure
+from .search import (
+    DEFAULT_MARGIN,
+    DEFAULT_MAX_DROP,
+    DEFAULT_RANK,
+    DEFAULT_TARGETS,
+    DEFAULT_TOLERANCE,
+    RANKS,
+    RealRun,
+    Timer,
+    calibrate_labeler,
+    choose,
+    choose_fastest,
+    real_run,
+    searched_points,
+    timed_ratios,
+    timing_machine,
+)
+from .simulation import candidates, simulated_exits, simulated_score, simulated_speedup
+from .tracing import trace_parts
+
+#: what a shared encoder's calibration scores a candidate by
+METRIC = "worst_task_change"
+
+
+class TaskRuns:
+    """The real-run function of a shared encoder's calibration: each task's
+    score, and the worst change from full depth as the one figure the search
+    ranks by; it remembers every task's scores per point."""
+
+    def __init__(self) -> None:
+        self.full: Dict[str, float] = {}
+        self.seen: Dict[str, Dict[str, float]] = {}
+
+    def task_scores(self, nlp: Language, name: str, examples: List[Example], point: OperatingPoint):
+        run = measure(nlp, name, examples, Measurement(point), batch_size=64)
+        scores = {task: float(value or 0.0) for task, value in (run.task_scores or {}).items()}
+        self.seen[_key(point)] = scores
+        return scores, float(run.flops_speedup or 1.0)
+
+    def __call__(self, nlp: Language, name: str, examples: List[Example], point: OperatingPoint) -> Tuple[float, float]:
+        scores, speedup = self.task_scores(nlp, name, examples, point)
+        return worst_change(scores, self.full), speedup
+
+    def scores_of(self, point: Optional[OperatingPoint]) -> Optional[Dict[str, float]]:
+        return self.seen.get(_key(point)) if point is not None else None
+
+
+def _key(point: OperatingPoint) -> str:
+    return json.dumps(point.replace(name=None).to_spec(), sort_keys=True)
+
+
+def worst_change(scores: Dict[str, float], full: Dict[str, float]) -> float:
+    """The worst of the tasks' score changes from full depth (0 at full depth)."""
+    return min(scores[task] - full[task] for task in full)
+
+
+def calibrate_tasks(
+    nlp: Language,
+    component_name: str,
+    examples: List[Example],
+    targets: Sequence[float],
+    max_drop: Optional[float],
+    progress=print,
+    margin: float = DEFAULT_MARGIN,
+    tolerance: float = DEFAULT_TOLERANCE,
+    precision: Optional[str] = None,
+    sentences: Optional[List[Example]] = None,
+    rank: str = "speed",
+    timer=timed_ratios,
+) -> Dict:
+    """`calibrate` for a shared encoder and the tasks that listen to it (see
+    the module's docstring); the same result, with `metric`
+    "worst_task_change" and every task's dev scores beside."""
+    if rank not in RANKS:
+        raise ValueError(f"rank must be one of {', '.join(RANKS)}, got {rank!r}.")
+    component = nlp.get_pipe(component_name)
+    tasks = [nlp.get_pipe(task) for task in component.tasks if task in nlp.component_names]
+    if [task.name for task in tasks] != component.tasks:
+        raise ValueError(f"'{component_name}' has tasks {component.tasks}, not all in the pipeline.")
+    precision = precision or component.precision
+    resolved = resolve_precision(precision, component.encoder.device)
+    n_layers = component.encoder.n_layers
+    runs = TaskRuns()
+    simulated = []
+    with component.using("full", precision=precision):
+        runs.full, _ = runs.task_scores(nlp, component_name, examples, OperatingPoint())
+        progress(f"full depth on dev ({resolved}): " + ", ".join(f"{t} {100 * s:.2f}" for t, s in runs.full.items()))
+        parts = [(part, task.decodes_from_probs) for part, task in zip(component._slices(), tasks)]
+        traces = trace_parts(component, examples, parts, 1.0, resolved)
+        for candidate in candidates(width=1.0, n_layers=n_layers):
+            exits = [simulated_exits(tr, candidate) for tr in traces]
+            deepest = exits[0]
+            for other in exits[1:]:
+                deepest = deepest.maximum(other)
+            candidate.speedup = simulated_speedup(traces[0], component, candidate, deepest)
+            candidate.score = min(
+                simulated_score(tr, task, examples, task_exits) - runs.full[task.name]
+                for tr, task, task_exits in zip(traces, tasks, exits)
+            )
+            simulated.append(candidate)
+        progress(f"simulated {len(simulated)} candidates; fastest {max(c.speedup for c in simulated):.2f}x")
+    points = searched_points(targets, max_drop, (1.0,))
+    with component.using("full", precision=precision):
+        for point in points:
+            args = (nlp, component_name, examples, component, simulated, point, 0.0, progress)
+            if point.kind == "max_drop" and rank == "speed":
+                choose_fastest(*args, real=runs, timer=timer)
+            else:
+                choose(*args, margin, tolerance, runs)
+            status = point.note
+            if point.reached:
+                scores = runs.scores_of(point.point) or {}
+                status = ", ".join(f"{t} {100 * s:.2f}" for t, s in scores.items()) + f" at {point.flops_speedup:.2f}x"
+            progress(f"{point.name}: {status}")
+        full_sentences = None
+        sentence_scores: Dict[str, Dict[str, float]] = {}
+        if sentences:
+            full_sentences, _ = runs.task_scores(nlp, component_name, sentences, OperatingPoint())
+            for point in points:
+                if point.reached:
+                    sentence_scores[point.name], _ = runs.task_scores(nlp, component_name, sentences, point.point)
+                    point.dev_score_sentences = worst_change(sentence_scores[point.name], full_sentences)
+    reached = [p for p in points if p.reached]
+    default = next((p.name for p in reversed(reached) if p.kind == "max_drop"), "full")
+    rows = []
+    for point in points:
+        row = point.to_dict()
+        row["dev_task_scores"] = runs.scores_of(point.point)
+        row["dev_task_scores_sentences"] = sentence_scores.get(point.name)
+        rows.append(row)
+    return {
+        "component": component_name,
+        "metric": METRIC,
+        "tasks": component.tasks,
+        "task_metrics": {task.name: task.score_key for task in tasks},
+        "full": {
+            "dev_score": 0.0,
+            "dev_task_scores": dict(runs.full),
+            "dev_task_scores_sentences": full_sentences,
+        },
+        "default": default,
+        "margin": margin,
+        "tolerance": tolerance,
+        "precision": precision,
+        "resolved_precision": resolved,
+        "rank": rank,
+        "timed_on": timing_machine() if rank == "speed" else None,
+        "widths": [1.0],
+        "points": rows,
+    }
+
+
+def calibrate(
+    nlp: Language,
+    component_name: str,
+    examples: List[Example],
+    targets: Sequence[float] = DEFAULT_TARGETS,
+    max_drop: Optional[float] = DEFAULT_MAX_DROP,
+    progress=print,
+    margin: float = DEFAULT_MARGIN,
+    tolerance: float = DEFAULT_TOLERANCE,
+    precision: Optional[str] = None,
+    sentences: Optional[List[Example]] = None,
+    real: RealRun = real_run,
+    rank: str = DEFAULT_RANK,
+    timer: Timer = timed_ratios,
+) -> Dict:
+    """Operating points for `component_name`, chosen on `examples` (dev): a
+    single-task component's by `search.calibrate_labeler` (see there for
+    every argument), a shared encoder's for all its tasks at once by
+    `calibrate_tasks` (which scores by its tasks and takes no `real`)."""
+    if nlp.get_pipe(component_name).takes_task_policies:
+        return calibrate_tasks(
+            nlp,
+            component_name,
+            examples,
+            targets,
+            max_drop,
+            progress,
+            margin,
+            tolerance,
+            precision,
+            sentences,
+            rank=rank,
+            timer=timer,
+        )
+    return calibrate_labeler(
+        nlp,
+        component_name,
+        examples,
+        targets,
+        max_drop,
+        progress,
+        margin,
+        tolerance,
+        precision,
+        sentences,
+        real=real,
+        rank=rank,
+        timer=timer,
+    )

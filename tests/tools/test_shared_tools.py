@@ -1,0 +1,128 @@
+"""The tools on a shared encoder's pipeline (issue 32): calibration over all
+its tasks, evaluate-points, annotate with worker processes, the exit view."""
+
+import json
+
+import pytest
+import spacy
+from spacy.tokens import DocBin
+
+from spacy_earlyexit.core.tasks import TaskPolicies
+from spacy_earlyexit.tools.annotate import annotate_corpus
+from spacy_earlyexit.tools.calibrate import run_calibration
+from spacy_earlyexit.tools.calibrate.tasks import worst_change
+from spacy_earlyexit.tools.evaluate_points import evaluate_operating_points
+from spacy_earlyexit.tools.render import render
+
+from ..conftest import ner_tagger_examples
+from .conftest import write_corpus
+
+
+def fake_timer(nlp, name, examples, points):
+    """Words/s ratios that rank the points by their order (no timing in tests)."""
+    return [1.0 + 0.1 * i for i in range(len(points))]
+
+
+@pytest.fixture(scope="module")
+def dev_path(tmp_path_factory):
+    nlp = spacy.blank("en")
+    path = tmp_path_factory.mktemp("dev") / "dev.spacy"
+    DocBin(docs=[eg.reference for eg in ner_tagger_examples(nlp)] * 3).to_disk(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def calibrated(saved_shared, dev_path, tmp_path_factory):
+    output = tmp_path_factory.mktemp("calibrated") / "pipeline"
+    result = run_calibration(
+        str(saved_shared),
+        str(dev_path),
+        output,
+        targets=(1.5,),
+        max_drop=50.0,
+        progress=lambda line: None,
+        timer=fake_timer,
+    )
+    return output, result
+
+
+@pytest.mark.issue(32)
+def test_calibration_chooses_points_for_every_task_at_once(calibrated):
+    output, result = calibrated
+    assert result["component"] == "encoder" and result["metric"] == "worst_task_change"
+    assert set(result["full"]["dev_task_scores"]) == {"earlyexit_ner", "earlyexit_tagger"}
+    reached = [p for p in result["points"] if p["reached"]]
+    assert reached
+    for point in reached:
+        # the one figure is the worst task's change, and max-drop keeps every task within the drop
+        assert point["dev_score"] == pytest.approx(
+            worst_change(point["dev_task_scores"], result["full"]["dev_task_scores"])
+        )
+        if point["kind"] == "max_drop":
+            assert point["dev_score"] >= -0.5
+    nlp = spacy.load(output)
+    encoder = nlp.get_pipe("encoder")
+    assert set(encoder.operating_points) >= {p["name"] for p in reached}
+    assert encoder.operating_point == result["default"]
+    assert nlp.meta["earlyexit"]["tasks"] == ["earlyexit_ner", "earlyexit_tagger"]
+
+
+@pytest.mark.issue(32)
+def test_evaluate_points_reports_each_task(calibrated, dev_path):
+    output, _ = calibrated
+    result = evaluate_operating_points(str(output), str(dev_path), rounds=1, progress=lambda line: None)
+    assert set(result["full"]["test_task_scores"]) == {"earlyexit_ner", "earlyexit_tagger"}
+    for row in result["points"]:
+        if row["reached"]:
+            scores = row["test_task_scores"]
+            assert row["test_score"] == pytest.approx(sum(scores.values()) / len(scores))
+
+
+@pytest.mark.issue(32)
+def test_annotate_with_two_processes_writes_both_tasks(saved_shared, tmp_path):
+    corpus = write_corpus(tmp_path / "corpus")
+    one, two = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
+    annotate_corpus(str(saved_shared), corpus, one, chunk_size=3)
+    annotate_corpus(str(saved_shared), corpus, two, chunk_size=3, n_process=2)
+    records = [json.loads(line) for line in one.read_text(encoding="utf8").splitlines()]
+    assert records == [json.loads(line) for line in two.read_text(encoding="utf8").splitlines()]
+    texts = [r for r in records if r["words"]]
+    assert all(set(r["exit_layers"]) == {"encoder", "earlyexit_ner", "earlyexit_tagger"} for r in texts)
+    assert all(len(r["tags"]) == len(r["words"]) for r in texts)
+
+
+@pytest.mark.issue(32)
+def test_the_exit_view_shows_each_task(saved_shared):
+    nlp = spacy.load(saved_shared)
+    with nlp.get_pipe("encoder").using(nlp.get_pipe("encoder").point("mixed").policy):
+        html = render(nlp("Angela Merkel visited Paris on Tuesday ."))
+    assert "earlyexit_ner" in html and "earlyexit_tagger" in html
+    assert isinstance(nlp.get_pipe("encoder").point("mixed").policy, TaskPolicies)
+
+
+@pytest.mark.issue(32)
+def test_the_comparison_runs_both_pipelines_on_the_same_documents(saved_shared, tiny_model_dir, dev_path, tmp_path):
+    import subprocess
+    import sys
+
+    from ..conftest import REPO, model_config, tag_examples, train
+
+    paths = {}
+    for factory, examples in (("earlyexit_ner", ner_tagger_examples), ("earlyexit_tagger", tag_examples)):
+        nlp = spacy.blank("en")
+        nlp.add_pipe(factory, config=model_config(tiny_model_dir))
+        train(nlp, examples(nlp), steps=5)
+        paths[factory] = tmp_path / factory
+        nlp.to_disk(paths[factory])
+    output = tmp_path / "compare.json"
+    command = [
+        sys.executable, "benchmarks/multitask.py", str(saved_shared), str(paths["earlyexit_ner"]),
+        str(paths["earlyexit_tagger"]), str(dev_path), "--points", "full", "--rounds", "1", "--output", str(output),
+    ]  # fmt: skip
+    run = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(output.read_text(encoding="utf8"))
+    assert {row["pipeline"] for row in result["rows"]} == {"shared", "two single-task"}
+    for row in result["rows"]:
+        assert 0 <= row["ents_f"] <= 1 and 0 <= row["tag_acc"] <= 1 and row["words_per_second"] > 0
+    assert result["sizes"]["shared"] < result["sizes"]["two single-task"]
