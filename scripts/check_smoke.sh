@@ -4,7 +4,7 @@
 # into a fresh virtual environment and loaded offline, outside the repository.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-for f in metrics/smoke-tradeoff.png metrics/smoke-exit-layers.png metrics/smoke-operating-points.json \
+for f in metrics/smoke-tradeoff.png metrics/smoke-exit-layers.png metrics/smoke-operating-points.json metrics/smoke-stage-choice.json \
          training/smoke/training-time.json training/smoke-selfsample/training-time.json \
          metrics/smoke-width-fronts.png metrics/smoke-width-operating-points.json metrics/smoke-width-benchmark.json; do
   [ -s "$f" ] || { echo "missing smoke output: $f" >&2; exit 1; }
@@ -19,6 +19,13 @@ for stage, epochs in (("training/smoke", 4), ("training/smoke-selfsample", 1)):
     steps = [e["step"] for e in record["evaluations"]]
     assert steps[-1] == record["max_steps"] and len(steps) == epochs + 1, (stage, steps, record["max_steps"])
 print("dev evaluated at steps", steps, "of", record["max_steps"])
+
+# the stage kept on dev at the calibrated points, recorded in the metrics and in the pipeline
+choice = json.load(open("metrics/smoke-stage-choice.json"))
+assert choice["kept"] in ("stage1", "stage2") and "full" in choice["compared"], choice
+kept = json.load(open("training/smoke-calibrated/meta.json"))["earlyexit"]["stage_choice"]
+assert kept["kept"] == choice["kept"], (kept["kept"], choice["kept"])
+print("stage kept:", choice["kept"], "mean dev change of stage 2:", round(100 * choice["mean_change"], 2))
 
 result = json.load(open("metrics/smoke-operating-points.json"))
 assert result["points"] and result["stage1_points"], "no operating points evaluated"

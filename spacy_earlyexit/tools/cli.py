@@ -14,6 +14,7 @@ from .benchmark import benchmark
 from .calibrate import calibrate_command
 from .evaluate_points import evaluate_points
 from .plots import plot
+from .stages import choose_stage_command
 from .train import train
 from .width_plots import plot_width
 
@@ -29,6 +30,7 @@ app.command("train", context_settings={"allow_extra_args": True, "ignore_unknown
 app.command("calibrate")(calibrate_command)
 app.command("benchmark")(benchmark)
 app.command("evaluate-points")(evaluate_points)
+app.command("choose-stage")(choose_stage_command)
 app.command("annotate")(annotate)
 app.command("plot")(plot)  # matplotlib is imported only when the command runs
 app.command("plot-width")(plot_width)
