@@ -69,6 +69,31 @@ def _layer_norm(norm: nn.Module, x: Tensor) -> Tensor:
     return norm(x.float()).to(x.dtype)
 
 
+def _bert_embeddings(embeddings: nn.Module, input_ids: Tensor) -> Tensor:
+    """The embedding output of `input_ids` [B, T]: Hugging Face's BERT-style
+    embeddings (word + token type 0 + absolute position, LayerNorm, dropout)
+    computed as its `forward` does, except that the one token-type row is
+    broadcast instead of looked up for every piece ([B, T, d] fewer floats
+    gathered; the same sums in the same order). Other embedding modules run
+    their own `forward`."""
+    table = _BERT_EMBEDDING_PARTS
+    if not (
+        type(embeddings).__name__ in _BERT_EMBEDDINGS
+        and all(hasattr(embeddings, part) for part in table)
+        and getattr(embeddings, "position_embedding_type", "absolute") == "absolute"
+        and input_ids.shape[1] <= embeddings.position_embeddings.num_embeddings
+    ):
+        return embeddings(input_ids=input_ids)
+    hidden = embeddings.word_embeddings(input_ids) + embeddings.token_type_embeddings.weight[0]
+    hidden += embeddings.position_embeddings.weight[: input_ids.shape[1]]
+    return embeddings.dropout(embeddings.LayerNorm(hidden))
+
+
+#: embedding modules whose `forward` `_bert_embeddings` reproduces (absolute positions from 0, token type 0)
+_BERT_EMBEDDINGS = {"BertEmbeddings", "ElectraEmbeddings"}
+_BERT_EMBEDDING_PARTS = ("word_embeddings", "token_type_embeddings", "position_embeddings", "LayerNorm", "dropout")
+
+
 def _inference_output_and_ffn(view: LayerView, layer: InferenceLayer, states: Tensor, context: Tensor) -> Tensor:
     """`_attention_output_and_ffn` without dropout, on the packed projections:
     residuals (and GELU, where oneDNN fuses it) inside the products."""
@@ -367,14 +392,18 @@ class MultiExitEncoder(nn.Module):
     def _active_word_states(
         self, hidden: Tensor, rows: Tensor, cols: Tensor, word_starts: Tensor, word_ends: Optional[Tensor]
     ) -> Tensor:
-        """`word_states` of the words (rows, cols) only, in float32: [n, d]."""
-        states = hidden[rows, word_starts[rows, cols]].float()
+        """`word_states` of the words (rows, cols) only, in float32: [n, d].
+        Gathered from the flattened states with `index_select` (the same
+        values as advanced indexing, without its index broadcasting)."""
+        flat = hidden.reshape(-1, hidden.shape[-1])
+        base = rows * hidden.shape[1]
+        states = flat.index_select(0, base + word_starts[rows, cols]).float()
         if self._pools_last(word_ends):
-            states = (states + hidden[rows, word_ends[rows, cols]].float()) * 0.5
+            states = (states + flat.index_select(0, base + word_ends[rows, cols]).float()) * 0.5
         return states
 
     def embed(self, batch: EncoderBatch) -> Tensor:
-        hidden = self.backbone.embeddings(input_ids=batch.input_ids)
+        hidden = _bert_embeddings(self.backbone.embeddings, batch.input_ids)
         project = getattr(self.backbone, "embeddings_project", None)  # ELECTRA-small style
         if project is not None:
             hidden = project(hidden)
@@ -383,15 +412,19 @@ class MultiExitEncoder(nn.Module):
     def add_token_features(self, hidden: Tensor, batch: EncoderBatch) -> Tensor:
         """The embedding output plus the casing and lexical embeddings of each
         piece's word (where the model has them and the batch carries them)."""
+        # without autograd the sums go in place: the same values, no new [B, T, d] tensors
+        inference = not torch.is_grad_enabled()
         if self.case_embedding is not None and batch.case_ids is not None:
-            hidden = hidden + self.case_embedding(batch.case_ids)
+            case = self.case_embedding(batch.case_ids)
+            hidden = hidden.add_(case) if inference else hidden + case
         if self.lexical_embedding is not None and batch.lexical_ids is not None:
             ids = batch.lexical_ids
             # one bag per piece, summed without materializing [B, T, F, d]
             bags = F.embedding_bag(
                 ids.reshape(-1, ids.shape[-1]), self.lexical_embedding.weight, mode="sum", padding_idx=0
             )
-            hidden = hidden + bags.view(*ids.shape[:-1], -1).to(hidden.dtype)
+            bags = bags.view(*ids.shape[:-1], -1).to(hidden.dtype)
+            hidden = hidden.add_(bags) if inference else hidden + bags
         return hidden
 
     # -- training: every exit's logits ----------------------------------------

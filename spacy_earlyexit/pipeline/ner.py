@@ -38,6 +38,11 @@ def bio_tags_to_spans(doc: Doc, tags: List[str]) -> List[Span]:
             spans.append(Span(doc, first, last, label=label))
 
     for i, tag in enumerate(tags):
+        if tag == "O":  # most tokens: nothing to close unless an entity is open
+            if start is not None:
+                close(i)
+                start, label = None, None
+            continue
         prefix, _, kind = tag.partition("-")
         if prefix == "O" or not kind:
             close(i)
