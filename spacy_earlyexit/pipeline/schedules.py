@@ -109,11 +109,18 @@ def epoch_eval_frequency(
     return max(1, math.ceil(per_epoch / evals_per_epoch))
 
 
-def epochs_as_steps(epochs: int, eval_frequency: int, evals_per_epoch: int = 1) -> int:
+def epochs_as_steps(epochs: int, eval_frequency: int, evals_per_epoch: int = 1, min_steps: int = 0) -> int:
     """`[training.max_steps]` for plain `spacy train` (with `max_epochs = 0`):
     `epochs` epochs as a step count that is a multiple of `eval_frequency`, so
-    the run ends on a step spaCy evaluates and `model-best` can be the last."""
+    the run ends on a step spaCy evaluates and `model-best` can be the last.
+    A small corpus gets at least `min_steps` steps (more epochs, still ending
+    on an evaluated step): the same epochs over a few thousand texts give
+    too few updates for the new weights to learn, and dev picks the best
+    of the longer run."""
     _check_count("epochs", epochs)
     _check_count("eval_frequency", eval_frequency)
     _check_count("evals_per_epoch", evals_per_epoch)
-    return epochs * evals_per_epoch * eval_frequency
+    if isinstance(min_steps, bool) or not isinstance(min_steps, int) or min_steps < 0:
+        raise ValueError(f"min_steps must be a whole number >= 0, got {min_steps!r}.")
+    steps = epochs * evals_per_epoch * eval_frequency
+    return max(steps, math.ceil(min_steps / eval_frequency) * eval_frequency)

@@ -160,7 +160,10 @@ def plan_training(
         # corpus ([training.max_steps]); `max_epochs` given too moves there
         if epochs <= 0:
             return {}, None
-        return {"training.max_epochs": 0, "training.max_steps.epochs": epochs}, None
+        plan = {"training.max_epochs": 0, "training.max_steps.epochs": epochs}
+        if "min_steps" in training["max_steps"] and "training.max_steps.min_steps" not in user_overrides:
+            plan["training.max_steps.min_steps"] = 0  # epochs the user asked for are what runs
+        return plan, None
     if epochs <= 0 or "training.max_steps" in user_overrides:
         return {}, None
     batcher = training.get("batcher", {})

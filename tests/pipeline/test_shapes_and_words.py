@@ -161,7 +161,14 @@ def test_run_length_functions_evaluate_each_epoch_and_at_the_last_step(tmp_path)
     assert frequency == -(-per_epoch // 3)
     steps = epochs_as_steps(4, frequency, evals_per_epoch=3)
     assert steps % frequency == 0 and steps >= 4 * per_epoch
-    for bad in ({"epochs": 0, "eval_frequency": 3}, {"epochs": 2, "eval_frequency": 0}):
+    # a small corpus runs at least min_steps, still ending on an evaluated step; a large one is unchanged
+    assert epochs_as_steps(4, 10, min_steps=95) == 100
+    assert epochs_as_steps(4, 10, min_steps=30) == 40
+    for bad in (
+        {"epochs": 0, "eval_frequency": 3},
+        {"epochs": 2, "eval_frequency": 0},
+        {"epochs": 2, "eval_frequency": 3, "min_steps": -1},
+    ):
         with pytest.raises(ValueError):
             epochs_as_steps(**bad)
     with pytest.raises(ValueError, match="train_path"):
