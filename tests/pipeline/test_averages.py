@@ -118,6 +118,7 @@ def test_spacys_training_loop_saves_the_averaged_weights(tiny_model_dir, tmp_pat
         "components.earlyexit_ner.model.max_wordpieces": 64,
         "components.earlyexit_ner.training_precision": "fp32",
         "training.max_steps.epochs": 2,
+        "training.max_steps.min_steps": 0,
         "training.optimizer.use_averages": True,
         "training.optimizer.learn_rate.initial_rate": 0.01,
     }

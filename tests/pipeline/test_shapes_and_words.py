@@ -141,9 +141,11 @@ def test_shipped_configs_plan_their_run_in_epochs_of_the_corpus(tmp_path):
         resolved = spacy.util.registry.resolve({"f": training["eval_frequency"], "s": training["max_steps"]})
         batcher = training["batcher"]
         per_epoch = steps_per_epoch(train_path, batcher["size"], batcher["buffer"], batcher["discard_oversize"])
-        epochs = training["max_steps"]["epochs"]
+        epochs, floor = training["max_steps"]["epochs"], training["max_steps"].get("min_steps", 0)
         assert resolved["f"] == per_epoch, path.name
-        assert resolved["s"] == epochs * per_epoch and resolved["s"] % resolved["f"] == 0, path.name
+        # the epochs asked for, or at least the floor of steps (stage-1 configs), ending on an evaluation
+        expected = max(epochs * per_epoch, -(-floor // per_epoch) * per_epoch)
+        assert resolved["s"] == expected and resolved["s"] % resolved["f"] == 0, path.name
         # the learning-rate schedule ends where the run ends
         assert config["training"]["optimizer"]["learn_rate"]["max_steps"] == training["max_steps"]
         # training reads both shapes; the model reads first and last pieces and lexical features
@@ -177,7 +179,11 @@ def test_run_length_functions_evaluate_each_epoch_and_at_the_last_step(tmp_path)
     config = Config().from_disk(CONFIGS / "ner.cfg", overrides={"paths.train": train_path, "paths.dev": train_path})
     assert plan_training(config) == ({}, None)
     config["training"]["max_epochs"] = 2
-    assert plan_training(config) == ({"training.max_epochs": 0, "training.max_steps.epochs": 2}, None)
+    # the epochs the user asked for are what runs: the config's floor of steps is lifted
+    assert plan_training(config) == (
+        {"training.max_epochs": 0, "training.max_steps.epochs": 2, "training.max_steps.min_steps": 0},
+        None,
+    )
 
 
 def test_own_train_command_passes_the_config_s_own_run_length_and_logs_every_evaluation(tmp_path):
@@ -190,8 +196,12 @@ def test_own_train_command_passes_the_config_s_own_run_length_and_logs_every_eva
     config = spacy.util.load_config(CONFIGS / "ner.cfg", overrides=overrides, interpolate=True)
     assert train_tool.counts_itself(config)
     plan = train_tool.resolved_run_length(CONFIGS / "ner.cfg", overrides)
-    # the numbers plain `spacy train` computes, as integers (spaCy's progress bar counts them)
-    assert plan == {"training.max_epochs": 0, "training.eval_frequency": per_epoch, "training.max_steps": 3 * per_epoch}
+    # the numbers plain `spacy train` computes, as integers (spaCy's progress bar counts them): on
+    # this tiny corpus, the shipped floor of steps (min_steps), as a whole number of epochs
+    floor = -(-1000 // per_epoch) * per_epoch
+    assert plan == {"training.max_epochs": 0, "training.eval_frequency": per_epoch, "training.max_steps": floor}
+    plan = train_tool.resolved_run_length(CONFIGS / "ner.cfg", {**overrides, "training.max_steps.min_steps": 0})
+    assert plan["training.max_steps"] == 3 * per_epoch
     logged = train_tool._logger_overrides(config, {}, tmp_path / "out")
     assert logged["training.logger.progress_bar"] == "eval"
     assert logged["training.logger.output_file"] == str(tmp_path / "out" / train_tool.TRAINING_LOG_FILE)
