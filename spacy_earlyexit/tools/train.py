@@ -158,11 +158,15 @@ def plan_training(
     if counts_itself(config):
         # the shipped configs: the run is already counted in epochs of the
         # corpus ([training.max_steps]); `max_epochs` given too moves there
+        # epochs the user asked for (`--training.max_epochs` or
+        # `--training.max_steps.epochs`) are what runs: the config's floor of steps is lifted
+        lift = "min_steps" in training["max_steps"] and "training.max_steps.min_steps" not in user_overrides
         if epochs <= 0:
-            return {}, None
+            asked = "training.max_steps.epochs" in user_overrides
+            return ({"training.max_steps.min_steps": 0} if asked and lift else {}), None
         plan = {"training.max_epochs": 0, "training.max_steps.epochs": epochs}
-        if "min_steps" in training["max_steps"] and "training.max_steps.min_steps" not in user_overrides:
-            plan["training.max_steps.min_steps"] = 0  # epochs the user asked for are what runs
+        if lift:
+            plan["training.max_steps.min_steps"] = 0
         return plan, None
     if epochs <= 0 or "training.max_steps" in user_overrides:
         return {}, None

@@ -178,6 +178,11 @@ def test_run_length_functions_evaluate_each_epoch_and_at_the_last_step(tmp_path)
     # `python -m spacy_earlyexit train --training.max_epochs N` on a shipped config: N epochs, planned by it
     config = Config().from_disk(CONFIGS / "ner.cfg", overrides={"paths.train": train_path, "paths.dev": train_path})
     assert plan_training(config) == ({}, None)
+    # so are epochs given as the config's own run length on the command line
+    asked = {"training.max_steps.epochs": 2}
+    assert plan_training(config, user_overrides=asked) == ({"training.max_steps.min_steps": 0}, None)
+    floor_too = {**asked, "training.max_steps.min_steps": 500}
+    assert plan_training(config, user_overrides=floor_too) == ({}, None)
     config["training"]["max_epochs"] = 2
     # the epochs the user asked for are what runs: the config's floor of steps is lifted
     assert plan_training(config) == (
