@@ -76,10 +76,9 @@ def _bert_embeddings(embeddings: nn.Module, input_ids: Tensor) -> Tensor:
     broadcast instead of looked up for every piece ([B, T, d] fewer floats
     gathered; the same sums in the same order). Other embedding modules run
     their own `forward`."""
-    table = _BERT_EMBEDDING_PARTS
     if not (
         type(embeddings).__name__ in _BERT_EMBEDDINGS
-        and all(hasattr(embeddings, part) for part in table)
+        and all(hasattr(embeddings, part) for part in _BERT_EMBEDDING_PARTS)
         and getattr(embeddings, "position_embedding_type", "absolute") == "absolute"
         and input_ids.shape[1] <= embeddings.position_embeddings.num_embeddings
     ):

@@ -130,8 +130,7 @@ def choose_stage(stage1: Path, stage2: Path, output: Path, metrics: Optional[Pat
     kept = Path(stage1 if choice["kept"] == "stage1" else stage2)
     choice["pipelines"] = {"stage1": str(stage1), "stage2": str(stage2)}
     inputs = (stage1, stage2)
-    check_output(output, inputs, command=COMMAND, force=force, earlier=is_calibrated_pipeline)
-    if metrics is not None:
+    if metrics is not None:  # refused before anything is written (the directory checks itself)
         check_output(metrics, (*inputs, output))
     with replacing_directory(output, inputs, command=COMMAND, force=force, earlier=is_calibrated_pipeline) as partial:
         shutil.copytree(kept, partial, dirs_exist_ok=True)
