@@ -26,6 +26,45 @@ from .width import check_width, kept
 #: how a word's state is read from its wordpieces
 WORD_POOLING = ("first", "first_last")
 
+#: bf16 training on a CPU without AMX: attention runs in float32 (False: in
+#: bf16 with torch's own kernel choice, as before; for benchmarks)
+FLOAT32_TRAINING_ATTENTION = True
+#: ... over at least this many keys with torch's flash kernel, shorter
+#: attention with its math kernel
+TRAINING_FLASH_MIN_KEYS = 128
+
+try:  # torch >= 2.3
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+except ImportError:  # pragma: no cover - older torch: its own choice of kernel
+    SDPBackend = sdpa_kernel = None
+
+
+def attend(queries: Tensor, keys: Tensor, values: Tensor, mask: Optional[Tensor], dropout: float) -> Tensor:
+    """Scaled dot-product attention of [B, H, q, dh] queries over [B, H, T, dh]
+    keys and values (`mask` [B, 1, 1, T]: True for real keys).
+
+    In bf16 training (autograd, products under autocast) on a CPU without
+    AMX, it runs in float32: torch's CPU flash kernel in bf16 runs forward and
+    backward 1.3-5x slower there than in float32 (its bf16 products fall back
+    from oneDNN's AMX micro-kernels), and for short sequences (fewer than
+    TRAINING_FLASH_MIN_KEYS keys) the math kernel is faster still. The
+    result is float32; the next product casts it back under autocast.
+    Everywhere else, torch chooses the kernel, as before."""
+    if (
+        not (FLOAT32_TRAINING_ATTENTION and torch.is_grad_enabled())
+        or queries.dtype != torch.bfloat16
+        or queries.device.type != "cpu"
+        or amx()
+    ):
+        return F.scaled_dot_product_attention(queries, keys, values, attn_mask=mask, dropout_p=dropout)
+    float32 = queries.float(), keys.float(), values.float()
+    with torch.autocast("cpu", enabled=False):
+        if sdpa_kernel is None:
+            return F.scaled_dot_product_attention(*float32, attn_mask=mask, dropout_p=dropout)
+        short = keys.shape[-2] < TRAINING_FLASH_MIN_KEYS
+        with sdpa_kernel(SDPBackend.MATH if short else SDPBackend.FLASH_ATTENTION):
+            return F.scaled_dot_product_attention(*float32, attn_mask=mask, dropout_p=dropout)
+
 
 @dataclass
 class LayerWeights:
@@ -340,7 +379,7 @@ class MultiExitEncoder(nn.Module):
         if n_active >= self.DENSE_FRACTION * n_grid:
             # (nearly) everything active: one dense pass, as Hugging Face does
             queries = project_queries(flat)[:n_grid].view(B, T, H, dh).transpose(1, 2)
-            context = F.scaled_dot_product_attention(queries, keys, values, attn_mask=mask, dropout_p=dropout)
+            context = attend(queries, keys, values, mask, dropout)
             context = _masked_heads(context, head_mask).transpose(1, 2).reshape(n_grid, inner)
             out = finish(flat, pad_rows(context, flat.shape[0]))[:n_grid].view(B, T, d)
             # padding states are never read (masked as keys, never a word's state)
@@ -356,7 +395,7 @@ class MultiExitEncoder(nn.Module):
         padded_q = queries.new_zeros(B, q_len, inner)
         padded_q[rows, ranks] = queries[:n_active]
         padded_q = padded_q.view(B, q_len, H, dh).transpose(1, 2)
-        context = F.scaled_dot_product_attention(padded_q, keys, values, attn_mask=mask, dropout_p=dropout)
+        context = attend(padded_q, keys, values, mask, dropout)
         context = _masked_heads(context, head_mask).transpose(1, 2).reshape(B, q_len, inner)
         context = context[rows_in, pad_index(ranks, n_rows)]
         out = finish(packed, context)[:n_active]

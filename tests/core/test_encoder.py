@@ -5,7 +5,7 @@ import torch
 from transformers import BertConfig
 
 from spacy_earlyexit.core.batch import EncoderBatch
-from spacy_earlyexit.core.encoder import MultiExitEncoder
+from spacy_earlyexit.core.encoder import MultiExitEncoder, attend
 from spacy_earlyexit.core.objective import layer_loss_weights
 from spacy_earlyexit.core.policies import FixedDepth, FullDepth
 
@@ -254,3 +254,25 @@ def test_training_refuses_a_precision_it_cannot_train_in(precision):
     encoder = MultiExitEncoder(tiny_backbone("bert"), n_labels=3).train()
     with pytest.raises(ValueError, match="Training runs in fp32 or bf16"):
         encoder(random_batch([3]), precision=precision)
+
+
+@pytest.mark.parametrize("n_keys", [16, 160])
+def test_bf16_training_attention_runs_in_float32_without_amx(monkeypatch, n_keys):
+    monkeypatch.setenv("SPACY_EARLYEXIT_AMX", "0")
+    generator = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 2, n_keys, 8, generator=generator, requires_grad=True) for _ in range(3))
+    mask = torch.ones(2, 1, 1, n_keys, dtype=torch.bool)
+    mask[1, ..., n_keys // 2 :] = False
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        qb, kb, vb = (t.to(torch.bfloat16) for t in (q, k, v))
+        context = attend(qb, kb, vb, mask, 0.0)
+    expected = torch.nn.functional.scaled_dot_product_attention(qb.float(), kb.float(), vb.float(), attn_mask=mask)
+    assert context.dtype == torch.float32
+    assert torch.allclose(context, expected, atol=1e-5)
+    context.sum().backward()
+    assert all(t.grad is not None and torch.isfinite(t.grad).all() for t in (q, k, v))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # inference: torch's kernel, in bf16
+        assert attend(qb, kb, vb, mask, 0.0).dtype == torch.bfloat16
+    monkeypatch.setenv("SPACY_EARLYEXIT_AMX", "1")  # with AMX: bf16, as before
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert attend(qb, kb, vb, mask, 0.0).dtype == torch.bfloat16

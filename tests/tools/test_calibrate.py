@@ -6,6 +6,7 @@ import pytest
 import spacy
 import torch
 from spacy.tokens import Doc, DocBin
+from spacy.training import Example
 
 from spacy_earlyexit.core.policies import FixedDepth, TokenWindowExit, stability_counts
 from spacy_earlyexit.tools.calibrate import (
@@ -20,6 +21,7 @@ from spacy_earlyexit.tools.calibrate import (
     simulated_score,
     trace,
 )
+from spacy_earlyexit.tools.calibrate.search import timing_sample
 from spacy_earlyexit.tools.evaluation import fresh_copy, measure, measurement
 
 from ..conftest import model_config, ner_corpus, ner_examples, train
@@ -412,3 +414,12 @@ def test_predictions_are_valid_bio_and_simulation_decodes_like_the_component(tra
     simulated = simulated_score(tr, ner, examples, exits)
     real = trained_ner.evaluate(examples)["ents_f"]
     assert simulated == pytest.approx(real)
+
+
+def test_timing_reads_the_first_documents_up_to_its_word_count():
+    nlp = spacy.blank("en")
+    examples = [Example.from_dict(nlp.make_doc(" ".join(["w"] * n)), {}) for n in (5, 7, 4, 9)]
+    assert timing_sample(examples, words=12) == examples[:2]
+    assert timing_sample(examples, words=3) == examples[:1]
+    assert timing_sample(examples, words=1_000) == examples
+    assert timing_sample([], words=10) == []

@@ -50,6 +50,9 @@ RANKS = ("speed", "flops")
 TIMED_PER_FAMILY = 2
 #: interleaved rounds of the timing (words/s: the median of per-round ratios)
 TIMING_ROUNDS = 3
+#: the timing reads the first dev documents up to about this many words: a
+#: ratio of speeds needs no whole dev set, and each round passes once per point
+TIMING_WORDS = 20_000
 
 
 @dataclass
@@ -202,12 +205,24 @@ def timed_ratios(
     """Words per second of each point relative to full depth on `examples`,
     each the median of its per-round ratios over `rounds` interleaved rounds
     (the timing function `calibrate` and `retime` take by default), in the
-    precision the component runs in now."""
+    precision the component runs in now. Only the first documents of
+    `examples`, up to about TIMING_WORDS words, are timed."""
+    examples = timing_sample(examples)
     full = Measurement(OperatingPoint())
     runs = [(nlp, name, full)] + [(nlp, name, Measurement(point)) for point in points]
     measure_interleaved(runs, examples, 64, rounds, progress=lambda line: None)
     set_ratios([run for _, _, run in runs], full)
     return [float(run.wps_ratio_vs_full) for _, _, run in runs[1:]]
+
+
+def timing_sample(examples: List[Example], words: int = TIMING_WORDS) -> List[Example]:
+    """The first of `examples` that hold about `words` words (at least one)."""
+    total = 0
+    for i, example in enumerate(examples):
+        total += len(example.predicted)
+        if total >= words:
+            return examples[: i + 1]
+    return examples
 
 
 def fastest_timed(timed: List[Dict]) -> int:
