@@ -24,7 +24,7 @@ from spacy_earlyexit.tools.calibrate import (
 from spacy_earlyexit.tools.calibrate.search import timing_sample
 from spacy_earlyexit.tools.evaluation import fresh_copy, measure, measurement
 
-from ..conftest import model_config, ner_corpus, ner_examples, train
+from ..conftest import model_config, ner_corpus, ner_examples, tag_examples, train
 
 
 @pytest.fixture(scope="module")
@@ -423,3 +423,21 @@ def test_timing_reads_the_first_documents_up_to_its_word_count():
     assert timing_sample(examples, words=3) == examples[:1]
     assert timing_sample(examples, words=1_000) == examples
     assert timing_sample([], words=10) == []
+
+
+@pytest.mark.parametrize("name", ["earlyexit_ner", "earlyexit_tagger"])
+def test_simulated_scores_do_not_depend_on_the_candidates_scored_before(name, tiny_model_dir):
+    spacy.util.fix_random_seed(0)
+    nlp = spacy.blank("en")
+    component = nlp.add_pipe(name, config=model_config(tiny_model_dir))
+    examples = ner_examples(nlp) if name == "earlyexit_ner" else tag_examples(nlp)
+    train(nlp, examples, steps=4)  # half trained: its layers label differently
+    if name == "earlyexit_tagger":
+        component.overwrite = False  # a stale tag would survive into the next candidate's score
+    L = component.encoder.n_layers
+    tr = trace(nlp, component, examples)
+    exits = [simulate(tr, component, Candidate(layer=layer))[0] for layer in range(1, L + 1)]
+    in_turn = [simulated_score(tr, component, examples, e) for e in exits + exits[::-1]]
+    alone = [simulated_score(trace(nlp, component, examples), component, examples, e) for e in exits]
+    assert in_turn == alone + alone[::-1]
+    assert len(set(alone)) > 1  # the layers differ, so a stale label would show

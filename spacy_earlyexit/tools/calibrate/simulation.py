@@ -6,6 +6,8 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy
 import torch
+from spacy.attrs import ENT_IOB, ENT_TYPE, TAG
+from spacy.tokens import Doc
 from spacy.training import Example
 
 from ...core.points import OperatingPoint
@@ -167,6 +169,33 @@ def simulated_speedup(tr: Trace, component: EarlyExitLabeler, candidate: Candida
     return float(full.sum() / cost.sum())
 
 
+class ScoringExamples:
+    """The examples every simulated candidate is scored on, built once per
+    trace: one unannotated copy of each document, paired with its reference
+    in an `Example` whose alignment is computed once. Each candidate's labels
+    are written over the same documents, their tags and entities reset to
+    none first, so scoring a candidate costs the scorer alone."""
+
+    #: what the components write, reset before each candidate
+    RESET = (TAG, ENT_IOB, ENT_TYPE)
+
+    def __init__(self, examples: List[Example]) -> None:
+        self.examples = [Example(fresh_copy(eg.predicted), eg.reference) for eg in examples]
+        self._none = [numpy.zeros((len(eg.predicted), len(self.RESET)), dtype="uint64") for eg in self.examples]
+
+    def reset(self) -> List[Doc]:
+        """The documents, unannotated again."""
+        for eg, none in zip(self.examples, self._none):
+            eg.predicted.from_array(list(self.RESET), none)
+        return [eg.predicted for eg in self.examples]
+
+    def serve(self, examples: List[Example]) -> bool:
+        """Whether these are the examples this was built for."""
+        return len(examples) == len(self.examples) and all(
+            ours.reference is theirs.reference for ours, theirs in zip(self.examples, examples)
+        )
+
+
 def simulated_score(tr: Trace, component: EarlyExitLabeler, examples: List[Example], exits: torch.Tensor) -> float:
     """The component's score when every word is labelled at its exit (decoded
     as the component decodes)."""
@@ -193,13 +222,12 @@ def simulated_score(tr: Trace, component: EarlyExitLabeler, examples: List[Examp
                 label_probs=probs[where] if probs is not None else None,
             )
         )
+    if tr.scoring is None or not tr.scoring.serve(examples):
+        tr.scoring = ScoringExamples(examples)
     classes = component.output_labels
-    predicted = []
-    for eg, ids in zip(examples, component.decode(per_doc)):
-        doc = fresh_copy(eg.predicted)
+    for doc, ids in zip(tr.scoring.reset(), component.decode(per_doc)):
         component.write_labels(doc, [classes[i] for i in ids])
-        predicted.append(Example(doc, eg.reference))
-    return float(component.scorer(predicted)[component.score_key] or 0.0)
+    return float(component.scorer(tr.scoring.examples)[component.score_key] or 0.0)
 
 
 def candidates(

@@ -1,8 +1,8 @@
 """Calibration's step 1: one full-depth pass per width that keeps every
 exit's labels and uncertainties for every word (`trace`)."""
 
-from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from dataclasses import dataclass, field
+from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy
 import torch
@@ -28,6 +28,8 @@ class Trace:
     owner_sequence: List[numpy.ndarray]  # per doc: sequence of each token's labelling copy
     owner_word: List[numpy.ndarray]
     probs: Optional[torch.Tensor] = None  # [S, L, W, C], kept for components that decode from them
+    #: the examples candidates are scored on, built by the first `simulated_score`
+    scoring: Optional[Any] = field(default=None, repr=False, compare=False)
 
 
 def trace(
