@@ -45,8 +45,8 @@ def attend(queries: Tensor, keys: Tensor, values: Tensor, mask: Optional[Tensor]
 
     In bf16 training (autograd, products under autocast) on a CPU without
     AMX, it runs in float32: torch's CPU flash kernel in bf16 runs forward and
-    backward 1.3-5x slower there than in float32 (its bf16 products fall back
-    from oneDNN's AMX micro-kernels), and for short sequences (fewer than
+    backward 1.3-5x slower there than in float32 (an AMD EPYC with
+    AVX512-BF16; docs/results.md), and for short sequences (fewer than
     TRAINING_FLASH_MIN_KEYS keys) the math kernel is faster still. The
     result is float32; the next product casts it back under autocast.
     Everywhere else, torch chooses the kernel, as before."""
