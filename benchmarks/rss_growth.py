@@ -3,7 +3,8 @@ the pipeline in one process and samples the resident set size (RSS).
 
     python benchmarks/rss_growth.py PIPELINE [--docs 50000] [--corpus CORPUS.spacy]
         [--warmup 5000] [--every 1000] [--batch-size 64] [--heaps-k 40]
-        [--point NAME] [--precision P] [--output FILE.json]
+        [--point NAME] [--precision P] [--memory-zone] [--malloc-trim]
+        [--tokenizer-only] [--output FILE.json]
 
 Docs are 5-60 words: spans of the corpus sentences (--corpus) or of synthetic
 Zipf-distributed text, cycled with variation; words never seen before are mixed
@@ -13,6 +14,15 @@ K = --heaps-k, 0 for none), so the string store keeps growing as on a real corpu
 the end, the growth in % (goal: under 5 %), the trend after the warm-up (the
 least-squares slope, MiB per 10,000 docs: one sample is noisy, as the allocator
 holds more or less memory after batches of different shapes), and words/s.
+
+Docs go through `nlp.pipe` in chunks of --every docs. With --memory-zone each
+chunk runs inside spaCy's `nlp.memory_zone()`, which frees the strings and
+lexemes its new words added (what a long-running service uses, spaCy >= 3.8).
+--tokenizer-only runs the same stream with every component disabled: the
+growth spaCy's own vocabulary and tokenizer cache bring to any pipeline.
+--malloc-trim reads RSS after glibc's `malloc_trim(0)`, which hands the
+allocator's free pages back: what is left is memory in use, not memory the
+allocator keeps after batches of different sizes.
 """
 
 import argparse
@@ -21,15 +31,28 @@ import math
 import os
 import random
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
 
 import spacy
 
 import spacy_earlyexit  # noqa: F401  registers the factories
+from spacy_earlyexit.core.precision import cpu_name
 
 SYLLABLES = ["ka", "lo", "mi", "ren", "to", "sa", "vu", "el", "dan", "ri", "os", "bel", "ta", "ne", "gor", "lin"]
 PUNCT = [",", ".", "(", ")", "-", ":", "'s", '"']
+
+
+def malloc_trim() -> bool:
+    """Hand glibc's free heap pages back to the system (False where there is no glibc)."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        return False
+    return True
 
 
 def rss_mb() -> float:
@@ -114,6 +137,9 @@ def main() -> None:
     parser.add_argument("--heaps-k", type=float, default=40.0, help="new words: K * sqrt(tokens) (0: none)")
     parser.add_argument("--point", default=None, help="operating point (default: the pipeline's own)")
     parser.add_argument("--precision", default=None, help="fp32, bf16, int8 or auto (default: the component's)")
+    parser.add_argument("--memory-zone", action="store_true", help="each chunk inside nlp.memory_zone()")
+    parser.add_argument("--malloc-trim", action="store_true", help="read RSS after glibc's malloc_trim(0)")
+    parser.add_argument("--tokenizer-only", action="store_true", help="every component disabled")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
 
@@ -125,26 +151,41 @@ def main() -> None:
     run_cfg = {k: v for k, v in (("operating_point", args.point), ("precision", args.precision)) if v is not None}
     names = [name for name, pipe in nlp.pipeline if hasattr(pipe, "operating_points")]
     component_cfg = {name: run_cfg for name in names} if run_cfg else None
+    if args.tokenizer_only:
+        component_cfg = None
+    disable = [name for name, _ in nlp.pipeline] if args.tokenizer_only else []
     sentences = base_sentences(args.corpus, random.Random(0))
+
+    def read_rss() -> float:
+        if args.malloc_trim and not malloc_trim():
+            raise SystemExit("--malloc-trim needs glibc")
+        return rss_mb()
+
+    def lengths() -> Iterator[int]:
+        """Each doc's length, the docs run in chunks of --every (in a memory zone with --memory-zone)."""
+        texts = stream_texts(sentences, args.docs, args.heaps_k)
+        while True:
+            chunk = [text for _, text in zip(range(args.every), texts)]
+            if not chunk:
+                return
+            with nlp.memory_zone() if args.memory_zone else nullcontext():
+                for doc in nlp.pipe(chunk, batch_size=args.batch_size, component_cfg=component_cfg, disable=disable):
+                    yield len(doc)
+
     samples: List[Dict[str, Any]] = [
-        {"docs": 0, "words": 0, "seconds": 0.0, "rss_mb": rss_mb(), "n_strings": len(nlp.vocab.strings)}
+        {"docs": 0, "words": 0, "seconds": 0.0, "rss_mb": read_rss(), "n_strings": len(nlp.vocab.strings)}
     ]
     n_words = 0
     start = time.perf_counter()
-    for i, doc in enumerate(
-        nlp.pipe(
-            stream_texts(sentences, args.docs, args.heaps_k), batch_size=args.batch_size, component_cfg=component_cfg
-        ),
-        start=1,
-    ):
-        n_words += len(doc)
+    for i, length in enumerate(lengths(), start=1):
+        n_words += length
         if i % args.every == 0 or i == args.docs:
             samples.append(
                 {
                     "docs": i,
                     "words": n_words,
                     "seconds": time.perf_counter() - start,
-                    "rss_mb": rss_mb(),
+                    "rss_mb": read_rss(),
                     "n_strings": len(nlp.vocab.strings),
                 }
             )
@@ -171,6 +212,10 @@ def main() -> None:
         "point": args.point,
         "precision": args.precision,
         "shape_buckets": os.environ.get("SPACY_EARLYEXIT_SHAPE_BUCKETS", "1") != "0",
+        "memory_zone": args.memory_zone,
+        "malloc_trim": args.malloc_trim,
+        "tokenizer_only": args.tokenizer_only,
+        "cpu": cpu_name(),
         "warmup_docs": base["docs"],
         "cores": len(os.sched_getaffinity(0)),
         "torch_threads": torch.get_num_threads(),

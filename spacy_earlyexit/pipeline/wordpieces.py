@@ -31,7 +31,12 @@ SpanGetter = Callable[[List[Doc]], List[List[Span]]]
 N_CASE_CLASSES = 6
 
 
-@lru_cache(maxsize=1 << 16)
+#: frequent words' classes are cached; the bound keeps a long run over new
+#: words (names, numbers) from growing the cache (issue 30)
+CASE_CACHE_SIZE = 1 << 12
+
+
+@lru_cache(maxsize=CASE_CACHE_SIZE)
 def case_class(text: str) -> int:
     """The casing class of a token's text (what an uncased tokenizer loses)."""
     letters = [c for c in text if c.isalpha()]
