@@ -126,3 +126,59 @@ def test_the_comparison_runs_both_pipelines_on_the_same_documents(saved_shared, 
     for row in result["rows"]:
         assert 0 <= row["ents_f"] <= 1 and 0 <= row["tag_acc"] <= 1 and row["words_per_second"] > 0
     assert result["sizes"]["shared"] < result["sizes"]["two single-task"]
+
+
+def test_frontier_keeps_what_nothing_beats_fastest_first_and_thins_evenly():
+    from spacy_earlyexit.tools.calibrate.tasks import frontier
+
+    speedups = [1.0, 2.0, 3.0, 2.0, 4.0, 3.0]
+    scores = [0.0, -0.1, -0.5, -0.3, -2.0, -0.4]
+    # 3 (2.0x, -0.3) loses to 1 (2.0x, -0.1); 2 (3.0x, -0.5) to 5 (3.0x, -0.4)
+    assert frontier(speedups, scores) == [4, 5, 1, 0]
+    assert frontier(speedups, scores, size=2) == [4, 0]
+    assert frontier(speedups, scores, size=3) == [4, 1, 0]
+
+
+@pytest.mark.issue(32)
+def test_rules_per_task_are_simulated_from_each_tasks_frontier_and_run(saved_shared, dev_path):
+    from spacy_earlyexit.core.points import OperatingPoint
+    from spacy_earlyexit.pipeline.exit_policies import policy_named
+    from spacy_earlyexit.tools.calibrate.simulation import candidates
+    from spacy_earlyexit.tools.calibrate.tasks import TaskCandidate, TaskRuns, simulate_tasks
+    from spacy_earlyexit.tools.calibrate.tracing import trace_parts
+    from spacy_earlyexit.tools.evaluation import corpus_examples
+
+    nlp = spacy.load(saved_shared)
+    component = nlp.get_pipe("encoder")
+    tasks = [nlp.get_pipe(name) for name in component.tasks]
+    examples = corpus_examples(nlp, str(dev_path))
+    runs = TaskRuns()
+    runs.full, _ = runs.task_scores(nlp, "encoder", examples, component.point("full"))
+    parts = [(part, task.decodes_from_probs) for part, task in zip(component._slices(), tasks)]
+    L = component.encoder.n_layers
+    with component.using("full"):
+        traces = trace_parts(component, examples, parts, 1.0, "fp32")
+        simulated, n_per_task = simulate_tasks(traces, component, tasks, examples, runs.full, L)
+    grid = candidates(width=1.0, n_layers=L)
+    assert len(simulated) == len(grid) + n_per_task and n_per_task > 0
+    # one rule for all first, then rules per task, never one rule repeated
+    assert not any(isinstance(c, TaskCandidate) for c in simulated[: len(grid)])
+    pairs = simulated[len(grid) :]
+    assert all(isinstance(c, TaskCandidate) and set(c.rules) == set(component.tasks) for c in pairs)
+    assert all(len({c.rules[t].describe() for t in c.rules}) == 2 for c in pairs)
+    assert len({tuple(c.rules[t].describe() for t in component.tasks) for c in pairs}) == len(pairs)
+    # a pair's worst change is one of its rules' own (as one rule for all, on that task)
+    one_rule = {c.describe(): c for c in simulated[: len(grid)]}
+    for pair in pairs[:20]:
+        assert pair.score >= min(one_rule[c.describe()].score for c in pair.rules.values()) - 1e-9
+    # each runs for real as a per_task point, each task by its own rule
+    pair = pairs[0]
+    point = pair.point(L)
+    assert isinstance(point.policy, TaskPolicies)
+    for task, rule in pair.rules.items():
+        own = rule.point(L).policy
+        assert (point.policy.tasks[task].name, point.policy.tasks[task].params()) == (own.name, own.params())
+    reread = OperatingPoint.from_spec(point.to_spec(), make=policy_named)  # as the config is read
+    assert reread.policy.params() == point.policy.params()
+    scores, speedup = runs.task_scores(nlp, "encoder", examples, point)
+    assert set(scores) == set(component.tasks) and speedup >= 1.0 - 1e-9

@@ -12,13 +12,20 @@ score)`, so that full depth is 0 and
   drop (ranked by measured speed, as for one task).
 
 A candidate is one rule that every task applies to its own uncertainties
-(each task leaves by itself; a word runs while any task needs it), so a
-point is a rule per task; `per_task` points name different rules per task
-by hand. Each task is simulated from one traced pass (`trace_parts`), the
-pass's cost from the deepest of the tasks' exits.
+(each task leaves by itself; a word runs while any task needs it), or a
+rule per task (`per_task`): tasks read their uncertainties on different
+scales (nine entity labels, forty-five tags) and saturate at different
+depths, so one rule for all can spend depth where one task no longer needs
+it. Per-task candidates pair each task's own simulated frontier (its best
+score at each speed-up of its own exits, at most `TASK_FRONTIER` rules per
+task, at most `MAX_COMBINATIONS` pairings in all). Each task is simulated
+from one traced pass (`trace_parts`), the pass's cost from the deepest of
+the tasks' exits.
 """
 
+import itertools
 import json
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from spacy.language import Language
@@ -26,6 +33,7 @@ from spacy.training import Example
 
 from ...core.points import OperatingPoint
 from ...core.precision import resolve_precision
+from ...core.tasks import TaskPolicies
 from ..evaluation import Measurement, measure
 from .search import (
     DEFAULT_MARGIN,
@@ -44,11 +52,100 @@ from .search import (
     timed_ratios,
     timing_machine,
 )
-from .simulation import candidates, simulated_exits, simulated_score, simulated_speedup
-from .tracing import trace_parts
+from .simulation import Candidate, candidates, simulated_exits, simulated_score, simulated_speedup
+from .tracing import Trace, trace_parts
 
 #: what a shared encoder's calibration scores a candidate by
 METRIC = "worst_task_change"
+#: per task, at most this many rules of its simulated frontier are paired
+TASK_FRONTIER = 24
+#: at most this many per-task candidates are simulated
+MAX_COMBINATIONS = 2000
+
+
+@dataclass
+class TaskCandidate:
+    """A rule per task (a `per_task` point at full width): each task's own
+    `Candidate`, by task name. It quacks like a `Candidate` where the
+    search reads one: no fixed depth, no threshold to bisect, one family."""
+
+    rules: Dict[str, Candidate] = field(default_factory=dict)
+    score: float = 0.0
+    speedup: float = 1.0
+    width: float = 1.0
+    layer = None
+    kind = "per_task"
+    thresholded = False
+
+    def family(self, n_layers: int) -> str:
+        return "exit"
+
+    def point(self, n_layers: int) -> OperatingPoint:
+        return OperatingPoint(TaskPolicies({task: c.point(n_layers).policy for task, c in self.rules.items()}))
+
+    def describe(self) -> str:
+        return "; ".join(f"{task}: {c.describe()}" for task, c in self.rules.items())
+
+
+def frontier(speedups: Sequence[float], scores: Sequence[float], size: int = TASK_FRONTIER) -> List[int]:
+    """Indices of the candidates no other beats on both speed-up and score
+    (ties keep the first), fastest first, thinned evenly to at most `size`
+    (the fastest and the best scoring always kept)."""
+    order = sorted(range(len(scores)), key=lambda i: (-speedups[i], -scores[i], i))
+    kept: List[int] = []
+    for i in order:
+        if not kept or scores[i] > scores[kept[-1]]:
+            kept.append(i)
+    if len(kept) <= size:
+        return kept
+    if size < 2:
+        return kept[-size:] if size else []
+    step = (len(kept) - 1) / (size - 1)
+    return sorted({kept[round(k * step)] for k in range(size)}, key=kept.index)
+
+
+def simulate_tasks(
+    traces: List[Trace], component, tasks, examples: List[Example], full: Dict[str, float], n_layers: int
+) -> Tuple[List, int]:
+    """Every candidate of the grid as one rule for all tasks, then rules per
+    task paired from each task's frontier: each with its speed-up (of the
+    deepest exits) and its worst task change. Returns them and how many are
+    per task."""
+    grid = candidates(width=1.0, n_layers=n_layers)
+    exits = [[simulated_exits(tr, c) for c in grid] for tr in traces]  # [task][candidate]
+    changes = [
+        [simulated_score(tr, task, examples, ex) - full[task.name] for ex in task_exits]
+        for tr, task, task_exits in zip(traces, tasks, exits)
+    ]
+
+    def deepest(indices: Sequence[int]):
+        out = exits[0][indices[0]]
+        for t, i in enumerate(indices[1:], start=1):
+            out = out.maximum(exits[t][i])
+        return out
+
+    simulated: List = []
+    for i, candidate in enumerate(grid):
+        candidate.speedup = simulated_speedup(traces[0], component, candidate, deepest([i] * len(traces)))
+        candidate.score = min(task_changes[i] for task_changes in changes)
+        simulated.append(candidate)
+    if len(traces) < 2:
+        return simulated, 0
+    size = max(2, int(MAX_COMBINATIONS ** (1.0 / len(traces))))
+    fronts = []
+    for tr, task_exits, task_changes in zip(traces, exits, changes):
+        own = [simulated_speedup(tr, component, c, ex) for c, ex in zip(grid, task_exits)]
+        fronts.append(frontier(own, task_changes, min(size, TASK_FRONTIER)))
+    n_per_task = 0
+    for indices in itertools.product(*fronts):
+        if len(set(indices)) == 1:
+            continue  # one rule for all: simulated above
+        pair = TaskCandidate({task.name: grid[i] for task, i in zip(tasks, indices)})
+        pair.speedup = simulated_speedup(traces[0], component, pair, deepest(indices))
+        pair.score = min(changes[t][i] for t, i in enumerate(indices))
+        simulated.append(pair)
+        n_per_task += 1
+    return simulated, n_per_task
 
 
 class TaskRuns:
@@ -110,24 +207,16 @@ def calibrate_tasks(
     resolved = resolve_precision(precision, component.encoder.device)
     n_layers = component.encoder.n_layers
     runs = TaskRuns()
-    simulated = []
     with component.using("full", precision=precision):
         runs.full, _ = runs.task_scores(nlp, component_name, examples, OperatingPoint())
         progress(f"full depth on dev ({resolved}): " + ", ".join(f"{t} {100 * s:.2f}" for t, s in runs.full.items()))
         parts = [(part, task.decodes_from_probs) for part, task in zip(component._slices(), tasks)]
         traces = trace_parts(component, examples, parts, 1.0, resolved)
-        for candidate in candidates(width=1.0, n_layers=n_layers):
-            exits = [simulated_exits(tr, candidate) for tr in traces]
-            deepest = exits[0]
-            for other in exits[1:]:
-                deepest = deepest.maximum(other)
-            candidate.speedup = simulated_speedup(traces[0], component, candidate, deepest)
-            candidate.score = min(
-                simulated_score(tr, task, examples, task_exits) - runs.full[task.name]
-                for tr, task, task_exits in zip(traces, tasks, exits)
-            )
-            simulated.append(candidate)
-        progress(f"simulated {len(simulated)} candidates; fastest {max(c.speedup for c in simulated):.2f}x")
+        simulated, n_per_task = simulate_tasks(traces, component, tasks, examples, runs.full, n_layers)
+        progress(
+            f"simulated {len(simulated)} candidates ({n_per_task} with a rule per task); "
+            f"fastest {max(c.speedup for c in simulated):.2f}x"
+        )
     points = searched_points(targets, max_drop, (1.0,))
     with component.using("full", precision=precision):
         for point in points:
