@@ -466,15 +466,22 @@ def _exits_of_docs(
 LISTENER_NAME = "earlyexit_listener"
 
 
-def EarlyExitListener(upstream: str = "*", nO: Optional[int] = None) -> Model:
+def EarlyExitListener(upstream: str = "*", nO: Optional[int] = None, loss_weight: float = 1.0) -> Model:
     """The model of a task component that reads a shared encoder: it names
     the upstream component (`upstream`: its name, or "*" for the first
     `earlyexit_transformer` before it, as spaCy's listeners do) and holds
     nothing else; its labels' classifiers are the upstream's, which runs
-    the encoder once for all its tasks and trains them together."""
+    the encoder once for all its tasks and trains them together.
+    `loss_weight` (> 0) scales this task's loss, and so its gradients, in
+    the sum the encoder trains on (spacy-transformers' listeners call theirs
+    `grad_factor`; here the classifiers are the encoder's too, so the whole
+    loss is weighted)."""
     if not isinstance(upstream, str) or not upstream:
         raise ValueError(f"upstream must be a component name or '*', got {upstream!r}.")
-    return Model(LISTENER_NAME, _listener_forward, dims={"nO": nO}, attrs={"upstream": upstream})
+    if isinstance(loss_weight, bool) or not isinstance(loss_weight, (int, float)) or not 0 < loss_weight < float("inf"):
+        raise ValueError(f"loss_weight must be a number above 0, got {loss_weight!r}.")
+    attrs = {"upstream": upstream, "loss_weight": float(loss_weight)}
+    return Model(LISTENER_NAME, _listener_forward, dims={"nO": nO}, attrs=attrs)
 
 
 def _listener_forward(model: Model, docs, is_train: bool):

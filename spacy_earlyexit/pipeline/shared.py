@@ -312,7 +312,8 @@ class EarlyExitTransformer(EarlyExitLabeler):
     ) -> Dict[str, float]:
         """One forward over every exit for all tasks; each task's loss (its
         `get_loss` on its outputs, at its own sampled exits in stage 2) is
-        summed, recorded under the task's name, and backpropagated once."""
+        recorded under the task's name, weighted by its listener's
+        `loss_weight`, summed, and backpropagated once."""
         if losses is None:
             losses = {}
         losses.setdefault(self.name, 0.0)
@@ -334,10 +335,11 @@ class EarlyExitTransformer(EarlyExitLabeler):
             part = slices[t]
             task_layers = [doc_layers[t] if doc_layers.ndim == 2 else doc_layers for doc_layers in layers]
             loss, d_task = component.get_loss(examples, ([x[:, :, part] for x in logits], task_layers))
+            weight = component.model.attrs.get("loss_weight", 1.0)
             for d_doc, d_part in zip(d_logits, d_task):
-                d_doc[:, :, part] += self.model.ops.to_numpy(d_part)
+                d_doc[:, :, part] += weight * self.model.ops.to_numpy(d_part)
             losses[name] = losses.get(name, 0.0) + loss
-            total += loss
+            total += weight * loss
         backprop([self.model.ops.asarray3f(d) for d in d_logits])
         if sgd is not None:
             self.finish_update(sgd)

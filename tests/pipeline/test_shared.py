@@ -259,3 +259,45 @@ def test_a_removed_task_is_no_longer_trained_or_handed_predictions(saved):
     assert doc._.earlyexit_tasks is None and [e.text for e in doc.ents] == ["Angela Merkel", "Paris"]
     losses = nlp.update(ner_tagger_examples(nlp))
     assert "earlyexit_tagger" not in losses and losses["encoder"] == pytest.approx(losses["earlyexit_ner"])
+
+
+def _head_gradients(tiny_model_dir, ner_weight: float):
+    """The exit classifiers' gradients after one update (no dropout, no
+    optimizer step) with the NER listener's `loss_weight` at `ner_weight`."""
+    spacy.util.fix_random_seed(0)
+    nlp = spacy.blank("en")
+    nlp.add_pipe("earlyexit_transformer", name="encoder", config=model_config(tiny_model_dir))
+    ner_listener = {"model": {**LISTENER["model"], "loss_weight": ner_weight}}
+    nlp.add_pipe("earlyexit_ner", config=ner_listener)
+    nlp.add_pipe("earlyexit_tagger", config=LISTENER)
+    examples = ner_tagger_examples(nlp)
+    nlp.initialize(lambda: examples)
+    encoder = nlp.get_pipe("encoder")
+    losses = encoder.update(examples, drop=0.0, sgd=None)
+    ner, tags = encoder._slices()
+    grads = [head.weight.grad.detach().clone() for head in encoder.encoder.heads]
+    return losses, [g[ner] for g in grads], [g[tags] for g in grads]
+
+
+@pytest.mark.issue(32)
+def test_a_listeners_loss_weight_scales_its_tasks_gradients_only(tiny_model_dir):
+    losses_1, ner_1, tags_1 = _head_gradients(tiny_model_dir, 1.0)
+    # 2: a power of two, exact in bf16 as in fp32
+    losses_2, ner_2, tags_2 = _head_gradients(tiny_model_dir, 2.0)
+    # each task's own loss is recorded as it is, the encoder's total weighted
+    assert losses_2["earlyexit_ner"] == pytest.approx(losses_1["earlyexit_ner"], rel=1e-5)
+    total = 2.0 * losses_1["earlyexit_ner"] + losses_1["earlyexit_tagger"]
+    assert losses_2["encoder"] == pytest.approx(total, rel=1e-5)
+    for a, b in zip(ner_1, ner_2):
+        assert float(a.abs().sum()) > 0
+        numpy.testing.assert_allclose(b.numpy(), 2.0 * a.numpy(), rtol=1e-4, atol=1e-7)
+    for a, b in zip(tags_1, tags_2):
+        numpy.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("weight", [0, -1.0, float("inf"), True, "2"])
+def test_a_loss_weight_that_is_not_a_positive_number_is_refused(tiny_model_dir, weight):
+    nlp = spacy.blank("en")
+    nlp.add_pipe("earlyexit_transformer", name="encoder", config=model_config(tiny_model_dir))
+    with pytest.raises(ValueError, match="loss_weight"):
+        nlp.add_pipe("earlyexit_ner", config={"model": {**LISTENER["model"], "loss_weight": weight}})
