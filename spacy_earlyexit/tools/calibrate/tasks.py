@@ -28,6 +28,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import torch
 from spacy.language import Language
 from spacy.training import Example
 
@@ -104,44 +105,46 @@ def frontier(speedups: Sequence[float], scores: Sequence[float], size: int = TAS
     return sorted({kept[round(k * step)] for k in range(size)}, key=kept.index)
 
 
+def _deepest(exits: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Each word's deepest exit over the tasks' exits [S, W]."""
+    out = exits[0]
+    for other in exits[1:]:
+        out = out.maximum(other)
+    return out
+
+
 def simulate_tasks(
     traces: List[Trace], component, tasks, examples: List[Example], full: Dict[str, float], n_layers: int
 ) -> Tuple[List, int]:
     """Every candidate of the grid as one rule for all tasks, then rules per
     task paired from each task's frontier: each with its speed-up (of the
     deepest exits) and its worst task change. Returns them and how many are
-    per task."""
+    per task. Exits are kept only for the frontiers' rules."""
     grid = candidates(width=1.0, n_layers=n_layers)
-    exits = [[simulated_exits(tr, c) for c in grid] for tr in traces]  # [task][candidate]
-    changes = [
-        [simulated_score(tr, task, examples, ex) - full[task.name] for ex in task_exits]
-        for tr, task, task_exits in zip(traces, tasks, exits)
-    ]
-
-    def deepest(indices: Sequence[int]):
-        out = exits[0][indices[0]]
-        for t, i in enumerate(indices[1:], start=1):
-            out = out.maximum(exits[t][i])
-        return out
-
-    simulated: List = []
+    paired = len(traces) > 1
+    changes = [[0.0] * len(grid) for _ in traces]  # [task][candidate]: score change from full depth
+    own = [[1.0] * len(grid) for _ in traces]  # [task][candidate]: speed-up of the task's exits alone
     for i, candidate in enumerate(grid):
-        candidate.speedup = simulated_speedup(traces[0], component, candidate, deepest([i] * len(traces)))
+        exits = [simulated_exits(tr, candidate) for tr in traces]
+        for t, (tr, task, task_exits) in enumerate(zip(traces, tasks, exits)):
+            changes[t][i] = simulated_score(tr, task, examples, task_exits) - full[task.name]
+            if paired:
+                own[t][i] = simulated_speedup(tr, component, candidate, task_exits)
+        candidate.speedup = simulated_speedup(traces[0], component, candidate, _deepest(exits))
         candidate.score = min(task_changes[i] for task_changes in changes)
-        simulated.append(candidate)
-    if len(traces) < 2:
+    simulated: List = list(grid)
+    if not paired:
         return simulated, 0
-    size = max(2, int(MAX_COMBINATIONS ** (1.0 / len(traces))))
-    fronts = []
-    for tr, task_exits, task_changes in zip(traces, exits, changes):
-        own = [simulated_speedup(tr, component, c, ex) for c, ex in zip(grid, task_exits)]
-        fronts.append(frontier(own, task_changes, min(size, TASK_FRONTIER)))
+    size = min(TASK_FRONTIER, max(2, int(MAX_COMBINATIONS ** (1.0 / len(traces)))))
+    fronts = [frontier(own[t], changes[t], size) for t in range(len(traces))]
+    front_exits = [{i: simulated_exits(tr, grid[i]) for i in front} for tr, front in zip(traces, fronts)]
     n_per_task = 0
     for indices in itertools.product(*fronts):
         if len(set(indices)) == 1:
             continue  # one rule for all: simulated above
         pair = TaskCandidate({task.name: grid[i] for task, i in zip(tasks, indices)})
-        pair.speedup = simulated_speedup(traces[0], component, pair, deepest(indices))
+        deepest = _deepest([front_exits[t][i] for t, i in enumerate(indices)])
+        pair.speedup = simulated_speedup(traces[0], component, pair, deepest)
         pair.score = min(changes[t][i] for t, i in enumerate(indices))
         simulated.append(pair)
         n_per_task += 1
