@@ -12,6 +12,9 @@
 - Adaptive width (DynaBERT): `distillation_loss` matches a narrower sub-network's
   exit logits and hidden states to the full-width teacher's; `SelfSampling`
   with a width menu samples a width per sequence as well (`sample_widths`).
+- A shared encoder's tasks (`tasks.py`): each task's loss on its slice of
+  the classifiers' outputs, weighted and summed (`TaskGold`,
+  `task_exit_loss`); distillation matches each task's distribution apart.
 
 Where exits come from: the model's own predictions in the same forward pass,
 layer by layer, as inference makes them (dropout-free classifier outputs on
@@ -150,6 +153,37 @@ def exit_loss(
     return loss, grad * scale[..., None]
 
 
+@dataclass
+class TaskGold:
+    """One task's gold for a training batch: class ids [N] over the task's
+    own labels (-1: unknown), its slice of the exit classifiers' outputs
+    (None: all of them, a single task), the weight of its loss, and its
+    position among a shared encoder's tasks (which of the sampled exits,
+    `SampledExits.task_exit_layers`, are its own)."""
+
+    gold: Tensor
+    part: Optional[slice] = None
+    weight: float = 1.0
+    index: int = 0
+
+
+def task_exit_loss(
+    logits: Tensor, tasks: Sequence[TaskGold], weights: Tensor, exit_layers: Optional[Tensor] = None
+) -> Tensor:
+    """The tasks' `exit_loss` on their slices of `logits` [L, N, C], each
+    times its weight, summed (differentiable). `exit_layers`: [N], every
+    task's, or [T, N], each task's own (by `TaskGold.index`)."""
+    total = logits.new_zeros(())
+    for task in tasks:
+        layers = exit_layers
+        if exit_layers is not None and exit_layers.dim() == 2:
+            layers = exit_layers[task.index]
+        scores = logits if task.part is None else logits[..., task.part]
+        loss, _ = exit_loss(scores, task.gold.to(logits.device), weights, layers)
+        total = total + task.weight * loss
+    return total
+
+
 def sample_widths(
     sampled: SampledExits,
     sampling: SelfSampling,
@@ -189,16 +223,21 @@ def distillation_loss(
     logits_weight: float = 1.0,
     hidden_weight: float = 1.0,
     temperature: float = 1.0,
+    parts: Optional[Sequence[slice]] = None,
 ) -> Tensor:
     """DynaBERT's width distillation: every exit's predicted distribution
     against the teacher's (KL divergence at `temperature`, exits combined
     with the layer `weights` [L]), plus the mean squared error between every
     layer's hidden states (summed over layers, averaged over pieces and
-    dimensions). logits [L, N, C]; hidden [L, P, d]."""
+    dimensions). logits [L, N, C]; hidden [L, P, d]. With `parts` (a shared
+    encoder's tasks), each slice of the outputs is a distribution of its own
+    and their divergences are summed."""
     t = float(temperature)
-    log_student = torch.log_softmax(student_logits / t, -1)
-    log_teacher = torch.log_softmax(teacher_logits / t, -1)
-    kl = (log_teacher.exp() * (log_teacher - log_student)).sum(-1).mean(-1)  # [L]
+    kl = student_logits.new_zeros(student_logits.shape[0])  # [L]
+    for part in parts or [slice(None)]:
+        log_student = torch.log_softmax(student_logits[..., part] / t, -1)
+        log_teacher = torch.log_softmax(teacher_logits[..., part] / t, -1)
+        kl = kl + (log_teacher.exp() * (log_teacher - log_student)).sum(-1).mean(-1)
     logits_term = (weights.to(kl) * kl).sum() * t * t
     hidden_term = ((student_hidden - teacher_hidden) ** 2).mean((1, 2)).sum()
     return logits_weight * logits_term + hidden_weight * hidden_term

@@ -12,19 +12,22 @@ Plain PyTorch, no spaCy. Two phases, each a training stage of its own:
   width with the most aggressive exit, some at full width and full depth.
   The loss is the gold exit loss, as in stage 2.
 
-Both steps only accumulate gradients; the caller applies them.
+On a shared encoder (`tasks.py`) both work per task: distillation matches
+each task's distribution apart, self-sampling samples each task's exits and
+sums the tasks' weighted losses (`TaskGold`). Both steps only accumulate
+gradients; the caller applies them.
 """
 
 import copy
 from dataclasses import asdict, dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
 
 from .batch import EncoderBatch
 from .encoder import MultiExitEncoder
-from .objective import SelfSampling, distillation_loss, exit_loss, sample_widths
+from .objective import SelfSampling, TaskGold, distillation_loss, sample_widths, task_exit_loss
 from .width import check_width_menu
 
 PHASES = ("distill", "self_sampling")
@@ -107,11 +110,14 @@ def distill_step(
     settings: WidthTraining,
     layer_weights: Tensor,
     precision: str = "fp32",
+    parts: Optional[Sequence[slice]] = None,
 ) -> float:
     """One distillation step: the teacher once at full width, the student at
     every width (widest first), each loss backpropagated at once so that only
     one width's graph is alive; the student's products in `precision` (fp32,
-    or bf16 under autocast), the teacher in float32. Returns the summed loss."""
+    or bf16 under autocast), the teacher in float32; `parts`: a shared
+    encoder's task slices, each distilled as a distribution of its own.
+    Returns the summed loss."""
     with torch.no_grad():
         teacher.eval()
         teacher_logits, teacher_hidden = teacher(batch, return_hidden=True)
@@ -128,6 +134,7 @@ def distill_step(
             settings.logits_weight,
             settings.hidden_weight,
             settings.temperature,
+            parts,
         )
         loss.backward()
         total += float(loss.detach())
@@ -138,43 +145,59 @@ def width_self_sampling_step(
     encoder: MultiExitEncoder,
     batch: EncoderBatch,
     groups: Tensor,
-    gold: Tensor,
+    gold: Union[Tensor, Sequence[TaskGold]],
     sampling: SelfSampling,
     widths: Sequence[float],
     layer_weights: Tensor,
     generator: Optional[torch.Generator] = None,
     precision: str = "fp32",
+    task_sizes: Optional[Sequence[int]] = None,
 ) -> float:
     """One self-sampling step across width and exit: sequences grouped by
     their sampled width, each group one forward with its sampled exits and
-    the gold exit loss (weighted by its share of the batch's gold words),
-    backpropagated group by group; products in `precision` (fp32, or bf16
-    under autocast). `gold` [n_words] follows the batch's word order (-1:
-    unknown). Returns the loss."""
+    the gold exit loss (each task's weighted by its share of the batch's gold
+    words), backpropagated group by group; products in `precision` (fp32,
+    or bf16 under autocast). `gold` [n_words] follows the batch's word order
+    (-1: unknown); on a shared encoder, one `TaskGold` per task, with
+    `task_sizes` (every task's number of labels, in the order of the
+    classifiers' outputs): each task samples its own exits with the
+    sequence's settings, as in stage 2. Returns the loss."""
+    tasks = [TaskGold(gold)] if isinstance(gold, Tensor) else list(gold)
+    several = task_sizes is not None and len(task_sizes) > 1
     words = batch.word_mask.cpu()
     sampled = sampling.sample(groups, words, generator, sandwich=False)
     row_widths = sample_widths(sampled, sampling, groups, words, widths, generator)
-    gold_grid = torch.full(words.shape, -1, dtype=torch.long)
-    gold_grid[words] = gold.cpu()
-    n_known = max(1, int((gold >= 0).sum()))
+    grids = []
+    for task in tasks:
+        grid = torch.full(words.shape, -1, dtype=torch.long)
+        grid[words] = task.gold.cpu()
+        grids.append(grid)
+    n_known = [max(1, int((task.gold >= 0).sum())) for task in tasks]
     encoder.train()
     total = 0.0
     for width in torch.unique(row_widths).tolist():
         rows = (row_widths == width).nonzero(as_tuple=True)[0]
         part = batch.select_rows(rows.to(batch.input_ids.device))
         part_words = part.word_mask.cpu()
-        part_gold = gold_grid[rows, : part_words.shape[1]][part_words]
-        if not bool((part_gold >= 0).any()):
+        part_tasks = []
+        for task, grid, known in zip(tasks, grids, n_known):
+            part_gold = grid[rows, : part_words.shape[1]][part_words]
+            share = int((part_gold >= 0).sum()) / known  # the part's share of the task's gold words
+            part_tasks.append(TaskGold(part_gold, task.part, task.weight * share, task.index))
+        if not any(bool((task.gold >= 0).any()) for task in part_tasks):
             continue
         exits = type(sampled)(
             thresholds=sampled.thresholds[rows, : part_words.shape[1]].to(part.input_ids.device),
             half_windows=sampled.half_windows[rows, : part_words.shape[1]].to(part.input_ids.device),
             upper_factor=sampled.upper_factor,
         )
-        logits = encoder(part, sampled_exits=exits, width=float(width), precision=precision)
-        run_layers = exits.exit_layers[part.word_mask]
-        loss, _ = exit_loss(logits, part_gold.to(logits.device), layer_weights, run_layers)
-        loss = loss * (int((part_gold >= 0).sum()) / n_known)
+        extra = {"task_sizes": list(task_sizes)} if several else {}
+        logits = encoder(part, sampled_exits=exits, width=float(width), precision=precision, **extra)
+        if exits.task_exit_layers is not None:
+            run_layers = exits.task_exit_layers[:, part.word_mask]  # [T, n_words]: each task's own
+        else:
+            run_layers = exits.exit_layers[part.word_mask]
+        loss = task_exit_loss(logits, part_tasks, layer_weights, run_layers)
         loss.backward()
         total += float(loss.detach())
     return total

@@ -20,7 +20,7 @@ from thinc.api import Model, set_dropout_rate
 
 from ..core.engines import Engine
 from ..core.importance import Importance
-from ..core.objective import SelfSampling, exit_loss, layer_loss_weights
+from ..core.objective import SelfSampling, TaskGold, exit_loss, layer_loss_weights
 from ..core.points import OperatingPoint
 from ..core.policies import ExitPolicy, FullDepth
 from ..core.precision import (
@@ -127,7 +127,10 @@ class EarlyExitLabeler(TrainablePipe):
                 "(spacy-earlyexit.self_sampling.v1) for its exits."
             )
         if width_training is not None and self.listening:
-            raise ValueError(f"'{name}' listens to a shared encoder: width training is not available there.")
+            raise ValueError(
+                f"'{name}' listens to a shared encoder: give width_training to the shared encoder, "
+                "which trains every width for all its tasks."
+            )
         self.width_training = width_training
         self._teacher = None  # the full-width teacher of width distillation (never saved)
 
@@ -688,6 +691,16 @@ class EarlyExitLabeler(TrainablePipe):
     def _update_width(self, examples: List[Example], drop: float) -> float:
         return width_update(self, examples, drop)
 
+    def _width_tasks(self, examples: List[Example], rows: List[numpy.ndarray], n_words: int) -> List[TaskGold]:
+        """The gold a width stage learns from for a training batch: this
+        component's, one task over all the classifiers' outputs."""
+        return [TaskGold(torch.from_numpy(self._batch_gold(examples, rows, n_words)))]
+
+    def _width_parts(self) -> Optional[List[slice]]:
+        """The slices of the classifiers' outputs distilled as distributions
+        of their own (None: all outputs, one distribution)."""
+        return None
+
     def rewire_for_width(self, examples: Iterable[Example], *, batch_size: int = 32) -> Importance:
         """Rank every layer's attention heads and feed-forward neurons by their
         importance for this component's training loss on `examples` (gold
@@ -701,7 +714,10 @@ class EarlyExitLabeler(TrainablePipe):
         RETURNS (Importance): the importance before permuting, [L, H] and [L, F].
         """
         if self.listening:
-            raise ValueError(f"'{self.name}' is a task of a shared encoder: width rewiring is not available there.")
+            raise ValueError(
+                f"'{self.name}' is a task of a shared encoder: rewire the shared encoder "
+                f"('{self.upstream.name}') for width, which ranks heads and neurons for all its tasks."
+            )
         return rewire_width(self, examples, batch_size=batch_size)
 
     # -- scoring -----------------------------------------------------------------

@@ -26,15 +26,21 @@ decoding and annotation:
 - Operating points, per-call and per-thread settings, precision and width
   are the shared component's: a policy applies to every task, a `per_task`
   policy (`core/tasks.py`) gives each task its own rule.
+- Adaptive width is the shared encoder's too: `rewire_for_width` ranks heads
+  and neurons by the tasks' summed (weighted) loss, and `width_training`
+  distils every width (each task's distribution apart) or self-samples width
+  and exit over all tasks. Its preparation waits for the first update: the
+  tasks, initialized after this component, give the gold it ranks by.
 
 The weights are saved once, with the shared component.
 """
 
 from dataclasses import asdict
 from itertools import islice
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 import numpy
+import torch
 from spacy.language import Language
 from spacy.tokens import Doc
 from spacy.training import Example, validate_examples
@@ -42,14 +48,16 @@ from spacy.vocab import Vocab
 from thinc.api import Config, Model, set_dropout_rate
 
 from ..core.engines import OwnLoop
-from ..core.objective import SelfSampling
+from ..core.objective import SelfSampling, TaskGold
 from ..core.points import OperatingPoint
 from ..core.policies import ExitPolicy
 from ..core.precision import resolve_precision, resolve_training_precision
 from ..core.tasks import TaskPolicies, TaskRules
+from ..core.width_training import WidthTraining
 from .extensions import put_task_outputs, record_exits, task_outputs
 from .labeler import DEFAULT_MODEL_CONFIG, SHARED_DEFAULTS, EarlyExitLabeler
 from .model import DocExits, is_listener, predict_task_exits
+from .width_stages import prepare_width_training, width_update
 
 
 @Language.factory(
@@ -57,7 +65,7 @@ from .model import DocExits, is_listener, predict_task_exits
     assigns=["doc._.earlyexit", "doc._.earlyexit_tasks"],
     default_config={
         "model": Config().from_str(DEFAULT_MODEL_CONFIG)["model"],
-        **{key: value for key, value in SHARED_DEFAULTS.items() if key != "width_training"},
+        **SHARED_DEFAULTS,
     },
     default_score_weights={},
 )
@@ -70,6 +78,7 @@ def make_earlyexit_transformer(
     operating_points: Dict[str, Dict[str, Any]],
     operating_point: Optional[str],
     self_sampling: Optional[SelfSampling],
+    width_training: Optional[WidthTraining],
     width_multipliers: List[float],
     width: float,
     precision: str = "auto",
@@ -81,8 +90,9 @@ def make_earlyexit_transformer(
     exit_policy: the rule every task leaves by, or `per_task` with a rule per
         task (by component name); operating points likewise.
     The other settings are those of `earlyexit_ner` and apply to the shared
-    pass: its operating points, width, precision, training precision and
-    self-sampling (stage 2, each task sampling its own exits).
+    pass: its operating points, width, precision, training precision,
+    self-sampling (stage 2, each task sampling its own exits) and width
+    training (for all tasks).
     """
     return EarlyExitTransformer(
         nlp.vocab,
@@ -93,6 +103,7 @@ def make_earlyexit_transformer(
         operating_points=operating_points,
         operating_point=operating_point,
         self_sampling=self_sampling,
+        width_training=width_training,
         width_multipliers=width_multipliers,
         width=width,
         precision=precision,
@@ -113,6 +124,8 @@ class EarlyExitTransformer(EarlyExitLabeler):
         #: spaCy's listener protocol (`Language._link_components`): component name -> its listener models
         self.listener_map: Dict[str, List[Model]] = {}
         self._task_components: Dict[str, EarlyExitLabeler] = {}
+        #: `initialize`'s examples, for width training's preparation at the first update
+        self._pending_width: Optional[Callable[[], Iterable[Example]]] = None
 
     # -- spaCy's listener protocol (as spaCy's Tok2Vec) -----------------------------
     @property
@@ -327,6 +340,14 @@ class EarlyExitTransformer(EarlyExitLabeler):
         self.model.attrs["training_precision"] = resolve_training_precision(
             self.training_precision, self.encoder.device
         )
+        if self.width_training is not None:
+            if self._pending_width is not None:
+                get_examples, self._pending_width = self._pending_width, None
+                prepare_width_training(self, get_examples)
+            losses[self.name] += width_update(self, examples, drop)
+            if sgd is not None:
+                self.finish_update(sgd)
+            return losses
         (logits, layers), backprop = self.model.begin_update([eg.predicted for eg in examples])
         slices = self._slices()
         d_logits = [numpy.zeros_like(self.model.ops.to_numpy(x)) for x in logits]
@@ -346,8 +367,27 @@ class EarlyExitTransformer(EarlyExitLabeler):
         losses[self.name] += total
         return losses
 
-    def rewire_for_width(self, examples, *, batch_size: int = 32):
-        raise ValueError(f"'{self.name}': width rewiring of a shared encoder is not available yet.")
+    # -- adaptive width: for all tasks (`width_stages.py`) -------------------------
+    def _prepare_width_training(self, get_examples: Callable[[], Iterable[Example]]) -> None:
+        """Waits for the first update: the tasks are initialized after this
+        component, and their gold is what ranks the heads and neurons."""
+        self._pending_width = get_examples
+
+    def _width_tasks(self, examples: List[Example], rows: List[numpy.ndarray], n_words: int) -> List[TaskGold]:
+        """Each linked task's gold on its slice of the outputs, weighted by its
+        listener's `loss_weight`, as `update` weighs the tasks."""
+        slices = self._slices()
+        found = []
+        for index, name in enumerate(self.tasks):
+            component = self.task_component(name)
+            if component is None:
+                continue
+            gold = torch.from_numpy(component._batch_gold(examples, rows, n_words))
+            found.append(TaskGold(gold, slices[index], float(component.model.attrs.get("loss_weight", 1.0)), index))
+        return found
+
+    def _width_parts(self) -> Optional[List[slice]]:
+        return self._slices()
 
     @property
     def score_key(self) -> str:

@@ -1,7 +1,9 @@
 """The component's adaptive-width work: preparing a width-adaptive training
 stage, one step of it (distillation or self-sampling across width and exit,
 `core/width_training.py`), and rewiring the encoder for width (ranking heads
-and neurons, `core/importance.py`). `EarlyExitLabeler` calls these with itself as `component`."""
+and neurons, `core/importance.py`). `EarlyExitLabeler` calls these with itself as `component`;
+a shared encoder (`shared.py`) too, its tasks' gold and slices given by its
+`_width_tasks` and `_width_parts`."""
 
 from itertools import islice
 from typing import Callable, Iterable, List
@@ -11,7 +13,7 @@ from spacy import util
 from spacy.training import Example, validate_examples
 
 from ..core.importance import Importance, compute_importance, rewire
-from ..core.objective import SelfSampling, exit_loss, layer_loss_weights
+from ..core.objective import SelfSampling, layer_loss_weights, task_exit_loss
 from ..core.width import width_in_menu
 from ..core.width_training import distill_step, frozen_teacher, width_self_sampling_step
 from .model import training_batch, training_inputs
@@ -55,12 +57,27 @@ def width_update(component, examples: List[Example], drop: float) -> float:
             if component._teacher is None:  # update without initialize: the current weights teach
                 component._teacher = frozen_teacher(encoder)
             return distill_step(
-                encoder, component._teacher, batch, widths, component.width_training, weights, precision=precision
+                encoder,
+                component._teacher,
+                batch,
+                widths,
+                component.width_training,
+                weights,
+                precision=precision,
+                parts=component._width_parts(),
             )
-        gold = component._batch_gold(examples, rows, batch.n_words)
+        tasks = component._width_tasks(examples, rows, batch.n_words)
         sampling = SelfSampling(**model.attrs["self_sampling"])
         return width_self_sampling_step(
-            encoder, batch, groups, torch.from_numpy(gold), sampling, widths, weights, precision=precision
+            encoder,
+            batch,
+            groups,
+            tasks,
+            sampling,
+            widths,
+            weights,
+            precision=precision,
+            task_sizes=model.attrs.get("task_sizes"),
         )
     finally:
         encoder.set_dropout(None)
@@ -83,10 +100,9 @@ def rewire_width(component, examples: Iterable[Example], *, batch_size: int = 32
             if built is None:
                 continue
             batch, rows = built
-            gold = component._batch_gold(chunk, rows, batch.n_words)
-            if (gold >= 0).any():
-                gold_t = torch.from_numpy(gold).to(encoder.device)
-                yield batch, lambda logits, gold_t=gold_t: exit_loss(logits, gold_t, weights)[0]
+            tasks = component._width_tasks(chunk, rows, batch.n_words)
+            if any(bool((task.gold >= 0).any()) for task in tasks):
+                yield batch, lambda logits, tasks=tasks: task_exit_loss(logits, tasks, weights)
 
     importance = compute_importance(encoder, batches())
     if not bool(importance.heads.any()):

@@ -81,3 +81,23 @@ def test_self_sampled_forward_freezes_words_as_recorded():
         # the same exits given explicitly reproduce the same logits
         replay = encoder(batch, word_exit_layers=exits)
     assert torch.allclose(logits, replay, atol=1e-6)
+
+
+@pytest.mark.issue(32)
+def test_task_exit_loss_weighs_each_tasks_loss_on_its_slice_at_its_own_exits():
+    from spacy_earlyexit.core.objective import TaskGold, exit_loss, task_exit_loss
+
+    torch.manual_seed(0)
+    L, N = 3, 6
+    logits = torch.randn(L, N, 7)
+    weights = torch.tensor([0.2, 0.3, 0.5])
+    ner = TaskGold(torch.tensor([0, 1, 2, -1, 0, 1]), slice(0, 3), 2.0, 0)
+    tags = TaskGold(torch.tensor([3, -1, 0, 1, 2, 3]), slice(3, 7), 1.0, 1)
+    layers = torch.tensor([[1, 2, 3, 3, 1, 2], [3, 3, 1, 2, 2, 1]])  # [T, N]: each task's own exits
+    expected = 2.0 * exit_loss(logits[..., :3], ner.gold, weights, layers[0])[0]
+    expected = expected + exit_loss(logits[..., 3:], tags.gold, weights, layers[1])[0]
+    assert float(task_exit_loss(logits, [ner, tags], weights, layers)) == pytest.approx(float(expected))
+    # one task over every output is the plain exit loss
+    alone = TaskGold(torch.tensor([0, 6, 2, -1, 5, 1]))
+    plain = exit_loss(logits, alone.gold, weights, layers[0])[0]
+    assert float(task_exit_loss(logits, [alone], weights, layers[0])) == pytest.approx(float(plain))

@@ -206,7 +206,7 @@ def test_stage_two_starts_from_the_stage_one_pipeline(tiny_model_dir, saved):
 
 @pytest.mark.issue(32)
 def test_the_workflow_configs_build_a_shared_pipeline(tiny_model_dir):
-    for name in ("multitask.cfg", "multitask-selfsample.cfg"):
+    for name in ("multitask.cfg", "multitask-selfsample.cfg", "multitask-width.cfg"):
         config = Config().from_disk(REPO / "configs" / name, interpolate=False)
         config["components"]["earlyexit_transformer"]["model"]["name"] = str(tiny_model_dir)
         policy = config["components"]["earlyexit_transformer"]["exit_policy"]

@@ -182,3 +182,34 @@ def test_rules_per_task_are_simulated_from_each_tasks_frontier_and_run(saved_sha
     assert reread.policy.params() == point.policy.params()
     scores, speedup = runs.task_scores(nlp, "encoder", examples, point)
     assert set(scores) == set(component.tasks) and speedup >= 1.0 - 1e-9
+
+
+@pytest.mark.issue(32)
+def test_a_shared_encoder_rewired_for_width_is_calibrated_at_every_width(saved_shared, dev_path, tmp_path):
+    nlp = spacy.load(saved_shared, config={"components": {"encoder": {"width_multipliers": [0.5, 1.0]}}})
+    nlp.get_pipe("encoder").rewire_for_width(ner_tagger_examples(nlp))
+    nlp.to_disk(tmp_path / "rewired")
+    lines = []
+    result = run_calibration(
+        str(tmp_path / "rewired"),
+        str(dev_path),
+        tmp_path / "calibrated",
+        targets=(1.5,),
+        max_drop=50.0,
+        progress=lines.append,
+        timer=fake_timer,
+    )
+    assert result["widths"] == [1.0, 0.5]
+    assert any(line.startswith("width 0.5: simulated") for line in lines)
+    points = {p["name"]: p for p in result["points"]}
+    # as for one task: the best of exit alone (full width) and of width alone (full depth) beside the joint one
+    assert {"1_5x", "1_5x-exit", "1_5x-width", "max-drop"} <= set(points)
+    width_alone = points["1_5x-width"]
+    assert width_alone["reached"] and width_alone["params"]["width"] == 0.5
+    assert width_alone["policy"] in ("full", "fixed_depth")
+    assert points["1_5x-exit"]["params"].get("width", 1.0) == 1.0
+    loaded = spacy.load(tmp_path / "calibrated")
+    cfg = {"encoder": {"operating_point": "1_5x-width"}}
+    doc = loaded("Angela Merkel visited Paris on Tuesday .", component_cfg=cfg)
+    assert doc._.earlyexit["encoder"]["width"] == 0.5
+    assert all(token.tag_ for token in doc)

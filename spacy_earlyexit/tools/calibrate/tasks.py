@@ -20,7 +20,9 @@ it. Per-task candidates pair each task's own simulated frontier (its best
 score at each speed-up of its own exits, at most `TASK_FRONTIER` rules per
 task, at most `MAX_COMBINATIONS` pairings in all). Each task is simulated
 from one traced pass (`trace_parts`), the pass's cost from the deepest of
-the tasks' exits.
+the tasks' exits. An encoder rewired for adaptive width is traced at every
+width of its menu, and the candidates of every width compete, with the
+points of exit alone and width alone beside, as for one task.
 """
 
 import itertools
@@ -50,6 +52,7 @@ from .search import (
     choose_fastest,
     real_run,
     searched_points,
+    searched_widths,
     timed_ratios,
     timing_machine,
 )
@@ -66,9 +69,10 @@ MAX_COMBINATIONS = 2000
 
 @dataclass
 class TaskCandidate:
-    """A rule per task (a `per_task` point at full width): each task's own
+    """A rule per task (a `per_task` point at a width): each task's own
     `Candidate`, by task name. It quacks like a `Candidate` where the
-    search reads one: no fixed depth, no threshold to bisect, one family."""
+    search reads one: no fixed depth, no threshold to bisect; its family is
+    exit at full width, joint below."""
 
     rules: Dict[str, Candidate] = field(default_factory=dict)
     score: float = 0.0
@@ -79,10 +83,11 @@ class TaskCandidate:
     thresholded = False
 
     def family(self, n_layers: int) -> str:
-        return "exit"
+        return "exit" if self.width >= 1.0 else "joint"
 
     def point(self, n_layers: int) -> OperatingPoint:
-        return OperatingPoint(TaskPolicies({task: c.point(n_layers).policy for task, c in self.rules.items()}))
+        policies = TaskPolicies({task: c.point(n_layers).policy for task, c in self.rules.items()})
+        return OperatingPoint(policies, self.width)
 
     def describe(self) -> str:
         return "; ".join(f"{task}: {c.describe()}" for task, c in self.rules.items())
@@ -114,13 +119,20 @@ def _deepest(exits: Sequence[torch.Tensor]) -> torch.Tensor:
 
 
 def simulate_tasks(
-    traces: List[Trace], component, tasks, examples: List[Example], full: Dict[str, float], n_layers: int
+    traces: List[Trace],
+    component,
+    tasks,
+    examples: List[Example],
+    full: Dict[str, float],
+    n_layers: int,
+    width: float = 1.0,
 ) -> Tuple[List, int]:
-    """Every candidate of the grid as one rule for all tasks, then rules per
-    task paired from each task's frontier: each with its speed-up (of the
-    deepest exits) and its worst task change. Returns them and how many are
-    per task. Exits are kept only for the frontiers' rules."""
-    grid = candidates(width=1.0, n_layers=n_layers)
+    """Every candidate of the grid at `width` (the traces' width) as one rule
+    for all tasks, then rules per task paired from each task's frontier:
+    each with its speed-up (of the deepest exits) and its worst task change
+    from full depth at full width. Returns them and how many are per task.
+    Exits are kept only for the frontiers' rules."""
+    grid = candidates(width=width, n_layers=n_layers)
     paired = len(traces) > 1
     changes = [[0.0] * len(grid) for _ in traces]  # [task][candidate]: score change from full depth
     own = [[1.0] * len(grid) for _ in traces]  # [task][candidate]: speed-up of the task's exits alone
@@ -142,7 +154,7 @@ def simulate_tasks(
     for indices in itertools.product(*fronts):
         if len(set(indices)) == 1:
             continue  # one rule for all: simulated above
-        pair = TaskCandidate({task.name: grid[i] for task, i in zip(tasks, indices)})
+        pair = TaskCandidate({task.name: grid[i] for task, i in zip(tasks, indices)}, width=width)
         deepest = _deepest([front_exits[t][i] for t, i in enumerate(indices)])
         pair.speedup = simulated_speedup(traces[0], component, pair, deepest)
         pair.score = min(changes[t][i] for t, i in enumerate(indices))
@@ -209,18 +221,24 @@ def calibrate_tasks(
     precision = precision or component.precision
     resolved = resolve_precision(precision, component.encoder.device)
     n_layers = component.encoder.n_layers
+    widths = searched_widths(component)
     runs = TaskRuns()
+    simulated: List = []
+    n_per_task = 0
     with component.using("full", precision=precision):
         runs.full, _ = runs.task_scores(nlp, component_name, examples, OperatingPoint())
         progress(f"full depth on dev ({resolved}): " + ", ".join(f"{t} {100 * s:.2f}" for t, s in runs.full.items()))
         parts = [(part, task.decodes_from_probs) for part, task in zip(component._slices(), tasks)]
-        traces = trace_parts(component, examples, parts, 1.0, resolved)
-        simulated, n_per_task = simulate_tasks(traces, component, tasks, examples, runs.full, n_layers)
-        progress(
-            f"simulated {len(simulated)} candidates ({n_per_task} with a rule per task); "
-            f"fastest {max(c.speedup for c in simulated):.2f}x"
-        )
-    points = searched_points(targets, max_drop, (1.0,))
+        for width in widths:
+            traces = trace_parts(component, examples, parts, width, resolved)
+            found, n_found = simulate_tasks(traces, component, tasks, examples, runs.full, n_layers, width)
+            simulated += found
+            n_per_task += n_found
+            progress(
+                f"width {width:g}: simulated {len(simulated)} candidates so far ({n_per_task} with a rule per "
+                f"task); fastest {max(c.speedup for c in simulated):.2f}x"
+            )
+    points = searched_points(targets, max_drop, widths)
     with component.using("full", precision=precision):
         for point in points:
             args = (nlp, component_name, examples, component, simulated, point, 0.0, progress)
@@ -266,7 +284,7 @@ def calibrate_tasks(
         "resolved_precision": resolved,
         "rank": rank,
         "timed_on": timing_machine() if rank == "speed" else None,
-        "widths": [1.0],
+        "widths": list(widths),
         "points": rows,
     }
 
