@@ -57,7 +57,7 @@ from ..core.width_training import WidthTraining
 from .extensions import put_task_outputs, record_exits, task_outputs
 from .labeler import DEFAULT_MODEL_CONFIG, SHARED_DEFAULTS, EarlyExitLabeler
 from .model import DocExits, is_listener, predict_task_exits
-from .width_stages import prepare_width_training, width_update
+from .width_stages import prepare_width_training
 
 
 @Language.factory(
@@ -341,10 +341,7 @@ class EarlyExitTransformer(EarlyExitLabeler):
             self.training_precision, self.encoder.device
         )
         if self.width_training is not None:
-            if self._pending_width is not None:
-                get_examples, self._pending_width = self._pending_width, None
-                prepare_width_training(self, get_examples)
-            losses[self.name] += width_update(self, examples, drop)
+            losses[self.name] += self._update_width(examples, drop)
             if sgd is not None:
                 self.finish_update(sgd)
             return losses
@@ -372,6 +369,12 @@ class EarlyExitTransformer(EarlyExitLabeler):
         """Waits for the first update: the tasks are initialized after this
         component, and their gold is what ranks the heads and neurons."""
         self._pending_width = get_examples
+
+    def _update_width(self, examples: List[Example], drop: float) -> float:
+        if self._pending_width is not None:
+            get_examples, self._pending_width = self._pending_width, None
+            prepare_width_training(self, get_examples)
+        return super()._update_width(examples, drop)
 
     def _width_tasks(self, examples: List[Example], rows: List[numpy.ndarray], n_words: int) -> List[TaskGold]:
         """Each linked task's gold on its slice of the outputs, weighted by its
