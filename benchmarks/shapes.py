@@ -6,7 +6,10 @@ shows, and one that is bounded levels off).
 
     python benchmarks/shapes.py PIPELINE CORPUS.spacy [--points full,2x,3x,4x]
         [--precision auto] [--docs 0] [--passes 4] [--sentences] [--batch-size 64]
-        [--component NAME] [--speed-rounds 0] [--output FILE.json]
+        [--component NAME] [--speed-rounds 0] [--compare-chunk] [--output FILE.json]
+
+With --compare-chunk, "off" is the buckets without row chunks (products
+over any number of rows at once) instead of no buckets at all.
 
 With --speed-rounds N, also words per second at every point with the buckets
 off and on, N interleaved rounds on the corpus (medians; the ratio on/off is
@@ -36,7 +39,7 @@ from spacy.tokens import Doc, DocBin
 
 import spacy_earlyexit  # noqa: F401  registers the factories
 from spacy_earlyexit.core.precision import cpu_name
-from spacy_earlyexit.core.shapes import ShapeCounter, ladder_sizes
+from spacy_earlyexit.core.shapes import ROW_CHUNK, ShapeCounter, ladder_sizes
 from spacy_earlyexit.tools.evaluation import (
     Measurement,
     corpus_examples,
@@ -73,28 +76,33 @@ def count(nlp, component: str, tokens, point: str, precision: str, passes: int, 
 
 
 def speed(args, name: str, points: List[str]) -> List[Dict]:
-    """Words per second at each point with the buckets off and on, measured in
+    """Words per second at each point with the buckets off and on (or, with
+    --compare-chunk, on without row chunks and on as shipped), measured in
     interleaved rounds (two copies of the pipeline, one per setting)."""
+    settings = (("off", False, 0), ("on", True, ROW_CHUNK))
+    if args.compare_chunk:
+        settings = (("off", True, 0), ("on", True, ROW_CHUNK))  # off: buckets without chunks
     pipelines = {}
-    for buckets in (False, True):
+    for label, buckets, chunk in settings:
         nlp = spacy.load(args.pipeline)
         component = nlp.get_pipe(name)
         component.precision = args.precision
-        component.encoder.shape_buckets = buckets
-        pipelines[buckets] = nlp
-    examples = corpus_examples(pipelines[True], str(args.corpus), limit=args.docs)
+        component.encoder.shape_buckets, component.encoder.row_chunk = buckets, chunk
+        pipelines[label] = nlp
+    examples = corpus_examples(pipelines["on"], str(args.corpus), limit=args.docs)
     if args.sentences:
-        examples = sentence_examples(pipelines[True], examples)
+        examples = sentence_examples(pipelines["on"], examples)
     runs = []
     for point in points:
-        for buckets in (False, True):
-            runs.append((pipelines[buckets], name, Measurement(pipelines[buckets].get_pipe(name).point(point))))
+        for label, _, _ in settings:
+            runs.append((pipelines[label], name, Measurement(pipelines[label].get_pipe(name).point(point))))
     measure_interleaved(runs, examples, args.batch_size, args.speed_rounds)
     rows = []
     for point, (off, on) in zip(points, zip(runs[::2], runs[1::2])):
         ratios = [b / a for a, b in zip(off[2].round_words_per_second, on[2].round_words_per_second)]
         row = {
             "point": point,
+            "off": "buckets without row chunks" if args.compare_chunk else "buckets off",
             "score_off": off[2].score,
             "score_on": on[2].score,
             "flops_speedup": on[2].flops_speedup,
@@ -124,6 +132,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--component", default=None)
     parser.add_argument("--speed-rounds", type=int, default=0, help="also time every point, buckets off and on")
+    parser.add_argument(
+        "--compare-chunk", action="store_true", help="count and time buckets without row chunks against shipped"
+    )
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
 
@@ -141,17 +152,21 @@ def main() -> None:
         "sentences": args.sentences,
         "precision": args.precision,
         "cpu": cpu_name(),
-        "row_sizes_possible": len(ladder_sizes(args.batch_size * 512)),
+        "row_sizes_possible": len(ladder_sizes(min(ROW_CHUNK, args.batch_size * 512))),
         "length_sizes_possible": len(ladder_sizes(512, rows=False)),
         "runs": [],
     }
-    for buckets in (False, True):
-        encoder.shape_buckets = buckets
+    # (label, buckets, row chunk): off against the shipped setting
+    settings = [("off", False, 0), ("on", True, ROW_CHUNK)]
+    if args.compare_chunk:
+        settings[0] = ("no-chunk", True, 0)
+    for label, buckets, chunk in settings:
+        encoder.shape_buckets, encoder.row_chunk = buckets, chunk
         for point in points:
             rows = count(nlp, name, docs, point, args.precision, args.passes, args.batch_size)
-            result["runs"].append({"buckets": buckets, "point": point, "checkpoints": rows})
+            result["runs"].append({"buckets": buckets, "row_chunk": chunk, "point": point, "checkpoints": rows})
             growth = " ".join(f"{r['docs']}:{r['distinct']}" for r in rows)
-            print(f"buckets {'on ' if buckets else 'off'} {point:>8}: distinct shapes after docs {growth}", flush=True)
+            print(f"{label:>8} {point:>8}: distinct shapes after docs {growth}", flush=True)
     if args.speed_rounds:
         result["speed"] = speed(args, name, points)
     if args.output:

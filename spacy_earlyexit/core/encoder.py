@@ -19,7 +19,7 @@ from .objective import SampledExits
 from .policies import ExitPolicy, FullDepth
 from .precision import RESOLVED, TRAINING_RESOLVED, amx, compute_dtype
 from .projections import InferenceLayer, fuses, inference_layer
-from .shapes import bucket_length, bucket_rows, buckets_enabled, pad_index, pad_rows
+from .shapes import ROW_CHUNK, bucket_length, bucket_rows, buckets_enabled, by_row_chunks, pad_index, pad_rows
 from .tasks import TaskRules
 from .width import check_width, kept
 
@@ -194,6 +194,9 @@ class MultiExitEncoder(nn.Module):
         #: None: where attention makes kernels per length, bf16 on AMX CPUs
         #: (elsewhere the padding costs more than it saves)
         self.length_buckets: Optional[bool] = None
+        #: with shape_buckets, products over more rows run in chunks of this
+        #: many (shapes.ROW_CHUNK; 0: never chunked)
+        self.row_chunk = ROW_CHUNK
         #: (layer, width, precision) -> (weights' identity and version, InferenceLayer), see inference_layer
         self._packed: Dict[Tuple[int, float, str], Tuple[tuple, InferenceLayer]] = {}
         # Uncased encoders cannot see capitalization: a small embedding of each
@@ -337,7 +340,8 @@ class MultiExitEncoder(nn.Module):
         saves and the layer runs densely, keeping inactive pieces unchanged.
         Without autograd and with `shape_buckets`, every product runs on a row
         count rounded up by `bucket_rows` (padding rows repeat a real row or
-        are zeros; their results are dropped) and, with length buckets,
+        are zeros; their results are dropped), in chunks of at most
+        `row_chunk` rows, and, with length buckets,
         attention on a query length rounded up by `bucket_length`, so kernels
         see a bounded set of shapes.
         Returns a new hidden tensor in training (autograd), else updates in place."""
@@ -346,15 +350,27 @@ class MultiExitEncoder(nn.Module):
         inference = not (self.training or torch.is_grad_enabled())
         buckets = inference and self.shape_buckets
         n_grid = B * T
-        rows_of = bucket_rows if buckets else int
+        # int8 products quantize their input with one scale per call: chunks
+        # would change the scales, so int8 (whose kernels are not made per
+        # shape) runs its products whole
+        chunk = 0 if precision == "int8" else self.row_chunk
+        rows_of = (lambda n: bucket_rows(n, chunk)) if buckets else int
         if inference:
             layer = self.inference_layer(index, width, precision)
-            H, project_queries = layer.n_heads, layer.q
+            H = layer.n_heads
+
+            # with buckets, products over many rows run in chunks of a fixed size
+            def rowwise(product, *inputs: Tensor) -> Tensor:
+                return by_row_chunks(product, *inputs, chunk=chunk if buckets else 0)
+
             flat = pad_rows(hidden.reshape(n_grid, d), rows_of(n_grid))  # [R >= B*T, d]
-            keys, values = layer.kv(flat)[:n_grid].view(B, T, -1).chunk(2, dim=-1)
+            keys, values = rowwise(layer.kv, flat)[:n_grid].view(B, T, -1).chunk(2, dim=-1)
+
+            def project_queries(states: Tensor) -> Tensor:
+                return rowwise(layer.q, states)
 
             def finish(states: Tensor, context: Tensor) -> Tensor:
-                return _inference_output_and_ffn(view, layer, states, context)
+                return rowwise(lambda s, c: _inference_output_and_ffn(view, layer, s, c), states, context)
         else:
             w = self.layer_weights(index, width)
             H = w.n_heads
@@ -657,10 +673,12 @@ class MultiExitEncoder(nn.Module):
                 continue
             w_rows, w_cols = word_active.nonzero(as_tuple=True)
             n_words = w_rows.shape[0]
-            n_read = bucket_rows(n_words) if self.shape_buckets else n_words  # the classifier's rows, rounded up
+            chunk = self.row_chunk if self.shape_buckets else 0
+            n_read = bucket_rows(n_words, chunk) if self.shape_buckets else n_words  # the classifier's rows, rounded up
             read_rows, read_cols = pad_index(w_rows, n_read), pad_index(w_cols, n_read)
             states = self._active_word_states(hidden, read_rows, read_cols, word_starts, word_ends)
-            logits = self.heads[index](states)[:n_words]
+            head = self.heads[index]
+            logits = by_row_chunks(head, states, chunk=chunk)[:n_words]
             for t in reading:
                 policy, active = policies[t], task_active[t]
                 probs = (logits if whole else logits[:, rules.slices[t]]).softmax(-1)

@@ -10,18 +10,24 @@ shortened when sequences finish. Unbounded, those caches either miss (a new
 kernel for nearly every product) or grow the resident memory without bound.
 
 Rounded up to the sizes below, a pass over any corpus at any operating point
-meets at most `max_distinct(...)` row counts and sequence lengths, whatever
-the corpus size; the padding is at most a sixteenth of the rows past 256 rows
-(at most 15 rows below that) and at most a quarter of a sequence's pieces (at most
-7 below 64), and it is masked (attention) or dropped (rows), so labels and
-exits do not depend on it. Lengths are rounded only where attention makes
-kernels per length (bf16 on AMX CPUs; `MultiExitEncoder.length_buckets`).
+meets a bounded set of row counts and sequence lengths, whatever the corpus
+size; the padding is at most a sixteenth of the rows past 256 rows (at most 15
+rows below that) and at most a quarter of a sequence's pieces (at most 7 below
+64), and it is masked (attention) or dropped (rows), so labels and exits do
+not depend on it. Products over more than ROW_CHUNK rows run in chunks of
+ROW_CHUNK rows and one rounded remainder, so the row counts kernels meet are
+the ladder's sizes up to ROW_CHUNK, however large a batch: the large sizes,
+which few batches reach, would otherwise each add kernels (and their cached
+memory) late in a long run. (The encoder runs int8 products whole: they
+quantize each call's input with one scale, so chunks would change results.)
+Lengths are rounded only where attention makes kernels per length (bf16 on
+AMX CPUs; `MultiExitEncoder.length_buckets`).
 `SPACY_EARLYEXIT_SHAPE_BUCKETS=0` turns all of it off (for measuring what it
 does).
 """
 
 import os
-from typing import List
+from typing import Callable, List, Optional
 
 import torch
 from torch import Tensor
@@ -32,6 +38,11 @@ ROW_GRANULE, ROW_STEPS = 16, 16
 #: attention's sequence lengths: multiples of LENGTH_GRANULE up to 64, then
 #: LENGTH_STEPS sizes per doubling
 LENGTH_GRANULE, LENGTH_STEPS = 8, 4
+#: products over more rows than this run in chunks of this many (a size of the
+#: row ladder); each distinct row count costs oneDNN's caches about 0.6 MiB
+#: per product kind (docs/results.md), so fewer, always-met sizes keep a long
+#: run's memory flat
+ROW_CHUNK = 1024
 
 
 def buckets_enabled() -> bool:
@@ -49,9 +60,28 @@ def _ladder(n: int, granule: int, steps: int) -> int:
     return -(-n // step) * step
 
 
-def bucket_rows(n: int) -> int:
-    """The row count a product over `n` rows runs at (n >= 0; 0 stays 0)."""
-    return 0 if n <= 0 else _ladder(int(n), ROW_GRANULE, ROW_STEPS)
+def bucket_rows(n: int, chunk: Optional[int] = None) -> int:
+    """The row count a product over `n` rows runs at (n >= 0; 0 stays 0):
+    past `chunk` rows (ROW_CHUNK; 0: none), whole chunks and the remainder
+    rounded up."""
+    if n <= 0:
+        return 0
+    n, chunk = int(n), ROW_CHUNK if chunk is None else chunk
+    if not chunk or n <= chunk:
+        return _ladder(n, ROW_GRANULE, ROW_STEPS)
+    whole, rest = divmod(n, chunk)
+    return whole * chunk + (_ladder(rest, ROW_GRANULE, ROW_STEPS) if rest else 0)
+
+
+def by_row_chunks(product: Callable[..., Tensor], *inputs: Tensor, chunk: Optional[int] = None) -> Tensor:
+    """`product(*inputs)` over the inputs' rows (all the same count), in
+    chunks of `chunk` rows (ROW_CHUNK; 0: none) when there are more: row-wise
+    products give the same rows, and kernels meet one shape for every whole
+    chunk."""
+    n, chunk = inputs[0].shape[0], ROW_CHUNK if chunk is None else chunk
+    if not chunk or n <= chunk:
+        return product(*inputs)
+    return torch.cat([product(*(x[start : start + chunk] for x in inputs)) for start in range(0, n, chunk)])
 
 
 def bucket_length(n: int) -> int:
@@ -60,8 +90,9 @@ def bucket_length(n: int) -> int:
 
 
 def ladder_sizes(limit: int, rows: bool = True) -> List[int]:
-    """Every size `bucket_rows` (or `bucket_length`) gives for 1..limit."""
-    round_up = bucket_rows if rows else bucket_length
+    """Every size of the row ladder (or `bucket_length`) up to the one that
+    holds `limit`: the row counts products meet are those up to ROW_CHUNK."""
+    round_up = (lambda n: _ladder(n, ROW_GRANULE, ROW_STEPS)) if rows else bucket_length
     sizes, n = [], 1
     while n <= limit:
         size = round_up(n)

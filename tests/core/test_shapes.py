@@ -8,9 +8,11 @@ from spacy_earlyexit.core.encoder import MultiExitEncoder
 from spacy_earlyexit.core.policies import FixedDepth, FullDepth, SentenceExit, TokenWindowExit
 from spacy_earlyexit.core.precision import RESOLVED
 from spacy_earlyexit.core.shapes import (
+    ROW_CHUNK,
     ShapeCounter,
     bucket_length,
     bucket_rows,
+    by_row_chunks,
     ladder_sizes,
     pad_index,
     pad_rows,
@@ -38,6 +40,37 @@ def test_ladders_round_up_within_their_bounds():
     assert ladder_sizes(256) == list(range(16, 257, 16))
     # the number of sizes grows with the logarithm of the largest, not with it
     assert len(ladder_sizes(64 * 512)) < 140 and len(ladder_sizes(512, rows=False)) == 20
+
+
+def test_rows_past_the_chunk_are_whole_chunks_and_a_rounded_remainder():
+    assert ROW_CHUNK in ladder_sizes(ROW_CHUNK)  # a chunk is itself a size of the ladder
+    small = set(ladder_sizes(ROW_CHUNK))
+    for n in range(ROW_CHUNK + 1, 8 * ROW_CHUNK, 7):
+        whole, rest = divmod(bucket_rows(n), ROW_CHUNK)
+        assert whole >= n // ROW_CHUNK and (rest == 0 or rest in small)
+    assert bucket_rows(3 * ROW_CHUNK) == 3 * ROW_CHUNK
+    assert bucket_rows(3 * ROW_CHUNK + 1) == 3 * ROW_CHUNK + 16
+
+
+def test_row_chunks_give_the_whole_product_and_bound_the_rows_each_call_sees():
+    gen = torch.Generator().manual_seed(0)
+    linear = torch.nn.Linear(8, 5)
+    x, y = torch.randn(200, 8, generator=gen), torch.randn(200, 5, generator=gen)
+    seen = []
+
+    def product(a, b):
+        seen.append(a.shape[0])
+        return linear(a) + b
+
+    with torch.no_grad():
+        out = by_row_chunks(product, x, y, chunk=64)
+        assert torch.allclose(out, linear(x) + y, atol=1e-6)
+        assert seen == [64, 64, 64, 8]
+        seen.clear()
+        by_row_chunks(product, x[:64], y[:64], chunk=64)
+        by_row_chunks(product, x, y, chunk=0)  # 0: never chunked
+    assert seen == [64, 200]
+    assert bucket_rows(200, chunk=64) == 3 * 64 + 16 and bucket_rows(200, chunk=0) == 208
 
 
 def test_pad_rows_and_pad_index():
@@ -83,6 +116,43 @@ def test_inference_shapes_come_from_the_ladders(encoder):
                 assert q_len in lengths_ok and k_len in lengths_ok, (op, args)
             elif args[0][0] != 5:  # the one-time check that oneDNN fuses (a 5-row product)
                 assert args[0][0] in rows_ok, (op, args)
+
+
+def test_batches_past_the_chunk_meet_only_row_counts_up_to_it(encoder):
+    """Products over more rows than the chunk run chunk by chunk: the row
+    counts met are the ladder's up to the chunk, and labels and exits are
+    those of products over all rows at once."""
+    encoder.shape_buckets, encoder.length_buckets, encoder.row_chunk = True, None, 64
+    rows_ok = set(ladder_sizes(64))
+    largest = 0
+    for batch, policy in zip(random_batches(10, seed=4), POLICIES * 2):
+        largest = max(largest, int(batch.piece_mask.numel()))
+        with ShapeCounter() as counter:
+            on = encoder.predict(batch, policy)
+        for op, met in counter.shapes.items():
+            if "attention" not in op:
+                assert all(args[0][0] in rows_ok for args in met), (op, met)
+        encoder.shape_buckets = False
+        off = encoder.predict(batch, policy)
+        encoder.shape_buckets = True
+        assert torch.equal(off.labels, on.labels) and torch.equal(off.exit_layers, on.exit_layers)
+        assert torch.allclose(off.probs, on.probs, atol=1e-5)
+    encoder.row_chunk = ROW_CHUNK
+    assert largest > 2 * 64  # the batches did need chunks
+
+
+def test_int8_products_run_whole(encoder):
+    """int8 products quantize each call's input with one scale: chunks would
+    change their results, so the chunk does not apply to them."""
+    encoder.shape_buckets, encoder.length_buckets = True, None
+    batch = next(random_batches(1, seed=5))
+    assert batch.piece_mask.numel() > 64
+    outs = []
+    for chunk in (64, 0):
+        encoder.row_chunk = chunk
+        outs.append(encoder.predict(batch, TokenWindowExit(0.4, window=1), precision="int8"))
+    encoder.row_chunk = ROW_CHUNK
+    assert torch.equal(outs[0].probs, outs[1].probs) and torch.equal(outs[0].exit_layers, outs[1].exit_layers)
 
 
 def test_fewer_distinct_shapes_with_buckets(encoder):
