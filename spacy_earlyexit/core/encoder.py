@@ -194,8 +194,8 @@ class MultiExitEncoder(nn.Module):
         #: None: where attention makes kernels per length, bf16 on AMX CPUs
         #: (elsewhere the padding costs more than it saves)
         self.length_buckets: Optional[bool] = None
-        #: with shape_buckets, products over more rows run in chunks of this
-        #: many (shapes.ROW_CHUNK; 0: never chunked)
+        #: with shape_buckets, CPU products over more rows run in chunks of
+        #: this many (shapes.ROW_CHUNK; 0: never chunked)
         self.row_chunk = ROW_CHUNK
         #: (layer, width, precision) -> (weights' identity and version, InferenceLayer), see inference_layer
         self._packed: Dict[Tuple[int, float, str], Tuple[tuple, InferenceLayer]] = {}
@@ -350,10 +350,10 @@ class MultiExitEncoder(nn.Module):
         inference = not (self.training or torch.is_grad_enabled())
         buckets = inference and self.shape_buckets
         n_grid = B * T
-        # int8 products quantize their input with one scale per call: chunks
-        # would change the scales, so int8 (whose kernels are not made per
-        # shape) runs its products whole
-        chunk = 0 if precision == "int8" else self.row_chunk
+        # chunks are for oneDNN's per-shape kernels and caches, on the CPU;
+        # int8 products quantize their input with one scale per call (chunks
+        # would change the scales) and are not made per shape: run whole
+        chunk = self.row_chunk if hidden.device.type == "cpu" and precision != "int8" else 0
         rows_of = (lambda n: bucket_rows(n, chunk)) if buckets else int
         if inference:
             layer = self.inference_layer(index, width, precision)
@@ -673,7 +673,7 @@ class MultiExitEncoder(nn.Module):
                 continue
             w_rows, w_cols = word_active.nonzero(as_tuple=True)
             n_words = w_rows.shape[0]
-            chunk = self.row_chunk if self.shape_buckets else 0
+            chunk = self.row_chunk if self.shape_buckets and hidden.device.type == "cpu" else 0
             n_read = bucket_rows(n_words, chunk) if self.shape_buckets else n_words  # the classifier's rows, rounded up
             read_rows, read_cols = pad_index(w_rows, n_read), pad_index(w_cols, n_read)
             states = self._active_word_states(hidden, read_rows, read_cols, word_starts, word_ends)
