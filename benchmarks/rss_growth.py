@@ -13,7 +13,9 @@ K = --heaps-k, 0 for none), so the string store keeps growing as on a real corpu
 /proc/self/status (VmRSS), else psutil. Reported: RSS after the warm-up vs at
 the end, the growth in % (goal: under 5 %), the trend after the warm-up (the
 least-squares slope, MiB per 10,000 docs: one sample is noisy, as the allocator
-holds more or less memory after batches of different shapes), and words/s.
+holds more or less memory after batches of different shapes), the growth of the
+median of five samples (the first five from the warm-up on against the last
+five: the level without one sample's swing), and words/s.
 
 Docs go through `nlp.pipe` in chunks of --every docs. With --memory-zone each
 chunk runs inside spaCy's `nlp.memory_zone()`, which frees the strings and
@@ -30,6 +32,7 @@ import json
 import math
 import os
 import random
+import statistics
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -202,6 +205,12 @@ def main() -> None:
     var_x = sum((x - mean_x) ** 2 for x, _ in after)
     slope = 1e4 * sum((x - mean_x) * (y - mean_y) for x, y in after) / var_x if var_x else None
     steady_wps = (end["words"] - base["words"]) / (end["seconds"] - base["seconds"]) if end is not base else None
+    # one sample moves by what the allocator holds after the last batches:
+    # the median of the first five samples from the warm-up on against that
+    # of the last five reads the level, not the swing
+    levels = [y for _, y in after]
+    first, last = statistics.median(levels[:5]), statistics.median(levels[-5:])
+    median_growth = 100 * (last - first) / first
     result = {
         "pipeline": args.pipeline,
         "corpus": str(args.corpus) if args.corpus else None,
@@ -225,6 +234,7 @@ def main() -> None:
         "rss_peak_mb": max(s["rss_mb"] for s in samples),
         "growth_pct": growth,
         "under_5pct": growth < 5,
+        "growth_of_medians_pct": median_growth,
         "slope_mb_per_10k_docs_after_warmup": slope,
         "words_per_second": n_words / end["seconds"],
         "words_per_second_after_warmup": steady_wps,
@@ -232,7 +242,8 @@ def main() -> None:
     }
     print(
         f"\nRSS after {base['docs']} docs (warm-up): {base['rss_mb']:.1f} MiB; after {end['docs']}: "
-        f"{end['rss_mb']:.1f} MiB; growth {growth:+.2f} % ({'under' if growth < 5 else 'NOT under'} 5 %); "
+        f"{end['rss_mb']:.1f} MiB; growth {growth:+.2f} % ({'under' if growth < 5 else 'NOT under'} 5 %), "
+        f"of the medians of five samples {median_growth:+.2f} %; "
         f"trend {'n/a' if slope is None else format(slope, '+.1f')} MiB per 10k docs; "
         f"strings {base['n_strings']} -> {end['n_strings']}; {result['words_per_second']:,.0f} words/s "
         f"({n_words:,} words, {args.docs} docs, torch threads {result['torch_threads']})"
