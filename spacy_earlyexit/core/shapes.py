@@ -16,7 +16,8 @@ rows below that) and at most a quarter of a sequence's pieces (at most 7 below
 64), and it is masked (attention) or dropped (rows), so labels and exits do
 not depend on it. Products over more than ROW_CHUNK rows run in chunks of
 ROW_CHUNK rows and one rounded remainder, so the row counts kernels meet are
-the ladder's sizes up to ROW_CHUNK, however large a batch: the large sizes,
+the ladder's sizes up to ROW_CHUNK (past it, 16 of them), however large a
+batch: the large sizes,
 which few batches reach, would otherwise each add kernels (and their cached
 memory) late in a long run. (The encoder runs int8 products whole: they
 quantize each call's input with one scale, so chunks would change results.)
@@ -43,6 +44,11 @@ LENGTH_GRANULE, LENGTH_STEPS = 8, 4
 #: per product kind (docs/results.md), so fewer, always-met sizes keep a long
 #: run's memory flat
 ROW_CHUNK = 1024
+#: past ROW_CHUNK, the rows after the whole chunks are rounded up to a multiple
+#: of this (16 sizes, all on the ladder): a large batch meets one remainder per
+#: product, and 16 sizes come within a few dozen batches where the ladder's 48
+#: would take hundreds (full depth meets few other row counts)
+ROW_REMAINDER = 64
 
 
 def buckets_enabled() -> bool:
@@ -63,14 +69,15 @@ def _ladder(n: int, granule: int, steps: int) -> int:
 def bucket_rows(n: int, chunk: Optional[int] = None) -> int:
     """The row count a product over `n` rows runs at (n >= 0; 0 stays 0):
     past `chunk` rows (ROW_CHUNK; 0: none), whole chunks and the remainder
-    rounded up."""
+    rounded up to a multiple of ROW_REMAINDER."""
     if n <= 0:
         return 0
     n, chunk = int(n), ROW_CHUNK if chunk is None else chunk
     if not chunk or n <= chunk:
         return _ladder(n, ROW_GRANULE, ROW_STEPS)
     whole, rest = divmod(n, chunk)
-    return whole * chunk + (_ladder(rest, ROW_GRANULE, ROW_STEPS) if rest else 0)
+    granule = min(ROW_REMAINDER, chunk)
+    return whole * chunk + -(-rest // granule) * granule
 
 
 def by_row_chunks(product: Callable[..., Tensor], *inputs: Tensor, chunk: Optional[int] = None) -> Tensor:

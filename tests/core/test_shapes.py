@@ -9,6 +9,7 @@ from spacy_earlyexit.core.policies import FixedDepth, FullDepth, SentenceExit, T
 from spacy_earlyexit.core.precision import RESOLVED
 from spacy_earlyexit.core.shapes import (
     ROW_CHUNK,
+    ROW_REMAINDER,
     ShapeCounter,
     bucket_length,
     bucket_rows,
@@ -45,11 +46,17 @@ def test_ladders_round_up_within_their_bounds():
 def test_rows_past_the_chunk_are_whole_chunks_and_a_rounded_remainder():
     assert ROW_CHUNK in ladder_sizes(ROW_CHUNK)  # a chunk is itself a size of the ladder
     small = set(ladder_sizes(ROW_CHUNK))
+    remainders = set()
     for n in range(ROW_CHUNK + 1, 8 * ROW_CHUNK, 7):
-        whole, rest = divmod(bucket_rows(n), ROW_CHUNK)
+        rows = bucket_rows(n)
+        whole, rest = divmod(rows, ROW_CHUNK)
+        assert rows >= n and rows - n < ROW_REMAINDER and bucket_rows(rows) == rows
         assert whole >= n // ROW_CHUNK and (rest == 0 or rest in small)
+        remainders.add(rest)
+    # past the chunk, few remainders: a large batch meets one of them per product
+    assert len(remainders) <= ROW_CHUNK // ROW_REMAINDER
     assert bucket_rows(3 * ROW_CHUNK) == 3 * ROW_CHUNK
-    assert bucket_rows(3 * ROW_CHUNK + 1) == 3 * ROW_CHUNK + 16
+    assert bucket_rows(3 * ROW_CHUNK + 1) == 3 * ROW_CHUNK + ROW_REMAINDER
 
 
 def test_row_chunks_give_the_whole_product_and_bound_the_rows_each_call_sees():
@@ -70,7 +77,7 @@ def test_row_chunks_give_the_whole_product_and_bound_the_rows_each_call_sees():
         by_row_chunks(product, x[:64], y[:64], chunk=64)
         by_row_chunks(product, x, y, chunk=0)  # 0: never chunked
     assert seen == [64, 200]
-    assert bucket_rows(200, chunk=64) == 3 * 64 + 16 and bucket_rows(200, chunk=0) == 208
+    assert bucket_rows(200, chunk=64) == 4 * 64 and bucket_rows(200, chunk=0) == 208
 
 
 def test_pad_rows_and_pad_index():
