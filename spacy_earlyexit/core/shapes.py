@@ -17,10 +17,10 @@ rows below that) and at most a quarter of a sequence's pieces (at most 7 below
 not depend on it. Products over more than ROW_CHUNK rows run in chunks of
 ROW_CHUNK rows and one rounded remainder, so the row counts kernels meet are
 the ladder's sizes up to ROW_CHUNK (past it, 16 of them), however large a
-batch: the large sizes,
-which few batches reach, would otherwise each add kernels (and their cached
-memory) late in a long run. (The encoder runs int8 products whole: they
-quantize each call's input with one scale, so chunks would change results.)
+batch: the large sizes, which few batches reach, would otherwise each add
+kernels (and their cached memory) late in a long run. (The encoder runs
+int8 products whole: they quantize each call's input with one scale, so
+chunks would change results.)
 Lengths are rounded only where attention makes kernels per length (bf16 on
 AMX CPUs; `MultiExitEncoder.length_buckets`).
 `SPACY_EARLYEXIT_SHAPE_BUCKETS=0` turns all of it off (for measuring what it
