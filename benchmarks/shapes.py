@@ -75,15 +75,19 @@ def count(nlp, component: str, tokens, point: str, precision: str, passes: int, 
     return rows
 
 
+def settings(compare_chunk: bool) -> List[Tuple[str, bool, int]]:
+    """(label, shape buckets, row chunk) of the setting compared and of the
+    shipped one: no buckets, or with --compare-chunk buckets without chunks."""
+    return [("no-chunk", True, 0) if compare_chunk else ("off", False, 0), ("on", True, ROW_CHUNK)]
+
+
 def speed(args, name: str, points: List[str]) -> List[Dict]:
     """Words per second at each point with the buckets off and on (or, with
     --compare-chunk, on without row chunks and on as shipped), measured in
     interleaved rounds (two copies of the pipeline, one per setting)."""
-    settings = (("off", False, 0), ("on", True, ROW_CHUNK))
-    if args.compare_chunk:
-        settings = (("off", True, 0), ("on", True, ROW_CHUNK))  # off: buckets without chunks
+    compared = settings(args.compare_chunk)
     pipelines = {}
-    for label, buckets, chunk in settings:
+    for label, buckets, chunk in compared:
         nlp = spacy.load(args.pipeline)
         component = nlp.get_pipe(name)
         component.precision = args.precision
@@ -94,7 +98,7 @@ def speed(args, name: str, points: List[str]) -> List[Dict]:
         examples = sentence_examples(pipelines["on"], examples)
     runs = []
     for point in points:
-        for label, _, _ in settings:
+        for label, _, _ in compared:
             runs.append((pipelines[label], name, Measurement(pipelines[label].get_pipe(name).point(point))))
     measure_interleaved(runs, examples, args.batch_size, args.speed_rounds)
     rows = []
@@ -156,11 +160,7 @@ def main() -> None:
         "length_sizes_possible": len(ladder_sizes(512, rows=False)),
         "runs": [],
     }
-    # (label, buckets, row chunk): off against the shipped setting
-    settings = [("off", False, 0), ("on", True, ROW_CHUNK)]
-    if args.compare_chunk:
-        settings[0] = ("no-chunk", True, 0)
-    for label, buckets, chunk in settings:
+    for label, buckets, chunk in settings(args.compare_chunk):
         encoder.shape_buckets, encoder.row_chunk = buckets, chunk
         for point in points:
             rows = count(nlp, name, docs, point, args.precision, args.passes, args.batch_size)

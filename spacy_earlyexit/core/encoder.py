@@ -252,6 +252,13 @@ class MultiExitEncoder(nn.Module):
             return self.length_buckets
         return precision == "bf16" and self.device.type == "cpu" and amx()
 
+    def _row_chunk(self, precision: str) -> int:
+        """Rows per product call with shape buckets (0: whole). Chunks are for
+        oneDNN's per-shape kernels and caches, on the CPU; int8 products
+        quantize their input with one scale per call (chunks would change the
+        scales) and are not made per shape, so they run whole."""
+        return self.row_chunk if self.device.type == "cpu" and precision != "int8" else 0
+
     def added_parameter_names(self) -> List[str]:
         """Names of the weights the pretrained backbone does not have (the
         exit classifiers, the casing and lexical embeddings): they start from
@@ -350,18 +357,14 @@ class MultiExitEncoder(nn.Module):
         inference = not (self.training or torch.is_grad_enabled())
         buckets = inference and self.shape_buckets
         n_grid = B * T
-        # chunks are for oneDNN's per-shape kernels and caches, on the CPU;
-        # int8 products quantize their input with one scale per call (chunks
-        # would change the scales) and are not made per shape: run whole
-        chunk = self.row_chunk if hidden.device.type == "cpu" and precision != "int8" else 0
+        chunk = self._row_chunk(precision) if buckets else 0
         rows_of = (lambda n: bucket_rows(n, chunk)) if buckets else int
         if inference:
             layer = self.inference_layer(index, width, precision)
             H = layer.n_heads
 
-            # with buckets, products over many rows run in chunks of a fixed size
             def rowwise(product, *inputs: Tensor) -> Tensor:
-                return by_row_chunks(product, *inputs, chunk=chunk if buckets else 0)
+                return by_row_chunks(product, *inputs, chunk=chunk)
 
             flat = pad_rows(hidden.reshape(n_grid, d), rows_of(n_grid))  # [R >= B*T, d]
             keys, values = rowwise(layer.kv, flat)[:n_grid].view(B, T, -1).chunk(2, dim=-1)
@@ -673,7 +676,7 @@ class MultiExitEncoder(nn.Module):
                 continue
             w_rows, w_cols = word_active.nonzero(as_tuple=True)
             n_words = w_rows.shape[0]
-            chunk = self.row_chunk if self.shape_buckets and hidden.device.type == "cpu" else 0
+            chunk = self._row_chunk(precision) if self.shape_buckets else 0
             n_read = bucket_rows(n_words, chunk) if self.shape_buckets else n_words  # the classifier's rows, rounded up
             read_rows, read_cols = pad_index(w_rows, n_read), pad_index(w_cols, n_read)
             states = self._active_word_states(hidden, read_rows, read_cols, word_starts, word_ends)
