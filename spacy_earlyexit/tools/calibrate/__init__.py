@@ -52,7 +52,12 @@ from full depth, so a speed-up target keeps the point whose worst task
 loses least and `max-drop` the fastest that keeps every task within the
 drop.
 
-The package: `tracing.py` (step 1), `simulation.py` (the grid and step 2),
+With `--windows`, a step 0 comes first: the reading window (wordpieces per
+sequence and the context windows overlap by) is chosen on dev among the
+trained one and the candidates (`windows.py`), and written into the copy's
+config with the points.
+
+The package: `windows.py` (step 0), `tracing.py` (step 1), `simulation.py` (the grid and step 2),
 `search.py` (step 3: `calibrate_labeler`, `choose`, with the real-run
 function as a parameter), `tasks.py` (a shared encoder's, and `calibrate`,
 which takes either), `writing.py` (the calibrated copy), `run.py`
@@ -101,6 +106,7 @@ from .simulation import (
 )
 from .tasks import calibrate, calibrate_tasks
 from .tracing import Trace, trace, trace_parts
+from .windows import SPEED_FLOOR, Window, choose_window, parse_windows, timed_windows
 from .writing import check_calibration_output, is_calibrated_pipeline, write_calibrated
 
 
@@ -132,6 +138,12 @@ def calibrate_command(
         help="Only time a calibrated pipeline's kept candidates again on this machine and choose its "
         "speed-ranked points anew (no simulation, no training)",
     ),
+    windows: str = typer.Option(
+        "",
+        "--windows",
+        help="Reading windows to try on dev first, PIECES[:CONTEXT] comma-separated (e.g. 128:8,96:8): the one "
+        "that reads dev best, at least as well as the trained window and no slower, is kept",
+    ),
     precision: Optional[str] = PRECISION,
     code_path: Optional[Path] = CODE,
     gpu_id: int = GPU_ID,
@@ -142,6 +154,12 @@ def calibrate_command(
         raise typer.BadParameter("--margin must be >= 1 and --tolerance >= 0")
     if rank not in RANKS:
         raise typer.BadParameter(f"--rank must be one of {', '.join(RANKS)}")
+    try:
+        tried_windows = parse_windows(windows)
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
+    if tried_windows and retime_only:
+        raise typer.BadParameter("--windows chooses a window before the points; --retime keeps the pipeline's")
     with exit_on_refusal():
         check_calibration_output(pipeline, output, str(dev), force, code_path)
         prepare(code_path, gpu_id)
@@ -171,6 +189,7 @@ def calibrate_command(
             force=force,
             code_path=code_path,
             rank=rank,
+            windows=tried_windows,
         )
     for point in result["points"]:
         if point["reached"]:
@@ -180,6 +199,9 @@ def calibrate_command(
             )
         else:
             msg.warn(f"{point['name']}: {point['note']}")
+    if result.get("window"):
+        kept = result["window"]["kept"]
+        typer.echo(f"reading window: {kept['max_wordpieces']} wordpieces, context {kept['cut_context']}")
     msg.good(f"Saved to {output} (default operating point: {result['default']})")
 
 
@@ -192,10 +214,12 @@ __all__ = [
     "MAX_REAL_RUNS",
     "PATIENCES",
     "RANKS",
+    "SPEED_FLOOR",
     "SENTENCE_THRESHOLDS",
     "THRESHOLDS",
     "UPPER_FACTORS",
     "WINDOWS",
+    "Window",
     "CalibratedPoint",
     "Candidate",
     "RealRun",
@@ -208,9 +232,11 @@ __all__ = [
     "candidates",
     "check_calibration_output",
     "choose",
+    "choose_window",
     "choose_fastest",
     "is_calibrated_pipeline",
     "overshoot_adjusted",
+    "parse_windows",
     "real_run",
     "retime",
     "run_retime",
@@ -219,6 +245,7 @@ __all__ = [
     "simulate",
     "simulated_score",
     "timed_ratios",
+    "timed_windows",
     "trace",
     "trace_parts",
     "write_calibrated",

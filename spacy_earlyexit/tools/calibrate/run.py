@@ -18,6 +18,7 @@ from .search import (
     timed_ratios,
 )
 from .tasks import calibrate
+from .windows import Window, WindowTimer, timed_windows
 from .writing import check_calibration_output, write_calibrated
 
 
@@ -36,9 +37,12 @@ def run_calibration(
     code_path: Optional[Path] = None,
     rank: str = DEFAULT_RANK,
     timer: Timer = timed_ratios,
+    windows: Sequence[Window] = (),
+    window_timer: WindowTimer = timed_windows,
 ) -> Dict:
-    """Load `pipeline`, calibrate its component on the dev corpus and write
-    the calibrated copy to `output`. An output that is or holds an input, or
+    """Load `pipeline`, calibrate its component on the dev corpus (first its
+    reading window among `windows`, when given) and write the calibrated
+    copy to `output`. An output that is or holds an input, or
     an existing directory that is not an earlier calibrated pipeline (unless
     `force`), is refused first (`outputs.OutputRefused`), with nothing
     touched. (`code_path`: the user's code, imported by the caller, which
@@ -61,6 +65,8 @@ def run_calibration(
         sentences,
         rank=rank,
         timer=timer,
+        windows=windows,
+        window_timer=window_timer,
     )
     write_calibrated(pipeline, output, result, dev_path, force, code_path)
     return result

@@ -58,6 +58,7 @@ from .search import (
 )
 from .simulation import Candidate, candidates, simulated_exits, simulated_score, simulated_speedup
 from .tracing import Trace, trace_parts
+from .windows import Window, WindowTimer, choose_window, timed_windows
 
 #: what a shared encoder's calibration scores a candidate by
 METRIC = "worst_task_change"
@@ -303,11 +304,55 @@ def calibrate(
     real: RealRun = real_run,
     rank: str = DEFAULT_RANK,
     timer: Timer = timed_ratios,
+    windows: Sequence[Window] = (),
+    window_timer: WindowTimer = timed_windows,
 ) -> Dict:
     """Operating points for `component_name`, chosen on `examples` (dev): a
     single-task component's by `search.calibrate_labeler` (see there for
     every argument), a shared encoder's for all its tasks at once by
-    `calibrate_tasks` (which scores by its tasks and takes no `real`)."""
+    `calibrate_tasks` (which scores by its tasks and takes no `real`).
+    With `windows`, the reading window is chosen first (`windows.py`), at
+    full depth in `precision`, and the points are calibrated with it; the
+    result's "window" says what was tried and kept (`window_timer` times
+    the windows, see `windows.timed_windows`)."""
+    component = nlp.get_pipe(component_name)
+    window = None
+    if windows:
+        with component.using("full", precision=precision):
+            window = choose_window(nlp, component_name, examples, windows, progress, real, window_timer)
+    result = _calibrate_points(
+        nlp,
+        component_name,
+        examples,
+        targets,
+        max_drop,
+        progress,
+        margin,
+        tolerance,
+        precision,
+        sentences,
+        real,
+        rank,
+        timer,
+    )
+    return {**result, "window": window}
+
+
+def _calibrate_points(
+    nlp,
+    component_name,
+    examples,
+    targets,
+    max_drop,
+    progress,
+    margin,
+    tolerance,
+    precision,
+    sentences,
+    real,
+    rank,
+    timer,
+) -> Dict:
     if nlp.get_pipe(component_name).takes_task_policies:
         return calibrate_tasks(
             nlp,

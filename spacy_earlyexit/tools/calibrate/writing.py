@@ -38,7 +38,8 @@ def check_calibration_output(
 def write_calibrated(
     source: str, output: Path, result: Dict, dev_path: str, force: bool = False, code_path: Optional[Path] = None
 ) -> None:
-    """Copy the pipeline to `output` with the points in its config and meta.
+    """Copy the pipeline to `output` with the points (and the reading window
+    kept, when one was chosen) in its config and meta.
     The copy is made beside `output` and replaces it only when complete (see
     `check_calibration_output` for which outputs are refused)."""
     with replacing_directory(
@@ -50,6 +51,8 @@ def write_calibrated(
         specs = {p["name"]: {"policy": p["policy"], **p["params"]} for p in result["points"] if p["reached"]}
         config["components"][name]["operating_points"] = specs
         config["components"][name]["operating_point"] = result["default"] if result["default"] in specs else None
+        if result.get("window"):  # the reading window calibration kept
+            config["components"][name]["model"].update(result["window"]["kept"])
         config.to_disk(partial / "config.cfg")
         meta = json.loads((partial / "meta.json").read_text(encoding="utf8"))
         meta.setdefault("requirements", [])
