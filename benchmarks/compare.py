@@ -706,7 +706,7 @@ def _measure_systems(args, systems: List[System], workdir: Path) -> None:
     import torch
     from spacy.tokens import DocBin
 
-    from spacy_earlyexit.core.precision import native_bf16
+    from spacy_earlyexit.core.precision import cpu_name, native_bf16
 
     loaded = load_systems(systems, workdir, args.threads)
     vocab = next(iter(loaded.values())).vocab
@@ -720,7 +720,7 @@ def _measure_systems(args, systems: List[System], workdir: Path) -> None:
         system.peak_rss_mb = peak_rss(system, str(args.corpus), args.batch_size, args.threads, workdir)
         print(f"{system.task} {system.name}: peak RSS {system.peak_rss_mb:.0f} MiB")
     meta = {
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "machine": f"{cpu_name() or platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "native_bf16": native_bf16(),
         "torch": torch.__version__,
         "onnxruntime": _version_of("onnxruntime"),

@@ -320,66 +320,9 @@ def calibrate(
     if windows:
         with component.using("full", precision=precision):
             window = choose_window(nlp, component_name, examples, windows, progress, real, window_timer)
-    result = _calibrate_points(
-        nlp,
-        component_name,
-        examples,
-        targets,
-        max_drop,
-        progress,
-        margin,
-        tolerance,
-        precision,
-        sentences,
-        real,
-        rank,
-        timer,
-    )
+    args = (nlp, component_name, examples, targets, max_drop, progress, margin, tolerance, precision, sentences)
+    if component.takes_task_policies:
+        result = calibrate_tasks(*args, rank=rank, timer=timer)
+    else:
+        result = calibrate_labeler(*args, real=real, rank=rank, timer=timer)
     return {**result, "window": window}
-
-
-def _calibrate_points(
-    nlp,
-    component_name,
-    examples,
-    targets,
-    max_drop,
-    progress,
-    margin,
-    tolerance,
-    precision,
-    sentences,
-    real,
-    rank,
-    timer,
-) -> Dict:
-    if nlp.get_pipe(component_name).takes_task_policies:
-        return calibrate_tasks(
-            nlp,
-            component_name,
-            examples,
-            targets,
-            max_drop,
-            progress,
-            margin,
-            tolerance,
-            precision,
-            sentences,
-            rank=rank,
-            timer=timer,
-        )
-    return calibrate_labeler(
-        nlp,
-        component_name,
-        examples,
-        targets,
-        max_drop,
-        progress,
-        margin,
-        tolerance,
-        precision,
-        sentences,
-        real=real,
-        rank=rank,
-        timer=timer,
-    )
