@@ -668,6 +668,7 @@ class MultiExitEncoder(nn.Module):
         every_exit = [p.needs_every_exit for p in policies]
         run_labels = [torch.full((B, W), -1, dtype=torch.long, device=device) if k else None for k in tracks]
         run_stable = [torch.zeros(B, W, dtype=torch.long, device=device) if k else None for k in tracks]
+        chunk = self._row_chunk(precision) if self.shape_buckets else 0  # the classifiers' row chunk
         for index in range(last + 1):
             piece_active = piece_mask & ((piece_words < 0) | word_active.gather(1, piece_words.clamp(min=0)))
             hidden = self._run_layer(index, hidden, piece_mask, piece_active, width, precision=precision)
@@ -676,7 +677,6 @@ class MultiExitEncoder(nn.Module):
                 continue
             w_rows, w_cols = word_active.nonzero(as_tuple=True)
             n_words = w_rows.shape[0]
-            chunk = self._row_chunk(precision) if self.shape_buckets else 0
             n_read = bucket_rows(n_words, chunk) if self.shape_buckets else n_words  # the classifier's rows, rounded up
             read_rows, read_cols = pad_index(w_rows, n_read), pad_index(w_cols, n_read)
             states = self._active_word_states(hidden, read_rows, read_cols, word_starts, word_ends)
