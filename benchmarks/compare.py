@@ -45,7 +45,9 @@ project's own workflow, `training/ner-calibrated` and `training/tagger-calibrate
   the precision, performance hint and thread count its compiled model
   reports (`inference_precision`, `performance_hint`, `inference_threads`).
 
-Baselines that are early-exit pipelines (`truncated-k*`) run in fp32.
+Baselines that are early-exit pipelines (`truncated-k*`) run in fp32, and in each
+other precision of `--precisions` as `truncated-k2-bf16`, ... (truncation in the
+precision token exit runs in).
 
 `measure` feeds every system the same tokens (the corpus's own words), with
 the same `nlp.pipe` batch size and torch thread count, in two shapes: the
@@ -258,17 +260,25 @@ def discover(
     for task in tasks:
         for name, baseline in BASELINES[task].items():
             directory = baseline_dir(baselines, task, name)
-            if (directory / "model-best").is_dir():
-                system = System(
-                    name,
-                    task,
-                    str(directory / "model-best"),
-                    precision=baseline.precision,
-                    analytic_speedup=baseline.analytic_speedup,
+            if not (directory / "model-best").is_dir():
+                continue
+            minutes, note = _training_minutes([directory])
+            # early-exit baselines run in fp32 and in each other precision measured
+            # (truncation in bf16 beside token exit in bf16); others as they are
+            runs = [None] if baseline.precision is None else ["fp32"] + [p for p in precisions if p != "fp32"]
+            for precision in runs:
+                systems.append(
+                    System(
+                        name if precision in (None, "fp32") else f"{name}-{precision}",
+                        task,
+                        str(directory / "model-best"),
+                        precision=precision,
+                        analytic_speedup=baseline.analytic_speedup,
+                        train_minutes=minutes,
+                        train_note=note,
+                        size_mb=_size_mb(directory / "model-best"),
+                    )
                 )
-                system.train_minutes, system.train_note = _training_minutes([directory])
-                system.size_mb = _size_mb(directory / "model-best")
-                systems.append(system)
         pipeline = Path(earlyexit[task])
         if pipeline.is_dir():
             training = (

@@ -146,7 +146,7 @@ def test_discover_names_each_precision_and_the_peers(trained_ner, tmp_path, monk
     points = ["full", "2x", "4x"]
     width_points = ["full", "4x"]
     expected = (
-        ["truncated-k1"]
+        ["truncated-k1", "truncated-k1-bf16", "truncated-k1-int8"]
         + [f"earlyexit-{p}" for p in points]
         + [f"earlyexit-{p}-bf16" for p in points]
         + [f"earlyexit-{p}-int8" for p in points]
@@ -163,6 +163,7 @@ def test_discover_names_each_precision_and_the_peers(trained_ner, tmp_path, monk
     assert (by_name["earlyexit-4x-bf16"].point, by_name["earlyexit-4x-bf16"].precision) == ("4x", "bf16")
     assert (by_name["earlyexit-full-int8"].point, by_name["earlyexit-full-int8"].precision) == ("full", "int8")
     assert by_name["truncated-k1"].precision == "fp32"  # an early-exit baseline: not the component's "auto"
+    assert by_name["truncated-k1-bf16"].precision == "bf16"  # and in the other precisions measured
     for peer in HF_PEERS + (ONNX_PEERS if _has_onnxruntime() else []) + OPENVINO_PEERS:
         system = by_name[peer]
         assert (system.point, system.peer, system.pipeline) == ("full", peer, str(earlyexit))
