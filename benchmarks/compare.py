@@ -682,7 +682,8 @@ def pareto_plot(result: Dict, path: Path) -> None:
             ]
             + [Line2D([], [], linestyle="", marker="s", color=color, label=family) for family, color in families],
             fontsize=7,
-            loc="lower right",
+            loc="upper left",
+            bbox_to_anchor=(1.01, 1.0),  # beside the axes: inside, it hides points
         )
     fig.suptitle(f"{result['machine']}, {result['threads']} torch threads, batch {result['batch_size']}", fontsize=9)
     fig.tight_layout()
