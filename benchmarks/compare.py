@@ -263,6 +263,7 @@ def discover(
             if not (directory / "model-best").is_dir():
                 continue
             minutes, note = _training_minutes([directory])
+            size = _size_mb(directory / "model-best")
             # early-exit baselines run in fp32 and in each other precision measured
             # (truncation in bf16 beside token exit in bf16); others as they are
             runs = [None] if baseline.precision is None else ["fp32"] + [p for p in precisions if p != "fp32"]
@@ -276,7 +277,7 @@ def discover(
                         analytic_speedup=baseline.analytic_speedup,
                         train_minutes=minutes,
                         train_note=note,
-                        size_mb=_size_mb(directory / "model-best"),
+                        size_mb=size,
                     )
                 )
         pipeline = Path(earlyexit[task])
